@@ -1,0 +1,1 @@
+"""fpa_ray: Future Policy Approximation offline RL on Ray."""

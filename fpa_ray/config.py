@@ -1,0 +1,164 @@
+"""One typed config per run: pydantic models (unknown keys are errors), YAML files, key=value overrides.
+
+    config = load_config("tiny-cpu", ["objective.name=rpo", "fpa.lam=2"])
+
+Values in overrides are parsed as YAML scalars, so `fpa.enabled=true` is a bool and `fpa.lam=2` a number.
+Sections grow as the stages land; every section forbids unknown keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, create_model, model_validator
+
+from fpa_ray.objectives import get_objective, objective_names
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = "tiny-cpu"
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not validate; the message names every bad key."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class FPAConfig(StrictModel):
+    """Future Policy Approximation (METHOD.md sections 3-4)."""
+
+    enabled: bool = False
+    lam: float = Field(1.0, ge=0, allow_inf_nan=False, description="extrapolation strength lambda")
+    mode: Literal["exact", "sequence"] = "exact"
+    apply_to: Literal["both", "rejected", "chosen"] = "both"
+    chunk_size: PositiveInt | None = Field(None, description="positions per log-prob chunk; None: about 2M logits per chunk")
+
+
+def objective_params_model(name: str) -> type[BaseModel]:
+    """A strict pydantic model of an objective's hyperparameters, built from its function signature."""
+    objective = get_objective(name)
+    hints = typing.get_type_hints(objective.unit_loss)
+    fields = {p.name: (hints.get(p.name, Any), p.default) for p in objective.params.values()}
+    return create_model(f"{name}_params", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+class ObjectiveConfig(StrictModel):
+    name: str = "dpo"
+    params: dict[str, Any] = Field(default_factory=dict, description="the objective's hyperparameters")
+
+    @model_validator(mode="after")
+    def _check_params(self) -> ObjectiveConfig:
+        if self.name not in objective_names():
+            raise ValueError(f"unknown objective {self.name!r}; registered: {', '.join(objective_names())}")
+        model = objective_params_model(self.name)
+        unknown = sorted(set(self.params) - set(model.model_fields))
+        if unknown:
+            raise ValueError(
+                f"params.{unknown[0]}: not a parameter of objective {self.name!r} (it accepts {sorted(model.model_fields)};"
+                " objective.params={} resets them when switching objective)"
+            )
+        try:
+            validated = model(**self.params).model_dump()
+        except ValidationError as error:
+            first = error.errors()[0]
+            raise ValueError(f"params.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        if validated != self.params:  # fill defaults so the saved config shows every value used
+            object.__setattr__(self, "params", validated)
+        return self
+
+
+class RunConfig(StrictModel):
+    name: str = Field("tiny-cpu", description="run name; the run directory is <output_dir>/<name>")
+    seed: int = 0
+    output_dir: Path = Path("runs")
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    fpa: FPAConfig = Field(default_factory=FPAConfig)
+
+    @model_validator(mode="after")
+    def _fpa_needs_a_sequence_objective(self) -> RunConfig:
+        if self.fpa.enabled and not get_objective(self.objective.name).supports_fpa:
+            raise ValueError(f"fpa.enabled: objective {self.objective.name!r} has no policy-dependent coefficients to move")
+        return self
+
+    def to_yaml(self) -> str:
+        """The resolved config, every default filled in, as saved with each run."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def resolve_config_path(config: str | Path) -> Path:
+    """A path as given, or a bare name such as `tiny-cpu` looked up in configs/."""
+    path = Path(config)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    candidate = CONFIG_DIR / f"{config}.yaml"
+    if not candidate.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"no config named {config!r}; configs/ holds: {', '.join(known)}")
+    return candidate
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as a YAML scalar or flow collection."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r} is not of the form key=value")
+    parts = key.strip().split(".")
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {'.'.join(parts[: depth + 1])} is a value, not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({error.problem})") from None
+
+
+def _known_keys(location: Sequence[str | int]) -> list[str]:
+    model: Any = RunConfig
+    for part in location:
+        field = model.model_fields.get(part) if inspect.isclass(model) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        model = field.annotation
+    return list(model.model_fields) if inspect.isclass(model) and issubclass(model, BaseModel) else []
+
+
+def _describe(error: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for item in error.errors():
+        location = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(item["loc"][-1]), _known_keys(item["loc"][:-1]), n=1)
+            message = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
+        lines.append(f"  {location}: {message}")
+    return ConfigError(f"invalid config ({source}):\n" + "\n".join(lines))
+
+
+def load_config(config: str | Path = DEFAULT_CONFIG, overrides: Sequence[str] = ()) -> RunConfig:
+    """Load a YAML config by path or name, apply key=value overrides, validate strictly."""
+    path = resolve_config_path(config)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    for override in overrides:
+        apply_override(data, override)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise _describe(error, f"{path}" + (f" with overrides {list(overrides)}" if overrides else "")) from None

@@ -1,0 +1,1 @@
+"""The learner: model forward passes reduced to objective inputs, and the training step."""

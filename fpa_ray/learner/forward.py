@@ -1,0 +1,133 @@
+"""From a tokenised micro-batch to the per-sequence statistics that objectives consume.
+
+Layouts: a paired micro-batch stacks all chosen rows first and the rejected rows of the same
+pairs second (as TRL's concatenated forward); a labelled micro-batch carries `correct` per row.
+The reference model runs only when the objective or FPA needs it; exact-mode FPA reads the
+policy's and the reference's full logits, in chunks of positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from fpa_ray.config import FPAConfig
+from fpa_ray.objectives import (
+    LabelledBatch,
+    Objective,
+    PairedBatch,
+    SequenceStats,
+    future_logprobs,
+    future_sequence_logprobs,
+    masked_sum,
+    token_logprobs,
+)
+
+
+@dataclass(frozen=True)
+class TokenizedBatch:
+    """Right-padded prompt+response token ids; `response_mask` is True on response tokens."""
+
+    input_ids: Tensor  # [N, T]
+    attention_mask: Tensor  # [N, T]
+    response_mask: Tensor  # [N, T], bool
+    correct: Tensor | None = None  # [N], bool, for labelled objectives
+
+    def __post_init__(self) -> None:
+        if not (self.input_ids.shape == self.attention_mask.shape == self.response_mask.shape):
+            raise ValueError("input_ids, attention_mask and response_mask must share one [rows, tokens] shape")
+        if self.response_mask.dtype != torch.bool:
+            raise ValueError(f"response_mask must be bool, got {self.response_mask.dtype}")
+
+
+def sequence_stats(
+    policy_logits: Tensor,
+    ref_logits: Tensor | None,
+    labels: Tensor,
+    mask: Tensor,
+    fpa: FPAConfig | None = None,
+) -> SequenceStats:
+    """Summed policy (with grad), reference and future log-probs of each row's labelled tokens."""
+    chunk = fpa.chunk_size if fpa is not None else None  # None: automatic
+    logp = masked_sum(token_logprobs(policy_logits, labels, mask, chunk), mask)
+    ref_logp = future = None
+    if ref_logits is not None:
+        with torch.no_grad():
+            ref_logp = masked_sum(token_logprobs(ref_logits, labels, mask, chunk), mask)
+    if fpa is not None and fpa.enabled:
+        if ref_logp is None:
+            raise ValueError("FPA needs the reference model's logits")
+        if fpa.mode == "exact":
+            future = masked_sum(future_logprobs(policy_logits.detach(), ref_logits, labels, fpa.lam, mask, chunk), mask)
+        else:
+            future = future_sequence_logprobs(logp, ref_logp, fpa.lam)
+    return SequenceStats(logp=logp, num_tokens=mask.sum(-1), ref_logp=ref_logp, future_logp=future)
+
+
+def forward_stats(
+    objective: Objective, model: nn.Module, ref_model: nn.Module | None, batch: TokenizedBatch, fpa: FPAConfig
+) -> SequenceStats:
+    """Run the policy (and the reference when needed) on `batch` and reduce to SequenceStats."""
+    needs_ref = objective.needs_reference or fpa.enabled
+    if needs_ref and ref_model is None:
+        raise ValueError(f"objective {objective.name!r}{' with FPA' if fpa.enabled else ''} needs a reference model")
+    labels, mask = shifted_targets(batch)
+    policy_logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    ref_logits = None
+    if needs_ref:
+        with torch.no_grad():
+            ref_logits = ref_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return sequence_stats(policy_logits, ref_logits, labels, mask, fpa)
+
+
+def shifted_targets(batch: TokenizedBatch) -> tuple[Tensor, Tensor]:
+    """Labels and mask aligned with the model's logits: logits[:, t] predicts token t + 1.
+
+    The targets shift left rather than the logits right: slicing [B, T, V] logits copies them.
+    """
+    labels = torch.roll(batch.input_ids, shifts=-1, dims=1)
+    mask = torch.zeros_like(batch.response_mask)
+    mask[:, :-1] = batch.response_mask[:, 1:]
+    return labels, mask
+
+
+def objective_batch(objective: Objective, stats: SequenceStats, correct: Tensor | None) -> PairedBatch | LabelledBatch:
+    """Arrange per-row statistics in the objective's batch layout."""
+    if objective.batch_type is PairedBatch:
+        half = stats.logp.shape[0] // 2
+        if stats.logp.shape[0] != 2 * half:
+            raise ValueError("a paired micro-batch needs an even number of rows (chosen rows, then rejected rows)")
+
+        def rows(part: slice) -> SequenceStats:
+            pick = lambda t: None if t is None else t[part]  # noqa: E731
+            return SequenceStats(stats.logp[part], stats.num_tokens[part], pick(stats.ref_logp), pick(stats.future_logp))
+
+        return PairedBatch(rows(slice(0, half)), rows(slice(half, None)))
+    if objective.batch_type is LabelledBatch:
+        if correct is None:
+            raise ValueError(f"objective {objective.name!r} needs the `correct` label of every row")
+        return LabelledBatch(stats, correct)
+    raise ValueError(f"objective {objective.name!r} is not trained from sequence statistics")
+
+
+def mismatched_batch(batch: TokenizedBatch) -> TokenizedBatch:
+    """KTO's KL rows: prompt i followed by the response of row i + 1 (mod N), right-padded."""
+    rows = []
+    count = batch.input_ids.shape[0]
+    for i in range(count):
+        prompt_part = batch.attention_mask[i].bool() & ~batch.response_mask[i]
+        j = (i + 1) % count
+        prompt, response = batch.input_ids[i][prompt_part], batch.input_ids[j][batch.response_mask[j]]
+        rows.append((prompt, response))
+    width = max(len(p) + len(r) for p, r in rows)
+    input_ids = torch.zeros(count, width, dtype=batch.input_ids.dtype)
+    attention = torch.zeros(count, width, dtype=batch.attention_mask.dtype)
+    response_mask = torch.zeros(count, width, dtype=torch.bool)
+    for i, (prompt, response) in enumerate(rows):
+        length = len(prompt) + len(response)
+        input_ids[i, :length] = torch.cat([prompt, response])
+        attention[i, :length] = 1
+        response_mask[i, len(prompt) : length] = True
+    return TokenizedBatch(input_ids, attention, response_mask)

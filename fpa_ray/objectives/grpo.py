@@ -1,0 +1,56 @@
+"""The online baseline's objective: GRPO's clipped surrogate with token-level normalisation.
+
+Not an FPA objective: its coefficients come from sampled advantages, not from pi. The optional KL
+penalty uses the k3 estimator exp(d) - d - 1 with d = log pi_ref - log pi (DeepSeekMath).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fpa_ray.objectives.batches import TokenBatch
+from fpa_ray.objectives.registry import register_objective
+
+
+def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-6, scale: bool = True) -> Tensor:
+    """(r - group mean) / (group std + eps) for rewards laid out as consecutive groups of `group_size`."""
+    if group_size < 2:
+        raise ValueError(f"group_size must be >= 2 to normalise within a group, got {group_size}")
+    if rewards.dim() != 1 or rewards.numel() % group_size:
+        raise ValueError(f"rewards must be 1-D with a multiple of group_size={group_size} entries, got {tuple(rewards.shape)}")
+    groups = (rewards if rewards.is_floating_point() else rewards.float()).view(-1, group_size)
+    centred = groups - groups.mean(dim=1, keepdim=True)
+    if scale:
+        centred = centred / (groups.std(dim=1, keepdim=True) + eps)
+    return centred.view(-1)
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    return values[mask].mean().detach()
+
+
+@register_objective("grpo", batch=TokenBatch, needs_reference=False)
+def grpo(
+    batch: TokenBatch, *, clip_eps: float = 0.2, clip_eps_high: float | None = None, kl_coef: float = 0.0
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-token -min(rho A, clip(rho, 1 - eps, 1 + eps_high) A) + kl_coef k3(pi_ref || pi)."""
+    if kl_coef > 0 and batch.ref_logp is None:
+        raise ValueError("objective 'grpo' with kl_coef > 0 needs ref_logp")
+    mask = batch.mask
+    # Padding may hold any value; zero it before exp so it cannot overflow into the masked sum.
+    log_ratio = torch.where(mask, batch.logp - batch.old_logp, 0.0)
+    ratio = torch.exp(log_ratio)
+    advantages = batch.advantages.unsqueeze(1)
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1 - clip_eps, 1 + high) * advantages
+    per_token = -torch.minimum(unclipped, clipped)
+    metrics = {"clip_fraction": _masked_mean((clipped < unclipped).float(), mask), "ratio": _masked_mean(ratio, mask)}
+    if batch.ref_logp is not None:
+        delta = torch.where(mask, batch.ref_logp - batch.logp, 0.0)
+        kl = torch.exp(delta) - delta - 1
+        metrics["kl"] = _masked_mean(kl, mask)
+        if kl_coef > 0:
+            per_token = per_token + kl_coef * kl
+    return per_token, metrics

@@ -1,0 +1,83 @@
+import pytest
+import yaml
+
+from fpa_ray.config import ConfigError, RunConfig, apply_override, load_config, resolve_config_path
+
+
+def test_default_config_loads_and_round_trips(tmp_path):
+    config = load_config()
+    assert config.objective.name == "dpo" and config.fpa.enabled
+    saved = tmp_path / "resolved.yaml"
+    saved.write_text(config.to_yaml())
+    assert load_config(saved) == config
+
+
+def test_overrides_are_typed_yaml_scalars():
+    config = load_config("tiny-cpu", ["fpa.lam=2", "fpa.enabled=false", "objective.name=rpo", "objective.params.alpha=0.5", "fpa.chunk_size=null"])
+    assert config.fpa.lam == 2.0 and config.fpa.enabled is False and config.fpa.chunk_size is None
+    assert config.objective.params == {"beta": 0.1, "alpha": 0.5}  # defaults filled in
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("fpa.lamda=2", r"fpa.lamda: unknown key \(did you mean 'lam'\?\)"),
+        ("nmae=x", r"nmae: unknown key \(did you mean 'name'\?\)"),
+        ("fpa.lam=-1", r"fpa.lam: Input should be greater than or equal to 0"),
+        ("fpa.mode=approx", r"fpa.mode: Input should be 'exact' or 'sequence'"),
+        ("fpa.apply_to=negative", r"fpa.apply_to"),
+        ("objective.params.alpha=1", r"params.alpha: not a parameter of objective 'dpo'"),
+        ("objective.params.beta=abc", r"params.beta: Input should be a valid number"),
+        ("objective.name=dop", r"unknown objective 'dop'"),
+        ("seed=1.5", r"seed: Input should be a valid integer"),
+    ],
+)
+def test_bad_keys_and_values_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny-cpu", [override])
+
+
+def test_fpa_on_an_objective_without_coefficients_is_rejected():
+    with pytest.raises(ConfigError, match=r"fpa.enabled: objective 'grpo'"):
+        load_config("tiny-cpu", ["objective.name=grpo", "objective.params={}"])
+    assert load_config("tiny-cpu", ["objective.name=grpo", "objective.params={}", "fpa.enabled=false"]).objective.params["clip_eps"] == 0.2
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match=r"not of the form key=value"):
+        apply_override({}, "fpa.lam")
+    with pytest.raises(ConfigError, match=r"fpa.lam is a value, not a section"):
+        apply_override({"fpa": {"lam": 1}}, "fpa.lam.x=2")
+    with pytest.raises(ConfigError, match=r"not valid YAML"):
+        apply_override({}, "name=[unclosed")
+    data: dict = {}
+    apply_override(data, "a.b.c=[1, 2]")
+    assert data == {"a": {"b": {"c": [1, 2]}}}
+
+
+def test_config_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"no config named 'nope'; configs/ holds: .*tiny-cpu"):
+        resolve_config_path("nope")
+    with pytest.raises(ConfigError, match=r"does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("fpa: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"is not valid YAML"):
+        load_config(bad)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n")
+    with pytest.raises(ConfigError, match=r"must hold a mapping"):
+        load_config(listed)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(yaml.safe_dump({"fpa": {"enabeld": True}}))
+    with pytest.raises(ConfigError, match=rf"{typo}.*\n  fpa.enabeld: unknown key \(did you mean 'enabled'\?\)"):
+        load_config(typo)
+
+
+def test_every_shipped_config_validates():
+    from fpa_ray.config import CONFIG_DIR
+
+    paths = sorted(CONFIG_DIR.glob("*.yaml"))
+    assert paths
+    for path in paths:
+        assert isinstance(load_config(path), RunConfig)

@@ -1,0 +1,37 @@
+import subprocess
+import sys
+
+import pytest
+
+from fpa_ray.main import STAGES, main
+
+
+def test_help_lists_every_stage():
+    result = subprocess.run([sys.executable, "-m", "fpa_ray.main", "--help"], capture_output=True, text=True, check=True)
+    for stage in STAGES:
+        assert stage in result.stdout
+    assert "not yet built" in result.stdout
+
+
+def test_config_stage_prints_the_resolved_config(capsys):
+    assert main(["config", "fpa.lam=3", "objective.name=kto"]) == 0
+    out = capsys.readouterr().out
+    assert "lam: 3.0" in out and "name: kto" in out and "desirable_weight: 1.0" in out
+
+
+def test_bad_override_exits_2_naming_the_key(capsys):
+    assert main(["fpa.lamda=3"]) == 2
+    assert "fpa.lamda: unknown key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", [s for s, (_, issue) in STAGES.items() if issue is not None and s != "run"])
+def test_unbuilt_stages_say_so(stage, capsys):
+    assert main([stage]) == 2
+    assert "not yet built" in capsys.readouterr().err
+
+
+def test_objectives_stage_lists_the_registry(capsys):
+    assert main(["objectives"]) == 0
+    out = capsys.readouterr().out
+    for name in ("dpo", "rpo", "kto", "simper", "offline_rl", "reinforce", "grpo"):
+        assert name in out
