@@ -75,10 +75,100 @@ class ObjectiveConfig(StrictModel):
         return self
 
 
+class SyntheticTaskConfig(StrictModel):
+    """Difficulty knobs of the arithmetic task (defaults measured to suit the tiny model)."""
+
+    min_steps: int = Field(2, ge=1)
+    max_steps: int = Field(3, ge=1)
+    operand_max: int = Field(99, ge=2, description="largest start value and +/- operand")
+    multiplier_max: int = Field(19, ge=2, description="largest * operand")
+    value_max: int = Field(9999, ge=10, description="problems whose running value exceeds this are rejected")
+    fractions: bool = Field(False, description="allow 'divide by k' steps whose results may be fractions")
+    divisor_max: int = Field(9, ge=2)
+    test_percent: float = Field(1.0, gt=0, lt=50, description="share of the problem space held out for test")
+
+    @model_validator(mode="after")
+    def _steps_ordered(self) -> SyntheticTaskConfig:
+        if self.min_steps > self.max_steps:
+            raise ValueError(f"min_steps ({self.min_steps}) exceeds max_steps ({self.max_steps})")
+        return self
+
+
+class TinyModelConfig(StrictModel):
+    """The embedded default's policy: 0.8M parameters, trained from scratch on CPU in minutes."""
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    head_dim: int = Field(32, ge=32)
+    num_kv_heads: int = 2
+    intermediate_size: int = 352
+    tokenizer_vocab: int = Field(384, ge=260, description="BPE vocabulary target (256 bytes + specials + merges)")
+    max_position_embeddings: int = 512
+
+
+class SFTConfig(StrictModel):
+    """Supervised warm start (defaults measured on the 2-core CPU: see the README)."""
+
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    train_problems: int = Field(50_000, ge=1)
+    tokenizer_problems: int = Field(5_000, ge=1, description="problems the BPE tokenizer is trained on")
+    eval_problems: int = Field(300, ge=1)
+    eval_samples: int = Field(4, ge=1, description="samples per problem for pass@1 at eval_temperature")
+    eval_temperature: float = Field(0.7, ge=0)
+    max_new_tokens: int = Field(64, ge=1)
+
+
+class PromptSourceConfig(StrictModel):
+    """Where prompts come from: `name` is a schema (or `synthetic`), `path` a local file or Hub id."""
+
+    name: str = "synthetic"
+    path: str | None = Field(None, description="local .jsonl/.parquet, or a Hub dataset id replacing the default")
+    split: str | None = None
+    limit: int | None = Field(None, ge=1, description="first N rows")
+    skip_invalid: bool = Field(False, description="skip and count malformed rows instead of failing")
+
+
+class PolicyConfig(StrictModel):
+    """The policy to train. The embedded default builds the tiny model locally and warm-starts it."""
+
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+
+
+class DataConfig(StrictModel):
+    """Training prompts, evaluation benchmarks and how a problem becomes a prompt."""
+
+    synthetic: SyntheticTaskConfig = Field(default_factory=SyntheticTaskConfig)
+    train: PromptSourceConfig = Field(default_factory=lambda: PromptSourceConfig(name="synthetic", split="train", limit=500))
+    eval: list[PromptSourceConfig] = Field(default_factory=lambda: [PromptSourceConfig(name="synthetic", split="test", limit=500)])
+    template: str = "tiny-chat"
+
+    @model_validator(mode="after")
+    def _known_names(self) -> DataConfig:
+        from fpa_ray.data.sources import SOURCE_NAMES
+        from fpa_ray.data.templates import TEMPLATES
+
+        for index, source in enumerate([self.train, *self.eval]):
+            if source.name not in SOURCE_NAMES:
+                where = "train" if index == 0 else f"eval.{index - 1}"
+                raise ValueError(f"{where}.name: unknown prompt source {source.name!r}; known: {', '.join(SOURCE_NAMES)}")
+        if self.template not in TEMPLATES:
+            raise ValueError(f"template: unknown prompt template {self.template!r}; known: {', '.join(sorted(TEMPLATES))}")
+        return self
+
+
 class RunConfig(StrictModel):
     name: str = Field("tiny-cpu", description="run name; the run directory is <output_dir>/<name>")
     seed: int = 0
     output_dir: Path = Path("runs")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     fpa: FPAConfig = Field(default_factory=FPAConfig)
 

@@ -23,6 +23,7 @@ STAGES: dict[str, tuple[str, int | None]] = {
     "evaluate": ("pass@1 over k samples, Total Gain/Total Loss, on the configured benchmarks", 10),
     "grpo": ("the online RLVR/GRPO baseline on the same cluster", 8),
     "compare": ("accuracy against resource-hours for finished runs (table and plot)", 8),
+    "warmstart": ("build the tiny policy and warm-start it with SFT, or reuse the cached one; print its accuracy", None),
     "demo": ("every objective with and without FPA, a few steps on a small random Qwen2 (no Ray)", None),
     "config": ("print the resolved config (YAML) and exit", None),
     "objectives": ("list the registered objectives and their hyperparameters", None),
@@ -52,6 +53,18 @@ def _run_objectives() -> None:
         print(f"{name:<11} {objective.batch_type.__name__:<13} {', '.join(flags):<26} {params}")
 
 
+def _run_warmstart(config) -> None:
+    from fpa_ray.warmstart import warm_start
+
+    result = warm_start(config.policy.tiny, config.policy.sft, config.data.synthetic, seed=config.seed)
+    origin = "cached" if result.cached else f"trained in {result.seconds:.0f}s"
+    print(
+        f"tiny policy ({origin}): {result.path}\n"
+        f"  held-out pass@1 at T={config.policy.sft.eval_temperature}: {result.pass_at_1:.1%}"
+        f" ({config.policy.sft.eval_samples} samples x {config.policy.sft.eval_problems} problems), greedy {result.greedy_accuracy:.1%}"
+    )
+
+
 def _run_demo() -> None:
     from fpa_ray.demo import format_table, run_demo
 
@@ -71,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(config.to_yaml(), end="")
     elif args.stage == "objectives":
         _run_objectives()
+    elif args.stage == "warmstart":
+        _run_warmstart(config)
     elif args.stage == "demo":
         _run_demo()
     elif args.stage == "run":

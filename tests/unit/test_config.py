@@ -81,3 +81,16 @@ def test_every_shipped_config_validates():
     assert paths
     for path in paths:
         assert isinstance(load_config(path), RunConfig)
+
+
+def test_data_and_policy_sections():
+    config = load_config("tiny-cpu", ["data.train.limit=50", "data.eval=[{name: gsm8k, path: x.jsonl}]", "policy.sft.steps=10"])
+    assert config.data.train.limit == 50 and config.data.eval[0].name == "gsm8k" and config.policy.sft.steps == 10
+    with pytest.raises(ConfigError, match=r"eval.0.name: unknown prompt source 'gsm9k'"):
+        load_config("tiny-cpu", ["data.eval=[{name: gsm9k}]"])
+    with pytest.raises(ConfigError, match=r"template: unknown prompt template 'chatml'"):
+        load_config("tiny-cpu", ["data.template=chatml"])
+    with pytest.raises(ConfigError, match=r"data.synthetic: min_steps \(5\) exceeds max_steps \(3\)"):
+        load_config("tiny-cpu", ["data.synthetic.min_steps=5"])
+    with pytest.raises(ConfigError, match=r"policy.tiny.head_dim: Input should be greater than or equal to 32"):
+        load_config("tiny-cpu", ["policy.tiny.head_dim=16"])

@@ -35,3 +35,16 @@ def test_objectives_stage_lists_the_registry(capsys):
     out = capsys.readouterr().out
     for name in ("dpo", "rpo", "kto", "simper", "offline_rl", "reinforce", "grpo"):
         assert name in out
+
+
+def test_warmstart_stage_trains_then_reuses(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FPA_RAY_CACHE", str(tmp_path))
+    small = [
+        "policy.sft.steps=20", "policy.sft.warmup_steps=5", "policy.sft.batch_size=8", "policy.sft.train_problems=200",
+        "policy.sft.tokenizer_problems=200", "policy.sft.eval_problems=4", "policy.sft.eval_samples=1", "policy.sft.max_new_tokens=16",
+    ]
+    assert main(["warmstart", *small]) == 0
+    first = capsys.readouterr().out
+    assert "sft step 20/20" in first and "trained in" in first and str(tmp_path) in first
+    assert main(["warmstart", *small]) == 0
+    assert "(cached)" in capsys.readouterr().out

@@ -1,0 +1,1 @@
+"""Prompts and tasks: the synthetic arithmetic task, benchmark prompt sources, prompt templates."""

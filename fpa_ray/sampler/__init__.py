@@ -1,0 +1,1 @@
+"""The sampler pool: engines (vLLM, Hugging Face) that turn prompts into sampled responses."""

@@ -1,0 +1,1 @@
+"""Rule-based answer checking: extraction of final answers, graders, the verifier pool."""
