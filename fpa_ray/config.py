@@ -134,6 +134,19 @@ class PromptSourceConfig(StrictModel):
     skip_invalid: bool = Field(False, description="skip and count malformed rows instead of failing")
 
 
+class VerifierConfig(StrictModel):
+    """The verifier pool: rule-based grading with a hard time limit per check."""
+
+    grader: Literal["math_verify", "normalized"] = "math_verify"
+    cross_grader: Literal["math_verify", "normalized"] | None = Field(None, description="second grader, for evaluation")
+    num_actors: int = Field(2, ge=1)
+    workers_per_actor: int = Field(1, ge=1, description="grading processes (and CPUs) per actor")
+    timeout_s: float = Field(5.0, gt=0, description="hard limit per check; the process running it is killed")
+    memory_limit_mb: int | None = Field(2048, ge=256, description="address-space limit of a grading process")
+    batch_size: int = Field(256, ge=1)
+    max_failure_share: float = Field(0.5, ge=0, le=1, description="fail the run above this unparseable+timeout+error share")
+
+
 class PolicyConfig(StrictModel):
     """The policy to train. The embedded default builds the tiny model locally and warm-starts it."""
 
@@ -169,6 +182,7 @@ class RunConfig(StrictModel):
     output_dir: Path = Path("runs")
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    verifier: VerifierConfig = Field(default_factory=VerifierConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     fpa: FPAConfig = Field(default_factory=FPAConfig)
 

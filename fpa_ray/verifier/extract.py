@@ -1,11 +1,26 @@
-"""Final-answer extraction from model output, in one linear scan with no evaluation of the text."""
+"""Final-answer extraction from model output: linear scans and anchored regexes, never evaluation.
+
+Order: the last \\boxed{...} / \\fbox{...} (balanced braces) or `\\boxed 5`; else GSM8K's
+`#### x`; else the last "The answer is x". The extracted string is kept with every verdict.
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _SPACE_FORM = re.compile(r"\s+([^\s$]+)")  # `\boxed 5`: the token after the space
+_HASHES = re.compile(r"####\s*([^\n]+)")
+_NUMBER_STOP = re.compile(r"(?<=\d)\.$")  # `\boxed{12.}`: a sentence's full stop, not a decimal point
+_ANSWER_IS = re.compile(r"[Tt]he (?:final )?answer is[:\s]*")  # matches the lead-in only, so none is swallowed
+_SENTENCE_END = re.compile(r"\.(?:\s|$)|\n")
+
+
+@dataclass(frozen=True)
+class Extraction:
+    answer: str | None
+    method: str | None  # "boxed", "hashes", "answer_is", or None when nothing was found
 
 
 def last_boxed(text: str) -> str | None:
@@ -28,3 +43,27 @@ def last_boxed(text: str) -> str | None:
             if depth == 0:
                 return text[rest + 1 : index]
     return None  # unbalanced braces
+
+
+def _clean_tail(answer: str) -> str:
+    return answer.strip().rstrip(".").strip().strip("$").strip()
+
+
+def extract_answer(text: str | bytes) -> Extraction:
+    """The final answer of a response; bytes are decoded as UTF-8 with invalid bytes replaced."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    boxed = last_boxed(text)
+    if boxed is not None and boxed.strip():
+        return Extraction(_NUMBER_STOP.sub("", boxed.strip()), "boxed")
+    hashes = _HASHES.findall(text)
+    if hashes and _clean_tail(hashes[-1]):
+        return Extraction(_clean_tail(hashes[-1]), "hashes")
+    lead_ins = list(_ANSWER_IS.finditer(text))
+    if lead_ins:
+        rest = text[lead_ins[-1].end() :]
+        end = _SENTENCE_END.search(rest)
+        answer = _clean_tail(rest[: end.start()] if end else rest)
+        if answer:
+            return Extraction(answer, "answer_is")
+    return Extraction(None, None)

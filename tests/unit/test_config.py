@@ -94,3 +94,12 @@ def test_data_and_policy_sections():
         load_config("tiny-cpu", ["data.synthetic.min_steps=5"])
     with pytest.raises(ConfigError, match=r"policy.tiny.head_dim: Input should be greater than or equal to 32"):
         load_config("tiny-cpu", ["policy.tiny.head_dim=16"])
+
+
+def test_verifier_section():
+    config = load_config("tiny-cpu", ["verifier.cross_grader=normalized", "verifier.timeout_s=2.5"])
+    assert config.verifier.cross_grader == "normalized" and config.verifier.timeout_s == 2.5
+    with pytest.raises(ConfigError, match=r"verifier.grader: Input should be 'math_verify' or 'normalized'"):
+        load_config("tiny-cpu", ["verifier.grader=sympy"])
+    with pytest.raises(ConfigError, match=r"verifier.max_failure_share: Input should be less than or equal to 1"):
+        load_config("tiny-cpu", ["verifier.max_failure_share=1.5"])
