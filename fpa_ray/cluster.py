@@ -1,18 +1,21 @@
 """Starting or joining the Ray cluster a run uses.
 
-With RAY_ADDRESS set (as `ray job submit` does) or an address given, join that cluster. Otherwise
-start a local one bound to 127.0.0.1 only. The environment defaults below are what Ray 2.60 needs
-on a single machine (see ENVIRONMENT.md): loopback binding, no token auth for a private local
-cluster, no usage reporting. Explicit settings in the environment win.
+With RAY_ADDRESS set (as `ray job submit` does) or an address given, join that cluster and change
+nothing about networking. Otherwise start a local cluster bound to 127.0.0.1 only, with what Ray
+2.60 needs on a single machine (ENVIRONMENT.md): loopback binding, no token auth for a private
+local cluster, no usage reporting. Explicit settings in the environment win.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 LOCAL_RAY_ENV = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # with the loopback node address, keeps Ray off eth0
-    "RAY_AUTH_MODE": "disabled",  # a local cluster only listens on 127.0.0.1; see the README for shared clusters
+    # Read by Ray when it is imported; with it off, Ray silently binds the eth0 address even when
+    # told 127.0.0.1. Only for a local cluster: a driver joining a multi-node cluster needs its real IP.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "disabled",  # the local cluster listens on 127.0.0.1 only; see the README for shared clusters
     "RAY_USAGE_STATS_ENABLED": "0",
 }
 
@@ -23,20 +26,29 @@ def init_ray(num_cpus: int | None = 4, address: str | None = None) -> None:
     Four logical CPUs on a 2-core machine: with two, a 2-worker Ray Train run that ingests a
     Ray Dataset deadlocks (read tasks starve), measured in ENVIRONMENT.md.
     """
-    import ray
-
-    for key, value in LOCAL_RAY_ENV.items():
-        os.environ.setdefault(key, value)
-    if ray.is_initialized():
-        return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(
-            num_cpus=num_cpus,
-            _node_ip_address="127.0.0.1",
-            include_dashboard=True,  # the state API and the dashboard, on loopback only
-            dashboard_host="127.0.0.1",
-            log_to_driver=True,
-        )
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=address, log_to_driver=True)
+        return
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    already_imported = "ray" in sys.modules
+    import ray
+
+    if already_imported and os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
+        # Ray read the variable at its import, before we could set it.
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    if ray.is_initialized():
+        return
+    ray.init(
+        num_cpus=num_cpus,
+        _node_ip_address="127.0.0.1",
+        include_dashboard=True,  # the state API and the dashboard, on loopback only
+        dashboard_host="127.0.0.1",
+        log_to_driver=True,
+    )
