@@ -134,6 +134,29 @@ class PromptSourceConfig(StrictModel):
     skip_invalid: bool = Field(False, description="skip and count malformed rows instead of failing")
 
 
+class SamplerConfig(StrictModel):
+    """The sampler pool: N sampled responses per prompt from a policy checkpoint."""
+
+    engine: Literal["vllm", "hf", "auto"] = Field("auto", description="auto: vLLM when it imports, else transformers")
+    n: int = Field(8, ge=1, description="samples per prompt")
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(64, ge=1)
+    logprobs_mode: Literal["processed", "raw"] = Field(
+        "processed", description="log-probs of the sampling distribution (after temperature/top-p) or of the raw model"
+    )
+    num_actors: int = Field(1, ge=1)
+    cpus_per_actor: float = Field(1, gt=0)
+    gpus_per_actor: float = Field(0, ge=0)
+    tensor_parallel_size: int = Field(1, ge=1)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_model_len: int = Field(512, ge=16)
+    max_num_seqs: int = Field(256, ge=1)
+    kv_cache_gb: float = Field(1.0, gt=0, description="vLLM-CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    shard_size: int = Field(64, ge=1, description="prompts per output shard (the unit of restart)")
+
+
 class VerifierConfig(StrictModel):
     """The verifier pool: rule-based grading with a hard time limit per check."""
 
@@ -182,6 +205,7 @@ class RunConfig(StrictModel):
     output_dir: Path = Path("runs")
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     verifier: VerifierConfig = Field(default_factory=VerifierConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     fpa: FPAConfig = Field(default_factory=FPAConfig)

@@ -24,14 +24,14 @@ from filelock import FileLock
 from pydantic import BaseModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from fpa_ray.config import SFTConfig, SyntheticTaskConfig, TinyModelConfig
+from fpa_ray.config import SamplerConfig, SFTConfig, SyntheticTaskConfig, TinyModelConfig
 from fpa_ray.data.synthetic import Problem, generate
-from fpa_ray.sampler.hf_engine import hf_generate
+from fpa_ray.sampler.engines import HFEngine, SampleRequest, sample_seed
 from fpa_ray.tiny import build_tiny_policy
 from fpa_ray.verifier.extract import last_boxed
 
 # Bump when the warm-start procedure changes, so that old cache entries are not reused.
-WARMSTART_VERSION = 1
+WARMSTART_VERSION = 2
 
 
 class WarmStartResult(BaseModel):
@@ -131,17 +131,16 @@ def synthetic_accuracy(
     model_dir: Path, problems: list[Problem], samples: int, temperature: float, max_new_tokens: int, seed: int = 0
 ) -> float:
     """Mean over problems of the share of `samples` responses whose boxed answer equals the gold answer."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    prompts = [chat_prompt(tokenizer, p.prompt) for p in problems]
-    completions = hf_generate(
-        model, tokenizer, prompts, n=samples, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed
-    )
-    scores = [
-        sum((last_boxed(text) or "").strip() == problem.answer for text in texts) / samples
-        for problem, texts in zip(problems, completions)
+    config = SamplerConfig(engine="hf", n=samples, temperature=temperature, max_new_tokens=max_new_tokens, dtype="float32")
+    engine = HFEngine(model_dir, config)
+    requests = [
+        SampleRequest(engine.tokenizer(chat_prompt(engine.tokenizer, p.prompt), add_special_tokens=False)["input_ids"], sample_seed(seed, p.id, i))
+        for p in problems
+        for i in range(samples)
     ]
-    return sum(scores) / len(scores)
+    completions = engine.generate(requests)
+    hits = [(last_boxed(c.text) or "").strip() == problems[k // samples].answer for k, c in enumerate(completions)]
+    return sum(hits) / len(hits)
 
 
 def warm_start(

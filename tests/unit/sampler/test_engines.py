@@ -1,0 +1,114 @@
+"""The Hugging Face engine (the reference) on a small random Qwen2: determinism, log-probs, stops, errors."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from fpa_ray.config import SamplerConfig
+from fpa_ray.data.synthetic import generate
+from fpa_ray.config import SyntheticTaskConfig, TinyModelConfig
+from fpa_ray.sampler.engines import HFEngine, SampleRequest, SamplerError, check_checkpoint, make_engine, sample_seed
+from fpa_ray.tiny import build_tiny_policy
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    problems = generate(SyntheticTaskConfig(), "train", 300)
+    return build_tiny_policy(tmp_path_factory.mktemp("policy"), TinyModelConfig(), (f"{p.prompt}\n{p.solution}" for p in problems))
+
+
+def _requests(engine, texts, seeds):
+    return [SampleRequest(engine.tokenizer(t, add_special_tokens=False)["input_ids"], s) for t, s in zip(texts, seeds)]
+
+
+def test_sample_seed_is_stable_and_distinct():
+    assert sample_seed(0, "p1", 0) == sample_seed(0, "p1", 0)
+    seeds = {sample_seed(0, f"p{i}", j) for i in range(50) for j in range(8)}
+    assert len(seeds) == 400 and all(0 <= s < 2**31 for s in seeds)
+    assert sample_seed(1, "p1", 0) != sample_seed(0, "p1", 0)
+
+
+def test_each_sample_depends_only_on_its_seed(checkpoint):
+    engine = HFEngine(checkpoint, SamplerConfig(engine="hf", max_new_tokens=12, dtype="float32"), batch_size=3)
+    texts = ["Start with 5.", "Start with 12. Add 3, then add", "Hi", "Start with 99. Multiply by"]
+    seeds = [11, 22, 33, 44]
+    together = engine.generate(_requests(engine, texts, seeds))
+    alone = [engine.generate(_requests(engine, [t], [s]))[0] for t, s in zip(texts, seeds)]
+    reversed_batch = engine.generate(_requests(engine, texts[::-1], seeds[::-1]))[::-1]
+    assert [c.token_ids for c in together] == [c.token_ids for c in alone] == [c.token_ids for c in reversed_batch]
+    other_seed = engine.generate(_requests(engine, texts[:1], [12]))[0]
+    assert other_seed.token_ids != together[0].token_ids  # (random weights: 12 tokens from 384 almost never repeat)
+
+
+def test_logprobs_are_those_of_the_sampled_tokens(checkpoint):
+    config = SamplerConfig(engine="hf", max_new_tokens=10, temperature=1.0, dtype="float32")
+    engine = HFEngine(checkpoint, config)
+    request = _requests(engine, ["Start with 7. Add 3."], [5])[0]
+    completion = engine.generate([request])[0]
+    assert len(completion.logprobs) == len(completion.token_ids) and all(lp <= 0 for lp in completion.logprobs)
+    reference = engine.continuation_logprobs(request.prompt_token_ids, completion.token_ids)
+    assert max(abs(a - b) for a, b in zip(completion.logprobs, reference)) < 1e-4  # T=1: processed == raw
+    hot = HFEngine(checkpoint, config.model_copy(update={"temperature": 2.0, "logprobs_mode": "processed"}))
+    raw = HFEngine(checkpoint, config.model_copy(update={"temperature": 2.0, "logprobs_mode": "raw"}))
+    a, b = hot.generate([request])[0], raw.generate([request])[0]
+    assert a.token_ids == b.token_ids and a.logprobs != b.logprobs  # same draw, different distributions reported
+
+
+def test_greedy_matches_transformers_generate(checkpoint):
+    engine = HFEngine(checkpoint, SamplerConfig(engine="hf", temperature=0.0, max_new_tokens=8, dtype="float32"))
+    request = _requests(engine, ["Start with 40. Add 2."], [0])[0]
+    ours = engine.generate([request])[0].token_ids
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    theirs = model.generate(torch.tensor([request.prompt_token_ids]), max_new_tokens=8, do_sample=False, eos_token_id=engine.eos)
+    assert ours == theirs[0, len(request.prompt_token_ids) :].tolist()[: len(ours)]
+
+
+def test_top_p_keeps_the_nucleus(checkpoint):
+    engine = HFEngine(checkpoint, SamplerConfig(engine="hf", top_p=0.05, dtype="float32"))
+    logits = torch.tensor([[5.0, 1.0, 0.0, -1.0]])
+    chosen, logprob = engine._sample(logits, [torch.Generator().manual_seed(s) for s in range(1)])
+    assert chosen.item() == 0 and logprob.item() == pytest.approx(0.0)  # only the top token is left
+    assert math.isfinite(logprob.item())
+
+
+def test_stop_strings_end_the_text(checkpoint):
+    engine = HFEngine(checkpoint, SamplerConfig(engine="hf", max_new_tokens=30, dtype="float32"))
+    request = _requests(engine, ["Start with"], [3])[0]
+    free = engine.generate([request])[0]
+    stop = free.text[3:5] if len(free.text) >= 5 else free.text[-1:]
+    stopped = engine.generate([request], stop=(stop,))[0]
+    assert stopped.finish_reason == "stop" and stop not in stopped.text and len(stopped.token_ids) <= len(free.token_ids)
+
+
+def test_bad_checkpoints_are_named(tmp_path, checkpoint):
+    with pytest.raises(SamplerError, match=r"does not exist"):
+        check_checkpoint(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SamplerError, match=r"has no config.json"):
+        check_checkpoint(tmp_path / "empty")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    (broken / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(SamplerError, match=r"transformers could not load .*broken"):
+        make_engine(broken, SamplerConfig(engine="hf"))
+
+
+def test_hf_refresh_loads_new_weights_and_the_probe_catches_a_refresh_that_did_not_take(checkpoint, tmp_path, monkeypatch):
+    from fpa_ray.sampler.refresh import probe_gap, refresh_weights
+
+    updated = tmp_path / "updated"
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    model.save_pretrained(updated)
+    engine = HFEngine(checkpoint, SamplerConfig(engine="hf", dtype="float32"))
+    assert probe_gap(engine, updated) > 1e-2
+    assert refresh_weights(engine, updated) < 1e-4
+    stale = HFEngine(checkpoint, SamplerConfig(engine="hf", dtype="float32"))
+    monkeypatch.setattr(stale, "load_weights", lambda path: None)  # a refresh that silently kept the old weights
+    with pytest.raises(SamplerError, match=r"the refresh did not take"):
+        refresh_weights(stale, updated)
