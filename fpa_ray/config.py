@@ -157,6 +157,48 @@ class SamplerConfig(StrictModel):
     shard_size: int = Field(64, ge=1, description="prompts per output shard (the unit of restart)")
 
 
+class LearnerConfig(StrictModel):
+    """The learner group: Ray Train workers running the objective with DDP or DeepSpeed ZeRO."""
+
+    strategy: Literal["ddp", "deepspeed"] = "ddp"
+    zero_stage: Literal[1, 2, 3] = 2
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(0, ge=0)
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPUs that support it, else fp32")
+    global_batch_size: int = Field(16, ge=1, description="pairs (or labelled samples) per optimizer step, all workers")
+    micro_batch_size: int = Field(8, ge=1, description="pairs (or samples) per forward pass on one worker")
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    lr: float = Field(1e-5, gt=0)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = Field(1.0, gt=0)
+    max_length: int = Field(512, ge=8, description="prompt + response tokens; longer responses are truncated (counted)")
+    reference: Literal["auto", "online", "precomputed"] = Field(
+        "auto", description="reference log-probs: precomputed columns when present and usable, else a frozen model in each worker"
+    )
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint")
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> LearnerConfig:
+        per_step = self.num_workers * self.micro_batch_size
+        if self.global_batch_size % per_step:
+            raise ValueError(
+                f"global_batch_size ({self.global_batch_size}) must be a multiple of num_workers x micro_batch_size ({per_step})"
+            )
+        return self
+
+    @property
+    def accumulation_steps(self) -> int:
+        return self.global_batch_size // (self.num_workers * self.micro_batch_size)
+
+
 class VerifierConfig(StrictModel):
     """The verifier pool: rule-based grading with a hard time limit per check."""
 
@@ -207,6 +249,7 @@ class RunConfig(StrictModel):
     data: DataConfig = Field(default_factory=DataConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     verifier: VerifierConfig = Field(default_factory=VerifierConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     fpa: FPAConfig = Field(default_factory=FPAConfig)
 

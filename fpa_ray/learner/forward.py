@@ -8,6 +8,7 @@ policy's and the reference's full logits, in chunks of positions.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -67,19 +68,34 @@ def sequence_stats(
 
 
 def forward_stats(
-    objective: Objective, model: nn.Module, ref_model: nn.Module | None, batch: TokenizedBatch, fpa: FPAConfig
+    objective: Objective,
+    model: nn.Module,
+    ref_model: nn.Module | None,
+    batch: TokenizedBatch,
+    fpa: FPAConfig,
+    ref_logp: Tensor | None = None,
 ) -> SequenceStats:
-    """Run the policy (and the reference when needed) on `batch` and reduce to SequenceStats."""
+    """Run the policy (and the reference when needed) on `batch` and reduce to SequenceStats.
+
+    `ref_logp`: precomputed reference sums per row; they replace the reference forward pass
+    except for exact-mode FPA, which needs the reference's full logits.
+    """
     needs_ref = objective.needs_reference or fpa.enabled
-    if needs_ref and ref_model is None:
+    needs_ref_logits = needs_ref and (ref_logp is None or (fpa.enabled and fpa.mode == "exact"))
+    if needs_ref_logits and ref_model is None:
         raise ValueError(f"objective {objective.name!r}{' with FPA' if fpa.enabled else ''} needs a reference model")
     labels, mask = shifted_targets(batch)
     policy_logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     ref_logits = None
-    if needs_ref:
+    if needs_ref_logits:
         with torch.no_grad():
             ref_logits = ref_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    return sequence_stats(policy_logits, ref_logits, labels, mask, fpa)
+    stats = sequence_stats(policy_logits, ref_logits, labels, mask, fpa if ref_logits is not None else None)
+    if ref_logits is None and needs_ref:
+        stats = dataclasses.replace(stats, ref_logp=ref_logp.to(stats.logp.device))
+        if fpa.enabled:  # sequence mode from precomputed reference sums
+            stats = dataclasses.replace(stats, future_logp=future_sequence_logprobs(stats.logp, stats.ref_logp, fpa.lam))
+    return stats
 
 
 def shifted_targets(batch: TokenizedBatch) -> tuple[Tensor, Tensor]:

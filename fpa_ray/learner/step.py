@@ -32,9 +32,10 @@ def objective_loss(
     batch: TokenizedBatch,
     fpa: FPAConfig,
     normalizer: float | None = None,
+    ref_logp: torch.Tensor | None = None,
 ) -> ObjectiveOutput:
     """Forward the policy (and reference), then apply `objective`, with FPA when `fpa.enabled`."""
-    stats = forward_stats(objective, model, ref_model, batch, fpa)
+    stats = forward_stats(objective, model, ref_model, batch, fpa, ref_logp)
     inputs = objective_batch(objective, stats, batch.correct)
     if objective.needs_kl_reference:
         inputs = LabelledBatch(inputs.samples, inputs.correct, kl_reference(model, ref_model, batch, fpa.chunk_size))

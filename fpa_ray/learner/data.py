@@ -1,0 +1,125 @@
+"""Offline dataset rows -> training examples, with explicit, counted rules for bad rows.
+
+Rows follow TRL's conventions with token ids alongside: paired rows have `prompt_token_ids`,
+`chosen_token_ids`, `rejected_token_ids` (or text `prompt`, `chosen`, `rejected`, tokenised with
+the policy's tokenizer); labelled rows have `prompt_token_ids`, `completion_token_ids` (or text
+`prompt`, `completion`) and a boolean `label`. Precomputed reference log-probs, when present,
+are `ref_chosen_logp`/`ref_rejected_logp` or `ref_logp`.
+
+Rules, each counted: a pair whose chosen equals its rejected is dropped (`identical_pair`); an
+empty response is dropped (`empty_response`); a prompt that leaves no room for a response is
+dropped (`prompt_too_long`); a response that does not fit in `max_length` is cut to fit
+(`truncated`). A row missing a required column is an error that names the row and column.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from fpa_ray.learner.forward import TokenizedBatch
+
+Kind = Literal["paired", "labelled"]
+RESPONSE_COLUMNS = {"paired": ("chosen", "rejected"), "labelled": ("completion",)}
+REF_COLUMNS = {"paired": ("ref_chosen_logp", "ref_rejected_logp"), "labelled": ("ref_logp",)}
+
+
+class DatasetRowError(ValueError):
+    """A row that lacks what the learner needs; the message names the row and the column."""
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: tuple[int, ...]
+    responses: tuple[tuple[int, ...], ...]  # (chosen, rejected) or (completion,)
+    label: bool | None = None
+    ref_logp: tuple[float, ...] | None = None
+    truncated: bool = False
+
+    def sort_key(self) -> tuple:
+        return (self.prompt, self.responses, self.label is True)
+
+
+@dataclass
+class PreparedData:
+    examples: list[Example]
+    counts: Counter = field(default_factory=Counter)  # rule -> rows affected
+
+
+def _token_ids(row: dict[str, Any], name: str, where: str, tokenizer, eos: bool) -> tuple[int, ...]:
+    ids = row.get(f"{name}_token_ids")
+    if ids is not None:
+        return tuple(int(t) for t in ids)
+    if row.get(name) is None:
+        raise DatasetRowError(f"{where}: needs column '{name}_token_ids' or '{name}'")
+    if tokenizer is None:
+        raise DatasetRowError(f"{where}: column '{name}' is text but no tokenizer was given")
+    ids = tokenizer(row[name], add_special_tokens=False)["input_ids"]
+    return tuple(ids + ([tokenizer.eos_token_id] if eos and row[name] else []))
+
+
+def prepare_row(row: dict[str, Any], index: int, kind: Kind, max_length: int, tokenizer=None) -> Example | str:
+    """The training example of one row, or the name of the rule that drops it."""
+    where = f"row {index}"
+    prompt = _token_ids(row, "prompt", where, tokenizer, eos=False)
+    responses = tuple(_token_ids(row, name, where, tokenizer, eos=True) for name in RESPONSE_COLUMNS[kind])
+    label = None
+    if kind == "labelled":
+        if not isinstance(row.get("label"), (bool, int)) or row["label"] not in (0, 1, True, False):
+            raise DatasetRowError(f"{where}: column 'label' must be a boolean, got {row.get('label')!r}")
+        label = bool(row["label"])
+    if any(len(r) == 0 for r in responses):
+        return "empty_response"
+    if kind == "paired" and responses[0] == responses[1]:
+        return "identical_pair"
+    room = max_length - len(prompt)
+    if room < 1:
+        return "prompt_too_long"
+    ref = tuple(row.get(c) for c in REF_COLUMNS[kind])
+    ref = tuple(float(v) for v in ref) if all(v is not None for v in ref) else None
+    truncated = any(len(r) > room for r in responses)
+    if truncated:
+        responses = tuple(r[:room] for r in responses)
+        ref = None  # computed on the uncut response
+        if kind == "paired" and responses[0] == responses[1]:
+            return "identical_pair"
+    return Example(prompt, responses, label, ref, truncated)
+
+
+def prepare_examples(rows: Iterable[dict[str, Any]], kind: Kind, max_length: int, tokenizer=None) -> PreparedData:
+    """Apply the rules to every row; the examples come back in a canonical (content) order."""
+    prepared = PreparedData([])
+    for index, row in enumerate(rows):
+        result = prepare_row(row, index, kind, max_length, tokenizer)
+        if isinstance(result, str):
+            prepared.counts[result] += 1
+            continue
+        prepared.counts["truncated"] += result.truncated
+        prepared.examples.append(result)
+    # Workers may receive rows in any order: sort by content so every worker sees the same list.
+    prepared.examples.sort(key=Example.sort_key)
+    prepared.counts["kept"] = len(prepared.examples)
+    return prepared
+
+
+def collate(examples: list[Example], kind: Kind, pad_id: int) -> tuple[TokenizedBatch, torch.Tensor | None]:
+    """Right-padded rows (paired: all chosen rows, then all rejected rows) and precomputed reference sums."""
+    sequences = [(e.prompt, e.responses[side]) for side in range(len(RESPONSE_COLUMNS[kind])) for e in examples]
+    width = max(len(p) + len(r) for p, r in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    response_mask = torch.zeros((len(sequences), width), dtype=torch.bool)
+    for i, (prompt, response) in enumerate(sequences):
+        length = len(prompt) + len(response)
+        input_ids[i, :length] = torch.tensor(prompt + response)
+        attention[i, :length] = 1
+        response_mask[i, len(prompt) : length] = True
+    correct = torch.tensor([bool(e.label) for e in examples]) if kind == "labelled" else None
+    ref = None
+    if all(e.ref_logp is not None for e in examples):
+        ref = torch.tensor([e.ref_logp[side] for side in range(len(RESPONSE_COLUMNS[kind])) for e in examples], dtype=torch.float32)
+    return TokenizedBatch(input_ids, attention, response_mask, correct), ref

@@ -1,0 +1,60 @@
+"""Reference log-probs precomputed once per dataset, as columns (`ref_chosen_logp`, `ref_rejected_logp`
+or `ref_logp`), so that reference-based objectives without FPA, and FPA in `sequence` mode, train
+without a reference model in the workers. Exact-mode FPA still needs the reference's logits online.
+Rows the learner would truncate or drop get no value (null): a dataset with any such row is
+trained with the online reference instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fpa_ray.learner.data import REF_COLUMNS, Example, Kind, collate, prepare_row
+from fpa_ray.learner.forward import shifted_targets
+from fpa_ray.objectives import masked_sum, token_logprobs
+
+
+class ReferenceActor:
+    """map_batches callable: the reference model's summed log-prob of every response in a batch."""
+
+    def __init__(self, checkpoint: str, kind: Kind, max_length: int):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+        self.kind, self.max_length = kind, max_length
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        count = len(next(iter(batch.values())))
+        rows = [{key: values[i] for key, values in batch.items()} for i in range(count)]
+        examples = [prepare_row(row, i, self.kind, self.max_length, self.tokenizer) for i, row in enumerate(rows)]
+        usable = [i for i, e in enumerate(examples) if isinstance(e, Example) and not e.truncated]
+        sides = len(REF_COLUMNS[self.kind])
+        values = np.full((sides, count), np.nan)
+        if usable:
+            tokenized, _ = collate([examples[i] for i in usable], self.kind, self.tokenizer.pad_token_id)
+            labels, mask = shifted_targets(tokenized)
+            logits = self.model(input_ids=tokenized.input_ids, attention_mask=tokenized.attention_mask).logits
+            sums = masked_sum(token_logprobs(logits, labels, mask), mask).view(sides, len(usable))
+            values[:, usable] = sums.double().numpy()
+        out = dict(batch)
+        for side, column in enumerate(REF_COLUMNS[self.kind]):
+            out[column] = np.array([None if np.isnan(v) else float(v) for v in values[side]], dtype=object)
+        return out
+
+
+def add_reference_logprobs(dataset, checkpoint: Path, kind: Kind, max_length: int, num_actors: int = 1, batch_size: int = 32):
+    """`dataset` with the reference log-prob columns added (lazy Ray Dataset)."""
+    import ray
+
+    return dataset.map_batches(
+        ReferenceActor,
+        fn_constructor_kwargs={"checkpoint": str(checkpoint), "kind": kind, "max_length": max_length},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
+    )

@@ -1,0 +1,144 @@
+"""The learner group on a real local Ray cluster: Ray Train workers, DDP and DeepSpeed on CPU."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from fpa_ray.config import FPAConfig, LearnerConfig, ObjectiveConfig
+from fpa_ray.learner.reference import add_reference_logprobs
+from fpa_ray.learner.trainer import TrainStage
+
+from .offline_rows import labelled_rows, pair_rows
+from .test_vllm_load import VLLM_ENV
+
+pytestmark = pytest.mark.slow
+
+
+def _train(ray, rows, policy, out, objective="dpo", fpa=False, dataset=None, **learner):
+    config = LearnerConfig(**{"num_workers": 2, "global_batch_size": 8, "micro_batch_size": 4, "lr": 1e-4, "checkpoint_every": 3, **learner})
+    stage = TrainStage(config, ObjectiveConfig(name=objective), FPAConfig(enabled=fpa, lam=1.0), seed=0)
+    return stage.run(dataset if dataset is not None else ray.data.from_items(rows), policy, policy, out)
+
+
+def _weights(path):
+    return AutoModelForCausalLM.from_pretrained(path).state_dict()
+
+
+def _assert_same_weights(a, b, lr=1e-4):
+    """AdamW's first updates are lr * g / (|g| + eps): on entries whose gradient is ~0, a float-level
+    difference in summation order can swing the update by up to lr. So: every entry within lr / 4,
+    and at most 1 in 10,000 entries off by more than 1e-6."""
+    diffs = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    assert diffs.max() <= lr / 4, diffs.max()
+    assert (diffs > 1e-6).float().mean() <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def rows(tiny_policy):
+    good = pair_rows(tiny_policy, 24)
+    bad = [
+        {**good[0], "rejected_token_ids": good[0]["chosen_token_ids"]},  # chosen == rejected
+        {**good[1], "chosen_token_ids": []},  # empty response
+        {**good[2], "chosen_token_ids": good[2]["chosen_token_ids"] * 40},  # longer than max_length: cut
+    ]
+    return good + bad
+
+
+@pytest.mark.parametrize("fpa", [False, True], ids=["dpo", "fpa-dpo"])
+def test_dpo_and_fpa_dpo_reduce_their_loss(ray_cluster, rows, tiny_policy, tmp_path, fpa):
+    result = _train(ray_cluster, rows, tiny_policy, tmp_path / "run", fpa=fpa, epochs=3)
+    losses = [m["loss"] for m in result.metrics]
+    assert [m["step"] for m in result.metrics] == list(range(1, 10))  # 25 kept rows // 8 = 3 steps x 3 epochs
+    assert losses[-1] < losses[0] - 0.02
+    first = result.metrics[0]
+    assert first["rows_identical_pair"] == 1 and first["rows_empty_response"] == 1 and first["rows_truncated"] == 1
+    for key in ("C_w", "C_l", "logp_chosen", "logp_rejected", "reward_margin", "grad_norm", "lr", "tokens_per_s"):
+        assert key in first
+    assert ("C_l_current" in first) == fpa
+    assert (tmp_path / "run" / "metrics.jsonl").is_file() and any((tmp_path / "run" / "tensorboard").iterdir())
+    assert (result.checkpoint / "model.safetensors").is_file() and (result.checkpoint / "tokenizer.json").is_file()
+
+
+def test_first_step_is_the_same_for_any_workers_and_accumulation(ray_cluster, rows, tiny_policy, tmp_path):
+    runs = {}
+    for workers, micro in ((1, 8), (1, 4), (2, 4), (2, 2)):
+        result = _train(ray_cluster, rows, tiny_policy, tmp_path / f"w{workers}m{micro}", fpa=True, num_workers=workers, micro_batch_size=micro, max_steps=1)
+        runs[workers, micro] = (result.metrics[0], _weights(result.checkpoint))
+    (base_metrics, base_weights) = runs[1, 8]
+    for (metrics, weights) in runs.values():
+        assert metrics["grad_norm"] == pytest.approx(base_metrics["grad_norm"], rel=1e-5)
+        assert metrics["loss"] == pytest.approx(base_metrics["loss"], rel=1e-6)
+        assert metrics["C_l"] == pytest.approx(base_metrics["C_l"], rel=1e-6)
+        _assert_same_weights(weights, base_weights)
+    assert not torch.equal(base_weights["model.norm.weight"], _weights(tiny_policy)["model.norm.weight"])  # it trained
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_matches_ddp(ray_cluster, rows, tiny_policy, tmp_path, stage):
+    ddp = _train(ray_cluster, rows, tiny_policy, tmp_path / "ddp", fpa=True, max_steps=3)
+    zero = _train(ray_cluster, rows, tiny_policy, tmp_path / "zero", fpa=True, max_steps=3, strategy="deepspeed", zero_stage=stage)
+    assert [m["loss"] for m in zero.metrics] == pytest.approx([m["loss"] for m in ddp.metrics], rel=1e-5)
+    _assert_same_weights(_weights(ddp.checkpoint), _weights(zero.checkpoint))
+
+
+def test_a_killed_worker_resumes_from_its_checkpoint_to_the_same_weights(ray_cluster, rows, tiny_policy, tmp_path):
+    from ray.util.state import list_actors
+
+    clean = _train(ray_cluster, rows, tiny_policy, tmp_path / "clean", fpa=True, epochs=3)
+    out = tmp_path / "killed"
+    killed = []
+
+    def kill_after_first_checkpoint():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            if list((out / "ray_train" / "train").glob("checkpoint_*")):
+                workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "RayTrainWorker" in a.class_name and a.pid]
+                if workers:
+                    os.kill(workers[-1].pid, signal.SIGKILL)
+                    killed.append(workers[-1].pid)
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_after_first_checkpoint)
+    killer.start()
+    resumed = _train(ray_cluster, rows, tiny_policy, out, fpa=True, epochs=3)
+    killer.join()
+    assert killed, "the run ended before a worker could be killed"
+    assert [m["step"] for m in resumed.metrics] == list(range(1, 10))  # each step logged once
+    a, b = _weights(clean.checkpoint), _weights(resumed.checkpoint)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert [m["loss"] for m in resumed.metrics] == pytest.approx([m["loss"] for m in clean.metrics], rel=1e-6)
+
+
+def test_precomputed_reference_trains_like_the_online_one(ray_cluster, rows, tiny_policy, tmp_path):
+    online = _train(ray_cluster, rows[:24], tiny_policy, tmp_path / "online", max_steps=3)
+    dataset = add_reference_logprobs(ray_cluster.data.from_items(rows[:24]), tiny_policy, "paired", max_length=512)
+    assert all(r["ref_chosen_logp"] is not None for r in dataset.take_all())
+    precomputed = _train(ray_cluster, None, tiny_policy, tmp_path / "pre", max_steps=3, dataset=dataset, reference="precomputed")
+    assert [m["loss"] for m in precomputed.metrics] == pytest.approx([m["loss"] for m in online.metrics], rel=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["kto", "offline_rl"])
+def test_labelled_objectives_train(ray_cluster, tiny_policy, tmp_path, objective):
+    result = _train(ray_cluster, labelled_rows(tiny_policy, 16), tiny_policy, tmp_path / objective, objective=objective, fpa=True, epochs=2)
+    assert len(result.metrics) == 4 and all(torch.isfinite(torch.tensor(m["loss"])) for m in result.metrics)
+    assert {"C_w", "C_l"} <= result.metrics[0].keys()
+
+
+def test_a_trained_checkpoint_loads_in_vllm_and_transformers(ray_cluster, rows, tiny_policy, tmp_path):
+    result = _train(ray_cluster, rows, tiny_policy, tmp_path / "run", max_steps=2)
+    script = Path(__file__).with_name("vllm_load_check.py")
+    check = subprocess.run([sys.executable, str(script), str(result.checkpoint)], capture_output=True, text=True, timeout=600,
+                           env={**os.environ, **VLLM_ENV})
+    assert check.returncode == 0, check.stderr[-3000:]
+    report = json.loads(check.stdout.strip().splitlines()[-1])
+    assert report["vllm_tokens"] == report["hf_tokens"]
+    assert max(abs(a - b) for a, b in zip(report["vllm_logprobs"], report["hf_logprobs"])) < 1e-3
