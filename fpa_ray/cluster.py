@@ -32,6 +32,7 @@ def init_ray(num_cpus: int | None = 4, address: str | None = None) -> None:
 
         if not ray.is_initialized():
             ray.init(address=address, log_to_driver=True)
+        _quiet_ray_data()
         return
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
@@ -43,6 +44,7 @@ def init_ray(num_cpus: int | None = 4, address: str | None = None) -> None:
         from ray._private import ray_constants
 
         ray_constants.ENABLE_RAY_CLUSTER = False
+    _quiet_ray_data()
     if ray.is_initialized():
         return
     ray.init(
@@ -52,3 +54,14 @@ def init_ray(num_cpus: int | None = 4, address: str | None = None) -> None:
         dashboard_host="127.0.0.1",
         log_to_driver=True,
     )
+
+
+def _quiet_ray_data() -> None:
+    """Keep the stages' own progress lines readable: Ray Data's per-operator progress bars and
+    execution-plan INFO lines would otherwise fill the log several times per second."""
+    import logging
+
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)

@@ -212,9 +212,25 @@ class VerifierConfig(StrictModel):
     max_failure_share: float = Field(0.5, ge=0, le=1, description="fail the run above this unparseable+timeout+error share")
 
 
+class BuildConfig(StrictModel):
+    """From verified samples to training rows (METHOD.md section 6)."""
+
+    pairs_per_prompt: int = Field(4, ge=1, description="cap on correct-over-incorrect pairs per prompt (seeded choice)")
+
+
+class EvalConfig(StrictModel):
+    """pass@1 averaged over k samples per problem, and Total Gain / Total Loss against round 0."""
+
+    samples: int = Field(4, ge=1, description="k samples per problem")
+    temperature: float = Field(0.7, ge=0)
+    max_new_tokens: int = Field(64, ge=1)
+    solved_threshold: float = Field(0.5, gt=0, le=1, description="a problem counts as solved at this pass@1 or above")
+
+
 class PolicyConfig(StrictModel):
     """The policy to train. The embedded default builds the tiny model locally and warm-starts it."""
 
+    name_or_path: str = Field("tiny", description="'tiny' (built here), a local model directory or a Hugging Face Hub id")
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
 
@@ -245,11 +261,14 @@ class RunConfig(StrictModel):
     name: str = Field("tiny-cpu", description="run name; the run directory is <output_dir>/<name>")
     seed: int = 0
     output_dir: Path = Path("runs")
+    rounds: int = Field(1, ge=1, description="regenerate -> verify -> build -> train rounds")
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     verifier: VerifierConfig = Field(default_factory=VerifierConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    build: BuildConfig = Field(default_factory=BuildConfig)
+    evaluation: EvalConfig = Field(default_factory=EvalConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     fpa: FPAConfig = Field(default_factory=FPAConfig)
 

@@ -9,18 +9,21 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from fpa_ray.config import DEFAULT_CONFIG, ConfigError, load_config, objective_params_model
 from fpa_ray.objectives import get_objective, objective_names
 
+ROUND_STAGES = ("generate", "verify", "build", "train", "evaluate")
+
 # stage -> (what it does, the issue that builds it, or None when built)
 STAGES: dict[str, tuple[str, int | None]] = {
-    "run": ("the whole offline FPA pipeline: rounds of generate -> verify -> build -> train -> evaluate", 7),
-    "generate": ("sample N responses per prompt from a policy checkpoint with the vLLM sampler pool", 5),
-    "verify": ("grade sampled responses with the rule-based verifier pool", 4),
-    "build": ("build preference pairs or labelled rows (Parquet + manifest) from verified samples", 7),
-    "train": ("train the policy on a built dataset with Ray Train", 6),
-    "evaluate": ("pass@1 over k samples, Total Gain/Total Loss, on the configured benchmarks", 10),
+    "run": ("the whole offline FPA pipeline: rounds of generate -> verify -> build -> train -> evaluate", None),
+    "generate": ("sample N responses per prompt from a policy checkpoint with the vLLM sampler pool", None),
+    "verify": ("grade a round's samples with the rule-based verifier pool", None),
+    "build": ("build a round's preference pairs or labelled rows (Parquet + manifest) from verified samples", None),
+    "train": ("train the policy on a round's dataset with Ray Train", None),
+    "evaluate": ("pass@1 over k samples and Total Gain/Total Loss of a policy on the eval prompts", None),
     "grpo": ("the online RLVR/GRPO baseline on the same cluster", 8),
     "compare": ("accuracy against resource-hours for finished runs (table and plot)", 8),
     "warmstart": ("build the tiny policy and warm-start it with SFT, or reuse the cached one; print its accuracy", None),
@@ -42,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub = subparsers.add_parser(name, help=text, description=text)
         sub.add_argument("--config", default=DEFAULT_CONFIG, help="config name in configs/ or a YAML path (default: %(default)s)")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. fpa.lam=2 objective.name=rpo")
+        if name in ROUND_STAGES:
+            sub.add_argument("--round", type=int, default=1, help="the round whose directory the stage reads and writes (default 1)")
+            sub.add_argument("--checkpoint", type=Path, help="policy to use instead of the round's own (generate, train, evaluate)")
     return parser
 
 
@@ -63,6 +69,29 @@ def _run_warmstart(config) -> None:
         f"  held-out pass@1 at T={config.policy.sft.eval_temperature}: {result.pass_at_1:.1%}"
         f" ({config.policy.sft.eval_samples} samples x {config.policy.sft.eval_problems} problems), greedy {result.greedy_accuracy:.1%}"
     )
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _run_round_stage(config, args) -> None:
+    from fpa_ray.pipelines.offline import OfflinePipeline
+
+    pipeline = OfflinePipeline(config, log=_log)
+    pipeline.prepare()
+    round_dir = pipeline.run_dir / f"round_{args.round}"
+    if args.stage == "generate":
+        pipeline.generate(args.round, args.checkpoint or pipeline.policy_before(args.round))
+    elif args.stage == "verify":
+        pipeline.verify(args.round, round_dir / "samples")
+    elif args.stage == "build":
+        pipeline.build(args.round, round_dir / "verified")
+    elif args.stage == "train":
+        pipeline.train(args.round, round_dir / "dataset", args.checkpoint or pipeline.policy_before(args.round))
+    else:
+        policy = args.checkpoint or (pipeline.initial_policy() if args.round == 0 else round_dir / "train" / "policy")
+        pipeline.evaluate(args.round, policy)
 
 
 def _run_demo() -> None:
@@ -89,9 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.stage == "demo":
         _run_demo()
     elif args.stage == "run":
-        # Until the offline pipeline lands (issue 7) the default job is the objective demo.
-        print("The offline pipeline (`run`) is not yet built (issue 7); running the objective demo instead.\n", flush=True)
-        _run_demo()
+        from fpa_ray.pipelines.offline import OfflinePipeline
+
+        report = OfflinePipeline(config, log=_log).run()
+        print(f"\nreport: {report}")
+    elif args.stage in ROUND_STAGES:
+        _run_round_stage(config, args)
     else:
         print(f"stage {args.stage!r} ({text}) is not yet built (issue {issue})", file=sys.stderr)
         return 2

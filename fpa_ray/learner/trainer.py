@@ -43,6 +43,9 @@ class TrainStage:
         import ray.train
         from ray.train.torch import TorchConfig, TorchTrainer
 
+        rows = dataset.count()
+        if rows < self.learner.global_batch_size:  # fail here, not once per worker restart
+            raise ValueError(f"the dataset has {rows} rows, fewer than learner.global_batch_size={self.learner.global_batch_size}")
         output_dir = output_dir.resolve()
         output_dir.mkdir(parents=True, exist_ok=True)
         learner = self.learner

@@ -201,6 +201,7 @@ class GenerateStage:
             "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(self.config.kv_cache_gb))),
             "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
             "VLLM_HOST_IP": os.environ.get("VLLM_HOST_IP", "127.0.0.1"),
+            "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),  # its INFO lines drown the stages' progress
         }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from fpa_ray.config import VerifierConfig
 from fpa_ray.verifier.pool import STATUSES, GradingPool
@@ -40,21 +41,25 @@ class VerifierActor:
             if pool is not None:
                 pool.close()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        pairs = list(zip(batch["answer"].tolist(), batch["response"].tolist()))
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        # Arrow in, Arrow out: list columns (token ids) keep their list type instead of becoming tensors.
+        pairs = list(zip(batch.column("answer").to_pylist(), batch.column("response").to_pylist()))
         verdicts = self.pool.grade(pairs)
-        out = dict(batch)
-        out["reward"] = np.array([v.reward for v in verdicts], dtype=np.float64)
-        out["status"] = np.array([v.status for v in verdicts], dtype=object)
-        out["extracted"] = np.array([v.extracted for v in verdicts], dtype=object)
-        out["grader"] = np.array([v.grader for v in verdicts], dtype=object)
-        out["verify_seconds"] = np.array([v.seconds for v in verdicts], dtype=np.float64)
-        out["verify_detail"] = np.array([v.detail for v in verdicts], dtype=object)
+        columns = {
+            "reward": pa.array([v.reward for v in verdicts], pa.float64()),
+            "status": pa.array([v.status for v in verdicts], pa.string()),
+            "extracted": pa.array([v.extracted for v in verdicts], pa.string()),
+            "grader": pa.array([v.grader for v in verdicts], pa.string()),
+            "verify_seconds": pa.array([v.seconds for v in verdicts], pa.float64()),
+            "verify_detail": pa.array([v.detail for v in verdicts], pa.string()),
+        }
         if self.cross is not None:
             cross = self.cross.grade(pairs)
-            out["cross_status"] = np.array([v.status for v in cross], dtype=object)
-            out["cross_reward"] = np.array([v.reward for v in cross], dtype=np.float64)
-        return out
+            columns["cross_status"] = pa.array([v.status for v in cross], pa.string())
+            columns["cross_reward"] = pa.array([v.reward for v in cross], pa.float64())
+        for name, values in columns.items():
+            batch = batch.append_column(name, values)
+        return batch
 
 
 class VerifyStage:
@@ -70,7 +75,7 @@ class VerifyStage:
             VerifierActor,
             fn_constructor_kwargs={"config": self.config},
             batch_size=self.config.batch_size,
-            batch_format="numpy",
+            batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=self.config.num_actors),
             num_cpus=self.config.workers_per_actor,  # the grading processes do the work
         )

@@ -1,0 +1,54 @@
+"""The run ledger: every stage is charged the resources it held times its wall time.
+
+One JSON line per stage run in `<run>/ledger.jsonl`: stage, round, start and end (UNIX seconds),
+wall seconds, CPUs and GPUs held, cpu_seconds = CPUs x wall, gpu_seconds = GPUs x wall, and the
+node. Offline and online pipelines charge through this one class, so their GPU-hours (CPU-hours
+on a CPU machine) compare like for like.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class Ledger:
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def stage(self, stage: str, round_index: int | None, cpus: float, gpus: float = 0.0) -> Iterator[None]:
+        """Charge the enclosed block; a block that raises is charged too (the resources were held)."""
+        start = time.time()
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            end = time.time()
+            entry = {
+                "stage": stage, "round": round_index, "start": start, "end": end, "wall_s": end - start,
+                "cpus": cpus, "gpus": gpus, "cpu_seconds": cpus * (end - start), "gpu_seconds": gpus * (end - start),
+                "node": platform.node(), "completed": ok,
+            }
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(entry) + "\n")
+
+    def entries(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+    def totals(self) -> dict[str, dict[str, float]]:
+        """wall/cpu/gpu seconds per stage name."""
+        totals: dict[str, dict[str, float]] = defaultdict(lambda: {"wall_s": 0.0, "cpu_seconds": 0.0, "gpu_seconds": 0.0})
+        for entry in self.entries():
+            for key in ("wall_s", "cpu_seconds", "gpu_seconds"):
+                totals[entry["stage"]][key] += entry[key]
+        return dict(totals)

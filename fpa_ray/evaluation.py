@@ -1,0 +1,30 @@
+"""Scoring an evaluation: pass@1 averaged over k samples, pass@k, and Total Gain / Total Loss.
+
+Total Gain / Total Loss (METHOD.md section 8) compare two evaluations problem by problem: a
+problem counts as solved when its pass@1 over the k samples reaches `solved_threshold` (0.5 by
+default, [project choice]); gained = solved after but not before, lost = the reverse.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def score(verified: pd.DataFrame) -> dict:
+    """Overall pass@1 (mean over problems of the mean reward), pass@k, and per-problem pass@1."""
+    per_problem = verified.groupby("prompt_id")["reward"].agg(["mean", "max", "count"])
+    return {
+        "problems": int(len(per_problem)),
+        "samples_per_problem": int(per_problem["count"].min()) if len(per_problem) else 0,
+        "pass_at_1": float(per_problem["mean"].mean()) if len(per_problem) else 0.0,
+        "pass_at_k": float(per_problem["max"].mean()) if len(per_problem) else 0.0,
+        "per_problem": {str(k): float(v) for k, v in per_problem["mean"].items()},
+    }
+
+
+def total_gain_loss(before: dict[str, float], after: dict[str, float], solved_threshold: float = 0.5) -> dict:
+    """Problems newly solved (gained) and newly failed (lost) between two per-problem pass@1 maps."""
+    common = sorted(set(before) & set(after))
+    gained = [p for p in common if after[p] >= solved_threshold > before[p]]
+    lost = [p for p in common if before[p] >= solved_threshold > after[p]]
+    return {"total_gain": len(gained), "total_loss": len(lost), "gained": gained, "lost": lost, "compared": len(common)}

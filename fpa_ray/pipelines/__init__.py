@@ -1,0 +1,1 @@
+"""Pipelines: the offline FPA rounds and (later) the online GRPO baseline."""

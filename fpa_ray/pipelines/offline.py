@@ -1,0 +1,270 @@
+"""The offline FPA pipeline: warm start, then rounds of generate -> verify -> build -> train, with
+an evaluation of the starting policy and of every round's policy.
+
+Run directory `<output_dir>/<name>/`: `config.yaml` (resolved), `ledger.jsonl`, `report.md`,
+`eval_0/`, and per round `round_<r>/{samples,verified,dataset,train}` and `eval_<r>/`. Every stage
+writes a `manifest.json` with its inputs; a rerun with the same name skips a stage whose manifest
+is complete and whose inputs are the same, resumes one that was cut short (generation keeps its
+finished shards), and refuses one whose recorded inputs differ from the current ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from fpa_ray.accounting import Ledger
+from fpa_ray.config import RunConfig, SamplerConfig
+from fpa_ray.data.builder import build_pairs, build_unpaired, content_hash
+from fpa_ray.data.sources import PromptRow, load_prompts
+from fpa_ray.evaluation import score, total_gain_loss
+from fpa_ray.objectives import PairedBatch, get_objective
+
+
+class StageInputsChanged(RuntimeError):
+    """A finished stage in the run directory was made from other inputs than this run's."""
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    os.replace(partial, path)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+class OfflinePipeline:
+    def __init__(self, config: RunConfig, log=print):
+        self.config, self.log = config, log
+        self.run_dir = (config.output_dir / config.name).resolve()
+        self.ledger = Ledger(self.run_dir / "ledger.jsonl")
+
+    # --- bookkeeping -----------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Create the run directory or check that it was made with the same config."""
+        from fpa_ray.cluster import init_ray
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        saved = self.run_dir / "config.yaml"
+        text = self.config.to_yaml()
+        if saved.exists() and saved.read_text() != text:
+            raise StageInputsChanged(
+                f"{self.run_dir} was made with another config (see {saved}); use another name= or remove the directory"
+            )
+        saved.write_text(text)
+        init_ray()
+
+    def _done(self, stage_dir: Path, inputs: dict) -> dict | None:
+        """The manifest of a finished stage made from `inputs`; None if it still has to run."""
+        path = stage_dir / "manifest.json"
+        if not path.exists():
+            return None
+        manifest = json.loads(path.read_text())
+        if not manifest.get("complete"):
+            return None
+        if manifest.get("inputs") != json.loads(json.dumps(inputs, default=str)):
+            raise StageInputsChanged(f"{stage_dir} holds a finished stage made from other inputs; use a new run name")
+        self.log(f"[{stage_dir.relative_to(self.run_dir)}] done earlier: reusing it")
+        return manifest
+
+    # --- stages ------------------------------------------------------------------------------
+
+    def initial_policy(self) -> Path:
+        """The starting policy: a local directory, a Hub snapshot, or the warm-started tiny model."""
+        from fpa_ray.warmstart import warm_start
+
+        config = self.config
+        name = config.policy.name_or_path
+        if name != "tiny":
+            if Path(name).is_dir():
+                return Path(name).resolve()
+            from huggingface_hub import snapshot_download  # into HF_HOME: a shared volume on clusters
+
+            with self.ledger.stage("download", 0, cpus=1):
+                return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]))
+        with self.ledger.stage("warmstart", 0, cpus=os.cpu_count() or 1):
+            result = warm_start(config.policy.tiny, config.policy.sft, config.data.synthetic, seed=config.seed, log=self.log)
+        self.log(f"[warmstart] tiny policy {'reused from cache' if result.cached else 'trained'}: {result.path}")
+        return result.path
+
+    def _prompts(self, sources) -> list[PromptRow]:
+        rows: list[PromptRow] = []
+        for source in sources:
+            loaded = load_prompts(source, self.config.data.synthetic, self.config.seed)
+            if loaded.skipped:
+                self.log(f"[prompts] {source.name}: skipped {len(loaded.skipped)} malformed rows, first: {loaded.skipped[0]}")
+            rows.extend(loaded.rows)
+        return rows
+
+    def generate(self, round_index: int, policy: Path, sampler: SamplerConfig | None = None, prompts=None, stage_dir=None, stage="generate") -> Path:
+        from fpa_ray.sampler.stage import GenerateStage
+
+        config = self.config
+        sampler = sampler or config.sampler
+        stage_dir = stage_dir or self.run_dir / f"round_{round_index}" / "samples"
+        prompts = prompts if prompts is not None else self._prompts([config.data.train])
+        done = json.loads((stage_dir / "manifest.json").read_text()) if (stage_dir / "manifest.json").exists() else None
+        if done and done.get("complete"):
+            self.log(f"[{stage_dir.relative_to(self.run_dir)}] done earlier: reusing it")
+            return stage_dir
+        self.log(f"[{stage}] {len(prompts)} prompts x {sampler.n} samples from {policy}")
+        resources = {"cpus": sampler.num_actors * sampler.cpus_per_actor, "gpus": sampler.num_actors * sampler.gpus_per_actor}
+        with self.ledger.stage(stage, round_index, **resources):
+            manifest = GenerateStage(sampler, config.data.template, config.seed + round_index).run(
+                prompts, policy, stage_dir, on_shard_done=lambda s, d, t: self.log(f"  [{stage}] shard {d}/{t} written")
+            )
+        self.log(f"[{stage}] {manifest['rows']} samples")
+        return stage_dir
+
+    def verify(self, round_index: int, samples_dir: Path, stage_dir: Path | None = None, stage="verify") -> Path:
+        from fpa_ray.sampler.stage import read_samples
+        from fpa_ray.verifier.graders import grader_version
+        from fpa_ray.verifier.stage import VerificationReport, VerifyStage
+
+        verifier = self.config.verifier
+        stage_dir = stage_dir or self.run_dir / f"round_{round_index}" / "verified"
+        inputs = {"samples": _digest(samples_dir / "manifest.json"), "verifier": verifier.model_dump()}
+        if self._done(stage_dir, inputs):
+            return stage_dir
+        shutil.rmtree(stage_dir, ignore_errors=True)
+        with self.ledger.stage(stage, round_index, cpus=verifier.num_actors * verifier.workers_per_actor):
+            verified = VerifyStage(verifier)(read_samples(samples_dir)).materialize()
+            verified.write_parquet(str(stage_dir / "data"))
+            report = VerificationReport.from_dataset(verified)
+        self.log(f"[{stage}] {report.summary()}")
+        _write_json(stage_dir / "manifest.json", {
+            "kind": "verified", "inputs": inputs, "complete": True, "checks": report.checks, "by_status": report.by_status,
+            "p50_seconds": report.p50_seconds, "p99_seconds": report.p99_seconds,
+            "graders": [grader_version(g) for g in (verifier.grader, verifier.cross_grader) if g],
+        })
+        report.raise_if_unhealthy(verifier.max_failure_share)
+        return stage_dir
+
+    def build(self, round_index: int, verified_dir: Path) -> Path:
+        import pandas as pd
+
+        config = self.config
+        paired = get_objective(config.objective.name).batch_type is PairedBatch
+        stage_dir = self.run_dir / f"round_{round_index}" / "dataset"
+        inputs = {"verified": _digest(verified_dir / "manifest.json"), "build": config.build.model_dump(), "paired": paired, "seed": config.seed}
+        if self._done(stage_dir, inputs):
+            return stage_dir
+        with self.ledger.stage("build", round_index, cpus=1):
+            samples = pd.read_parquet(verified_dir / "data")
+            if paired:
+                frame, counts = build_pairs(samples, config.build.pairs_per_prompt, config.seed + round_index)
+            else:
+                frame, counts = build_unpaired(samples, config.seed + round_index)
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            frame.to_parquet(stage_dir / "data.parquet", index=False)
+        samples_manifest = json.loads((verified_dir.parent / "samples" / "manifest.json").read_text())
+        verified_manifest = json.loads((verified_dir / "manifest.json").read_text())
+        _write_json(stage_dir / "manifest.json", {
+            "kind": "pairs" if paired else "unpaired", "inputs": inputs, "complete": True, "rows": len(frame), "counts": dict(counts),
+            "sha256": content_hash(frame), "policy": samples_manifest["settings"]["policy"], "sampling": samples_manifest["settings"]["sampling"],
+            "graders": verified_manifest["graders"], "seed": config.seed + round_index,
+        })
+        self.log(f"[build] {len(frame)} {'pairs' if paired else 'rows'}: {dict(counts)}")
+        if frame.empty:
+            raise RuntimeError(f"round {round_index} produced no training rows ({dict(counts)}): every prompt was all-correct or all-wrong")
+        return stage_dir
+
+    def train(self, round_index: int, dataset_dir: Path, policy: Path) -> Path:
+        import ray
+
+        from fpa_ray.learner.trainer import TrainStage
+
+        config = self.config
+        stage_dir = self.run_dir / f"round_{round_index}" / "train"
+        inputs = {
+            "dataset": _digest(dataset_dir / "manifest.json"), "policy": str(policy), "learner": config.learner.model_dump(),
+            "objective": config.objective.model_dump(), "fpa": config.fpa.model_dump(), "seed": config.seed,
+        }
+        if self._done(stage_dir, inputs):
+            return stage_dir / "policy"
+        learner = config.learner
+        self.log(f"[train] {config.objective.name}{' + FPA' if config.fpa.enabled else ''} on {dataset_dir / 'data.parquet'}")
+        with self.ledger.stage("train", round_index, cpus=learner.num_workers * learner.cpus_per_worker, gpus=learner.num_workers * learner.gpus_per_worker):
+            result = TrainStage(learner, config.objective, config.fpa, config.seed).run(
+                ray.data.read_parquet(str(dataset_dir / "data.parquet")), policy, policy, stage_dir, name=f"{config.name}-round{round_index}"
+            )
+        last = result.metrics[-1]
+        self.log(f"[train] {len(result.metrics)} steps, last loss {last['loss']:.4f}, C_w {last['C_w']:.4f}, C_l {last['C_l']:.4f}")
+        _write_json(stage_dir / "manifest.json", {"kind": "train", "inputs": inputs, "complete": True, "steps": len(result.metrics), "policy": str(result.checkpoint)})
+        return result.checkpoint
+
+    def evaluate(self, round_index: int, policy: Path) -> dict:
+        config = self.config
+        evaluation = config.evaluation
+        stage_dir = self.run_dir / f"eval_{round_index}"
+        inputs = {"policy": str(policy), "evaluation": evaluation.model_dump(), "eval": [s.model_dump() for s in config.data.eval], "verifier": config.verifier.model_dump()}
+        done = self._done(stage_dir, inputs)
+        if done:
+            return done["score"]
+        sampler = config.sampler.model_copy(update={"n": evaluation.samples, "temperature": evaluation.temperature, "max_new_tokens": evaluation.max_new_tokens})
+        samples_dir = self.generate(round_index, policy, sampler, self._prompts(config.data.eval), stage_dir / "samples", stage="eval_generate")
+        verified_dir = self.verify(round_index, samples_dir, stage_dir / "verified", stage="eval_verify")
+        import pandas as pd
+
+        result = score(pd.read_parquet(verified_dir / "data"))
+        self.log(f"[evaluate] policy of round {round_index}: pass@1 {result['pass_at_1']:.1%} over {result['problems']} problems x {result['samples_per_problem']}")
+        _write_json(stage_dir / "manifest.json", {"kind": "evaluation", "inputs": inputs, "complete": True, "score": result})
+        return result
+
+    def policy_before(self, round_index: int) -> Path:
+        """The policy a round starts from: the warm start for round 1, else the previous round's."""
+        if round_index <= 1:
+            return self.initial_policy()
+        trained = self.run_dir / f"round_{round_index - 1}" / "train" / "policy"
+        if not (trained / "config.json").exists():
+            raise FileNotFoundError(f"round {round_index} starts from {trained}, which does not exist yet: train round {round_index - 1} first")
+        return trained
+
+    # --- the whole run -----------------------------------------------------------------------
+
+    def run(self) -> Path:
+        """All rounds, resuming from what the run directory already holds; returns report.md."""
+        self.prepare()
+        policy = self.initial_policy()
+        scores = [self.evaluate(0, policy)]
+        for round_index in range(1, self.config.rounds + 1):
+            samples = self.generate(round_index, policy)
+            verified = self.verify(round_index, samples)
+            dataset = self.build(round_index, verified)
+            policy = self.train(round_index, dataset, policy)
+            scores.append(self.evaluate(round_index, policy))
+        return self.write_report(scores)
+
+    def write_report(self, scores: list[dict]) -> Path:
+        config = self.config
+        threshold = config.evaluation.solved_threshold
+        lines = [f"# {config.name}", "", f"objective `{config.objective.name}` {config.objective.params}, FPA "
+                 + (f"on (lam={config.fpa.lam}, {config.fpa.mode}, apply_to={config.fpa.apply_to})" if config.fpa.enabled else "off")
+                 + f", {config.rounds} round(s), seed {config.seed}", "",
+                 "| policy | pass@1 | pass@k | Total Gain | Total Loss |", "|---|---|---|---|---|"]
+        for index, result in enumerate(scores):
+            change = total_gain_loss(scores[0]["per_problem"], result["per_problem"], threshold)
+            name = "start (warm-started)" if index == 0 else f"after round {index}"
+            gain, loss = ("-", "-") if index == 0 else (change["total_gain"], change["total_loss"])
+            lines.append(f"| {name} | {result['pass_at_1']:.1%} | {result['pass_at_k']:.1%} | {gain} | {loss} |")
+        lines += ["", f"pass@1: mean over {scores[0]['problems']} problems of the share of {scores[0]['samples_per_problem']} samples "
+                  f"at T={config.evaluation.temperature} that are correct; Total Gain/Loss: problems crossing pass@1 >= {threshold}.", ""]
+        for round_index in range(1, config.rounds + 1):
+            manifest = self.run_dir / f"round_{round_index}" / "dataset" / "manifest.json"
+            if manifest.exists():
+                data = json.loads(manifest.read_text())
+                lines.append(f"round {round_index} data: {data['rows']} {data['kind']} rows; {data['counts']}")
+        lines += ["", "| stage | wall s | CPU-hours | GPU-hours |", "|---|---|---|---|"]
+        for stage, total in self.ledger.totals().items():
+            lines.append(f"| {stage} | {total['wall_s']:.1f} | {total['cpu_seconds'] / 3600:.4f} | {total['gpu_seconds'] / 3600:.4f} |")
+        path = self.run_dir / "report.md"
+        path.write_text("\n".join(lines) + "\n")
+        self.log("\n".join(lines))
+        return path
