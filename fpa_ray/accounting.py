@@ -17,6 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+# Stages that are not training: the shared starting point and the measurement of each policy.
+NOT_TRAINING = frozenset({"warmstart", "download", "eval_generate", "eval_verify"})
+
+
 class Ledger:
     def __init__(self, path: Path):
         self.path = path
@@ -31,19 +35,33 @@ class Ledger:
             yield
             ok = True
         finally:
-            end = time.time()
-            entry = {
-                "stage": stage, "round": round_index, "start": start, "end": end, "wall_s": end - start,
-                "cpus": cpus, "gpus": gpus, "cpu_seconds": cpus * (end - start), "gpu_seconds": gpus * (end - start),
-                "node": platform.node(), "completed": ok,
-            }
-            with self.path.open("a") as handle:
-                handle.write(json.dumps(entry) + "\n")
+            self.charge(stage, round_index, start, time.time(), cpus, gpus, completed=ok)
+
+    def charge(self, stage: str, round_index, start: float, end: float, cpus: float, gpus: float = 0.0, completed: bool = True) -> None:
+        """One entry: `cpus` and `gpus` held from `start` to `end` (UNIX seconds)."""
+        entry = {
+            "stage": stage, "round": round_index, "start": start, "end": end, "wall_s": end - start,
+            "cpus": cpus, "gpus": gpus, "cpu_seconds": cpus * (end - start), "gpu_seconds": gpus * (end - start),
+            "node": platform.node(), "completed": completed,
+        }
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(entry) + "\n")
 
     def entries(self) -> list[dict]:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+    def cost_until(self, moment: float, excluded: frozenset[str] = frozenset()) -> dict[str, float]:
+        """CPU- and GPU-seconds charged before `moment` (entries cut at it), stages in `excluded` left out."""
+        cost = {"cpu_seconds": 0.0, "gpu_seconds": 0.0}
+        for entry in self.entries():
+            if entry["stage"] in excluded or entry["start"] >= moment:
+                continue
+            held = min(entry["end"], moment) - entry["start"]
+            cost["cpu_seconds"] += entry["cpus"] * held
+            cost["gpu_seconds"] += entry["gpus"] * held
+        return cost
 
     def totals(self) -> dict[str, dict[str, float]]:
         """wall/cpu/gpu seconds per stage name."""

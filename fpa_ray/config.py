@@ -182,6 +182,7 @@ class LearnerConfig(StrictModel):
         "auto", description="reference log-probs: precomputed columns when present and usable, else a frozen model in each worker"
     )
     checkpoint_every: int = Field(50, ge=1)
+    snapshot_every: int | None = Field(None, ge=1, description="also keep the policy every this many steps (evaluated by the pipeline)")
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint")
 
@@ -225,6 +226,16 @@ class EvalConfig(StrictModel):
     temperature: float = Field(0.7, ge=0)
     max_new_tokens: int = Field(64, ge=1)
     solved_threshold: float = Field(0.5, gt=0, le=1, description="a problem counts as solved at this pass@1 or above")
+
+
+class GRPOConfig(StrictModel):
+    """The online baseline (objective `grpo`); the group size G is sampler.n."""
+
+    steps: int = Field(50, ge=1, description="rollout steps: sample, verify, update, refresh the samplers")
+    prompts_per_step: int = Field(32, ge=1, description="prompts per rollout (each sampled sampler.n times)")
+    eval_every: int = Field(10, ge=1, description="keep the policy every this many steps; each is evaluated after training")
+    refresh_probe: bool = Field(True, description="after each refresh, check one sampler's log-probs against the learner's")
+    probe_tolerance: float = Field(1e-3, gt=0, description="largest allowed log-prob gap of the refresh probe")
 
 
 class PolicyConfig(StrictModel):
@@ -271,11 +282,26 @@ class RunConfig(StrictModel):
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     fpa: FPAConfig = Field(default_factory=FPAConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
 
     @model_validator(mode="after")
     def _fpa_needs_a_sequence_objective(self) -> RunConfig:
         if self.fpa.enabled and not get_objective(self.objective.name).supports_fpa:
             raise ValueError(f"fpa.enabled: objective {self.objective.name!r} has no policy-dependent coefficients to move")
+        return self
+
+    @model_validator(mode="after")
+    def _grpo_batches_divide(self) -> RunConfig:
+        if self.objective.name != "grpo":
+            return self
+        if self.sampler.n < 2:
+            raise ValueError(f"sampler.n: GRPO normalises rewards within a group of samples and needs at least 2, got {self.sampler.n}")
+        rows = self.grpo.prompts_per_step * self.sampler.n
+        if rows % self.learner.global_batch_size:
+            raise ValueError(
+                f"learner.global_batch_size ({self.learner.global_batch_size}) must divide a rollout's "
+                f"grpo.prompts_per_step x sampler.n = {rows} samples (each divisor is one optimizer step)"
+            )
         return self
 
     def to_yaml(self) -> str:

@@ -1,7 +1,6 @@
 """Command line: python -m fpa_ray.main [stage] [--config NAME|PATH] [key=value ...]
 
 Stages run on the local Ray cluster by default, or on the cluster a `ray job submit` targets.
-Stages that later issues build say so and exit with status 2.
 """
 
 from __future__ import annotations
@@ -15,21 +14,22 @@ from fpa_ray.config import DEFAULT_CONFIG, ConfigError, load_config, objective_p
 from fpa_ray.objectives import get_objective, objective_names
 
 ROUND_STAGES = ("generate", "verify", "build", "train", "evaluate")
+GRPO_CONFIG = "tiny-cpu-grpo"
 
-# stage -> (what it does, the issue that builds it, or None when built)
-STAGES: dict[str, tuple[str, int | None]] = {
-    "run": ("the whole offline FPA pipeline: rounds of generate -> verify -> build -> train -> evaluate", None),
-    "generate": ("sample N responses per prompt from a policy checkpoint with the vLLM sampler pool", None),
-    "verify": ("grade a round's samples with the rule-based verifier pool", None),
-    "build": ("build a round's preference pairs or labelled rows (Parquet + manifest) from verified samples", None),
-    "train": ("train the policy on a round's dataset with Ray Train", None),
-    "evaluate": ("pass@1 over k samples and Total Gain/Total Loss of a policy on the eval prompts", None),
-    "grpo": ("the online RLVR/GRPO baseline on the same cluster", 8),
-    "compare": ("accuracy against resource-hours for finished runs (table and plot)", 8),
-    "warmstart": ("build the tiny policy and warm-start it with SFT, or reuse the cached one; print its accuracy", None),
-    "demo": ("every objective with and without FPA, a few steps on a small random Qwen2 (no Ray)", None),
-    "config": ("print the resolved config (YAML) and exit", None),
-    "objectives": ("list the registered objectives and their hyperparameters", None),
+# stage -> what it does
+STAGES: dict[str, str] = {
+    "run": "the whole offline FPA pipeline: rounds of generate -> verify -> build -> train -> evaluate",
+    "generate": "sample N responses per prompt from a policy checkpoint with the vLLM sampler pool",
+    "verify": "grade a round's samples with the rule-based verifier pool",
+    "build": "build a round's preference pairs or labelled rows (Parquet + manifest) from verified samples",
+    "train": "train the policy on a round's dataset with Ray Train",
+    "evaluate": "pass@1 over k samples and Total Gain/Total Loss of a policy on the eval prompts",
+    "grpo": "the online RLVR/GRPO baseline on the same cluster (default config: tiny-cpu-grpo)",
+    "compare": "accuracy against resource-hours for finished runs: compare runs/A runs/B ... (table and plot)",
+    "warmstart": "build the tiny policy and warm-start it with SFT, or reuse the cached one; print its accuracy",
+    "demo": "every objective with and without FPA, a few steps on a small random Qwen2 (no Ray)",
+    "config": "print the resolved config (YAML) and exit",
+    "objectives": "list the registered objectives and their hyperparameters",
 }
 
 
@@ -40,10 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="With no stage, `run` runs the embedded default (configs/tiny-cpu.yaml).",
     )
     subparsers = parser.add_subparsers(dest="stage", metavar="stage")
-    for name, (text, issue) in STAGES.items():
-        text = text if issue is None else f"{text} [not yet built: issue {issue}]"
+    for name, text in STAGES.items():
         sub = subparsers.add_parser(name, help=text, description=text)
-        sub.add_argument("--config", default=DEFAULT_CONFIG, help="config name in configs/ or a YAML path (default: %(default)s)")
+        if name == "compare":
+            sub.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="finished run directories (the first is the baseline)")
+            sub.add_argument("--target", type=float, help="pass@1 to reach, 0-1 (default: the first run's best)")
+            sub.add_argument("--out", type=Path, default=Path("runs/compare"), help="where compare.md and compare.png go (default: %(default)s)")
+            continue
+        default = GRPO_CONFIG if name == "grpo" else DEFAULT_CONFIG
+        sub.add_argument("--config", default=default, help="config name in configs/ or a YAML path (default: %(default)s)")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. fpa.lam=2 objective.name=rpo")
         if name in ROUND_STAGES:
             sub.add_argument("--round", type=int, default=1, help="the round whose directory the stage reads and writes (default 1)")
@@ -101,14 +106,28 @@ def _run_demo() -> None:
     print(format_table(run_demo()))
 
 
+def _run_compare(args) -> int:
+    from fpa_ray.compare import CompareError, compare
+
+    try:
+        report = compare(args.runs, args.out, args.target)
+    except CompareError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(report.read_text())
+    print(f"written: {report} and {report.with_suffix('.png')}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(["run", *(argv if argv is not None else sys.argv[1:])] if _no_stage(argv) else argv)
+    if args.stage == "compare":
+        return _run_compare(args)
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    text, issue = STAGES[args.stage]
     if args.stage == "config":
         print(config.to_yaml(), end="")
     elif args.stage == "objectives":
@@ -117,16 +136,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         _run_warmstart(config)
     elif args.stage == "demo":
         _run_demo()
-    elif args.stage == "run":
+    elif args.stage in ("run", "grpo"):
+        online = config.objective.name == "grpo"
+        if online != (args.stage == "grpo"):
+            fix = "use the grpo stage" if online else "set objective.name=grpo (or --config tiny-cpu-grpo)"
+            print(f"error: stage {args.stage!r} with objective {config.objective.name!r}: {fix}", file=sys.stderr)
+            return 2
         from fpa_ray.pipelines.offline import OfflinePipeline
+        from fpa_ray.pipelines.online_grpo import OnlineGRPOPipeline
 
-        report = OfflinePipeline(config, log=_log).run()
+        report = (OnlineGRPOPipeline if online else OfflinePipeline)(config, log=_log).run()
         print(f"\nreport: {report}")
-    elif args.stage in ROUND_STAGES:
-        _run_round_stage(config, args)
     else:
-        print(f"stage {args.stage!r} ({text}) is not yet built (issue {issue})", file=sys.stderr)
-        return 2
+        _run_round_stage(config, args)
     return 0
 
 

@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,6 +30,7 @@ from fpa_ray.learner.step import objective_loss
 from fpa_ray.objectives import PairedBatch, get_objective
 
 STATE_DIR = "training_state"
+SNAPSHOTS_DIR = "snapshots"  # step_<k>: HF policies kept every learner.snapshot_every steps, for evaluation
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ def _kind(objective_name: str) -> Kind:
     return "paired" if get_objective(objective_name).batch_type is PairedBatch else "labelled"
 
 
-def _dtype(learner: LearnerConfig, device: torch.device) -> torch.dtype:
+def torch_dtype(learner: LearnerConfig, device: torch.device) -> torch.dtype:
     if learner.precision == "bf16":
         return torch.bfloat16
     if learner.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -76,51 +78,38 @@ def global_order(num_examples: int, step: int, batch: int, seed: int) -> list[in
     return permutation[offset * batch : (offset + 1) * batch].tolist()
 
 
-def train_loop(config: dict) -> None:
-    """Entry point of each Ray Train worker."""
+@dataclass
+class TrainedModel:
+    """The policy as the strategy wraps it, with its optimizer and schedule, at `start_step`."""
+
+    model: Any  # DDP module or DeepSpeed engine: forward, backward
+    unwrapped: Any  # the Hugging Face model inside it: save_pretrained
+    optimizer: Any
+    scheduler: Any
+    start_step: int
+
+
+def restored_checkpoint() -> Path | None:
+    """A local copy of the checkpoint Ray Train restores this worker group from, if any."""
     import ray.train
-    import ray.train.torch
-
-    setup: LearnerSetup = config["setup"]
-    learner, fpa = setup.learner, setup.fpa
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    dtype = _dtype(learner, device)
-    torch.manual_seed(setup.seed)
-    objective = get_objective(setup.objective.name)
-    kind = _kind(setup.objective.name)
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(setup.policy_path)
-    prepared = prepare_examples(ray.train.get_dataset_shard("train").iter_rows(), kind, learner.max_length, tokenizer)
-    examples, G = prepared.examples, learner.global_batch_size
-    if len(examples) < G:
-        raise ValueError(f"{len(examples)} usable rows ({dict(prepared.counts)}) are fewer than learner.global_batch_size={G}")
-    total_steps = (len(examples) // G) * learner.epochs
-    if learner.max_steps is not None:
-        total_steps = min(total_steps, learner.max_steps)
-
-    precomputed = all(e.ref_logp is not None for e in examples) and learner.reference != "online"
-    if learner.reference == "precomputed" and not precomputed:
-        raise ValueError("learner.reference=precomputed but the dataset lacks reference log-prob columns (or rows were truncated)")
-    exact_fpa = fpa.enabled and fpa.mode == "exact"
-    needs_ref_model = (objective.needs_reference or fpa.enabled) and (not precomputed or exact_fpa or objective.needs_kl_reference)
 
     checkpoint = ray.train.get_checkpoint()
-    restore_dir = None
-    if checkpoint is not None:
-        restore_dir = Path(tempfile.mkdtemp(prefix="fpa-restore-"))
-        with checkpoint.as_directory() as directory:
-            shutil.copytree(directory, restore_dir, dirs_exist_ok=True)
-    source = restore_dir if restore_dir is not None and learner.strategy == "ddp" else setup.policy_path
-    policy = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device)
-    reference = None
-    if needs_ref_model:
-        reference = AutoModelForCausalLM.from_pretrained(setup.reference_path, dtype=dtype).to(device).eval().requires_grad_(False)
-    optimizer, scheduler = build_optimizer(policy, learner, total_steps)
+    if checkpoint is None:
+        return None
+    restore_dir = Path(tempfile.mkdtemp(prefix="fpa-restore-"))
+    with checkpoint.as_directory() as directory:
+        shutil.copytree(directory, restore_dir, dirs_exist_ok=True)
+    return restore_dir
 
+
+def build_model(learner: LearnerConfig, policy_path: str, restore_dir: Path | None, total_steps: int, dtype, device) -> TrainedModel:
+    """Load the policy (or the restored checkpoint), wrap it for DDP or DeepSpeed, restore the training state."""
+    import ray.train.torch
+    from transformers import AutoModelForCausalLM
+
+    source = restore_dir if restore_dir is not None and learner.strategy == "ddp" else policy_path
+    policy = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device)
+    optimizer, scheduler = build_optimizer(policy, learner, total_steps)
     start_step = 0
     if learner.strategy == "ddp":
         model = ray.train.torch.prepare_model(policy, parallel_strategy_kwargs={"find_unused_parameters": False})
@@ -143,13 +132,79 @@ def train_loop(config: dict) -> None:
             state = torch.load(restore_dir / STATE_DIR / "state.pt", weights_only=False)
             scheduler.load_state_dict(state["scheduler"])
             start_step = state["step"]
+    return TrainedModel(model, unwrapped, optimizer, scheduler, start_step)
 
-    writer = _MetricsWriter(Path(setup.output_dir), start_step) if rank == 0 else None
+
+def grad_sync(model, last: bool):
+    """DDP all-reduces gradients only on the step's last micro-batch (forward and backward inside)."""
+    return contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+
+
+def backward(model, loss: torch.Tensor, learner: LearnerConfig, world: int) -> None:
+    """Backpropagate one micro-batch's loss under the normalisation contract."""
+    if learner.strategy == "ddp":
+        (loss * world).backward()  # DDP averages over workers; the contract needs their sum
+    else:
+        model.backward(loss * world * learner.accumulation_steps)
+        model.step()  # every micro-batch; DeepSpeed applies the update at the boundary
+
+
+def optimizer_step(model, optimizer, scheduler, learner: LearnerConfig) -> float:
+    """Clip, step and schedule (DeepSpeed did it in backward); returns the gradient norm."""
+    if learner.strategy == "ddp":
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), learner.grad_clip or float("inf"))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(grad_norm)
+    return float(model.get_global_grad_norm() or 0.0)
+
+
+def train_loop(config: dict) -> None:
+    """Entry point of each Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    setup: LearnerSetup = config["setup"]
+    learner, fpa = setup.learner, setup.fpa
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    dtype = torch_dtype(learner, device)
+    torch.manual_seed(setup.seed)
+    objective = get_objective(setup.objective.name)
+    kind = _kind(setup.objective.name)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(setup.policy_path)
+    prepared = prepare_examples(ray.train.get_dataset_shard("train").iter_rows(), kind, learner.max_length, tokenizer)
+    examples, G = prepared.examples, learner.global_batch_size
+    if len(examples) < G:
+        raise ValueError(f"{len(examples)} usable rows ({dict(prepared.counts)}) are fewer than learner.global_batch_size={G}")
+    total_steps = (len(examples) // G) * learner.epochs
+    if learner.max_steps is not None:
+        total_steps = min(total_steps, learner.max_steps)
+
+    precomputed = all(e.ref_logp is not None for e in examples) and learner.reference != "online"
+    if learner.reference == "precomputed" and not precomputed:
+        raise ValueError("learner.reference=precomputed but the dataset lacks reference log-prob columns (or rows were truncated)")
+    exact_fpa = fpa.enabled and fpa.mode == "exact"
+    needs_ref_model = (objective.needs_reference or fpa.enabled) and (not precomputed or exact_fpa or objective.needs_kl_reference)
+
+    trained = build_model(learner, setup.policy_path, restored_checkpoint(), total_steps, dtype, device)
+    model, unwrapped, start_step = trained.model, trained.unwrapped, trained.start_step
+    reference = None
+    if needs_ref_model:
+        reference = AutoModelForCausalLM.from_pretrained(setup.reference_path, dtype=dtype).to(device).eval().requires_grad_(False)
+
+    output_dir = Path(setup.output_dir)
+    writer = MetricsWriter(output_dir, start_step) if rank == 0 else None
     local = G // world
     params = setup.objective.params
     mark = time.perf_counter()  # throughput counts everything between steps, reporting and checkpoints included
     for step in range(start_step, total_steps):
-        lr = scheduler.get_last_lr()[0]
+        lr = trained.scheduler.get_last_lr()[0]
         indices = global_order(len(examples), step, G, setup.seed)[rank * local : (rank + 1) * local]
         micro_batches = [indices[i : i + learner.micro_batch_size] for i in range(0, local, learner.micro_batch_size)]
         sums: dict[str, float] = {}
@@ -157,42 +212,30 @@ def train_loop(config: dict) -> None:
         for j, ids in enumerate(micro_batches):
             batch, ref_logp = collate([examples[i] for i in ids], kind, tokenizer.pad_token_id)
             batch = type(batch)(*(None if t is None else t.to(device) for t in (batch.input_ids, batch.attention_mask, batch.response_mask, batch.correct)))
-            last = j == len(micro_batches) - 1
-            sync = model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext()  # DDP only
-            with sync:
-                out = objective_loss(
-                    objective, params, model, reference, batch, fpa, normalizer=G, ref_logp=None if not precomputed else ref_logp
-                )
-                if learner.strategy == "ddp":
-                    (out.loss * world).backward()  # DDP averages over workers; the contract needs their sum
-                else:
-                    model.backward(out.loss * world * learner.accumulation_steps)
-                    model.step()  # every micro-batch; DeepSpeed applies the update at the boundary
+            with grad_sync(model, last=j == len(micro_batches) - 1):
+                out = objective_loss(objective, params, model, reference, batch, fpa, normalizer=G, ref_logp=None if not precomputed else ref_logp)
+                backward(model, out.loss, learner, world)
             units = float(out.metrics["num_units"])
             for key, value in out.metrics.items():
                 if key != "num_units":
                     sums[key] = sums.get(key, 0.0) + float(value) * units
             sums["num_units"] = sums.get("num_units", 0.0) + units
             tokens += float(batch.attention_mask.sum())
-        if learner.strategy == "ddp":
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), learner.grad_clip or float("inf"))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        else:
-            grad_norm = torch.tensor(model.get_global_grad_norm() or 0.0)
-        metrics = _global_metrics(sums, tokens, device)
+        grad_norm = optimizer_step(model, trained.optimizer, trained.scheduler, learner)
+        metrics = global_metrics(sums, tokens, device)
         now = time.perf_counter()
-        metrics.update(step=step + 1, lr=lr, grad_norm=float(grad_norm), tokens_per_s=metrics.pop("tokens") / (now - mark))
+        metrics.update(step=step + 1, lr=lr, grad_norm=grad_norm, time=time.time(), tokens_per_s=metrics.pop("tokens") / (now - mark))
         mark = now
         if step == start_step:
             metrics.update({f"rows_{rule}": float(count) for rule, count in prepared.counts.items()})
         if writer is not None:
             writer.write(metrics)
+        if learner.snapshot_every and (step + 1) % learner.snapshot_every == 0:
+            save_hf(output_dir / SNAPSHOTS_DIR / f"step_{step + 1}", unwrapped, learner, setup.policy_path, rank)
         save = (step + 1) % learner.checkpoint_every == 0 or step + 1 == total_steps
         if save:
             with tempfile.TemporaryDirectory() as tmp:
-                _save_checkpoint(Path(tmp), model, unwrapped, optimizer, scheduler, step + 1, learner, setup, rank)
+                save_checkpoint(Path(tmp), model, unwrapped, trained.optimizer, trained.scheduler, step + 1, learner, setup, rank)
                 has_files = any(Path(tmp).iterdir())
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if has_files else None)
         else:
@@ -201,7 +244,7 @@ def train_loop(config: dict) -> None:
         writer.close()
 
 
-def _global_metrics(sums: dict[str, float], tokens: float, device: torch.device) -> dict[str, float]:
+def global_metrics(sums: dict[str, float], tokens: float, device: torch.device) -> dict[str, float]:
     """Unit-weighted means over all workers' micro-batches (one all-reduce)."""
     import torch.distributed as dist
 
@@ -214,25 +257,29 @@ def _global_metrics(sums: dict[str, float], tokens: float, device: torch.device)
     return {k: (v if k in ("num_units", "tokens") else v / units) for k, v in totals.items()}
 
 
-def _save_checkpoint(directory: Path, model, unwrapped, optimizer, scheduler, step: int, learner: LearnerConfig, setup, rank: int) -> None:
-    """HF model + tokenizer at the root (loadable by vLLM and transformers), training state below."""
-    state_dir = directory / STATE_DIR
-    if learner.strategy == "deepspeed":
-        model.save_checkpoint(str(state_dir / "deepspeed"), tag="state")  # every rank writes its partition
-        gather = contextlib.nullcontext()
-        if learner.zero_stage == 3:
-            import deepspeed
+def save_hf(directory: Path, unwrapped, learner: LearnerConfig, tokenizer_path: str, rank: int) -> None:
+    """Hugging Face model + tokenizer (loadable by vLLM and transformers); ZeRO-3 gathers on every rank."""
+    gather = contextlib.nullcontext()
+    if learner.strategy == "deepspeed" and learner.zero_stage == 3:
+        import deepspeed
 
-            gather = deepspeed.zero.GatheredParameters(list(unwrapped.parameters()), modifier_rank=None)
-        with gather:
-            if rank == 0:
-                unwrapped.save_pretrained(directory)
-    elif rank == 0:
-        unwrapped.save_pretrained(directory)
+        gather = deepspeed.zero.GatheredParameters(list(unwrapped.parameters()), modifier_rank=None)
+    with gather:
+        if rank == 0:
+            unwrapped.save_pretrained(directory)
     if rank == 0:
         from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(setup.policy_path).save_pretrained(directory)
+        AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(directory)
+
+
+def save_checkpoint(directory: Path, model, unwrapped, optimizer, scheduler, step: int, learner: LearnerConfig, setup, rank: int) -> None:
+    """HF model + tokenizer at the root, training state below."""
+    state_dir = directory / STATE_DIR
+    if learner.strategy == "deepspeed":
+        model.save_checkpoint(str(state_dir / "deepspeed"), tag="state")  # every rank writes its partition
+    save_hf(directory, unwrapped, learner, setup.policy_path, rank)
+    if rank == 0:
         state_dir.mkdir(parents=True, exist_ok=True)
         state = {"step": step, "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
         if learner.strategy == "ddp":
@@ -241,7 +288,7 @@ def _save_checkpoint(directory: Path, model, unwrapped, optimizer, scheduler, st
         (state_dir / "trainer_state.json").write_text(json.dumps({"step": step, "seed": setup.seed}))
 
 
-class _MetricsWriter:
+class MetricsWriter:
     """metrics.jsonl and TensorBoard events in the output directory (rank 0 only)."""
 
     def __init__(self, output_dir: Path, start_step: int):

@@ -1,4 +1,4 @@
-"""The train stage: a Ray Train TorchTrainer over the offline dataset (see loop.py for the worker side)."""
+"""The learner group: Ray Train TorchTrainer runs of the offline loop (loop.py) or the online one (online.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,11 @@ class TrainResult:
 
 
 def worker_env(learner: LearnerConfig) -> dict[str, str]:
-    env = {"TOKENIZERS_PARALLELISM": "false", "TORCH_EXTENSIONS_DIR": str(TORCH_EXTENSIONS_DIR)}
+    env = {
+        "TOKENIZERS_PARALLELISM": "false",
+        "TORCH_EXTENSIONS_DIR": str(TORCH_EXTENSIONS_DIR),
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' load/save bars, once per checkpoint, drown the progress lines
+    }
     if learner.gpus_per_worker == 0:
         env.update(
             DS_ACCELERATOR="cpu",
@@ -40,46 +44,51 @@ class TrainStage:
         self.learner, self.objective, self.fpa, self.seed = learner, objective, fpa, seed
 
     def run(self, dataset, policy: Path, reference: Path, output_dir: Path, name: str = "train") -> TrainResult:
-        import ray.train
-        from ray.train.torch import TorchConfig, TorchTrainer
-
         rows = dataset.count()
         if rows < self.learner.global_batch_size:  # fail here, not once per worker restart
             raise ValueError(f"the dataset has {rows} rows, fewer than learner.global_batch_size={self.learner.global_batch_size}")
         output_dir = output_dir.resolve()
-        output_dir.mkdir(parents=True, exist_ok=True)
-        learner = self.learner
-        setup = LearnerSetup(learner, self.objective, self.fpa, self.seed, str(policy), str(reference), str(output_dir))
-        trainer = TorchTrainer(
-            train_loop_per_worker=train_loop,
-            train_loop_config={"setup": setup},
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=learner.num_workers,
-                use_gpu=learner.gpus_per_worker > 0,
-                resources_per_worker={"CPU": learner.cpus_per_worker, **({"GPU": learner.gpus_per_worker} if learner.gpus_per_worker else {})},
-            ),
-            run_config=ray.train.RunConfig(
-                name=name,
-                storage_path=str(output_dir / "ray_train"),
-                failure_config=ray.train.FailureConfig(max_failures=learner.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=learner.keep_checkpoints),
-                worker_runtime_env={"env_vars": worker_env(learner)},
-            ),
-            datasets={"train": dataset},
-            dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # every worker sees all rows; loop.py picks its slice
-            torch_config=TorchConfig(backend="nccl" if learner.gpus_per_worker > 0 else "gloo"),
-        )
-        # Ray Train 2.60's controller takes one report per worker per poll, every 2 s by default, and
-        # ray.train.report blocks until it is taken: measured 1.9 s per step. Poll every 20 ms (0.028 s).
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.02")
-        result = trainer.fit()
-        if result.checkpoint is None:
-            raise RuntimeError(f"training {name!r} finished without a checkpoint (error: {result.error})")
+        setup = LearnerSetup(self.learner, self.objective, self.fpa, self.seed, str(policy), str(reference), str(output_dir))
         final = output_dir / "policy"
-        with result.checkpoint.as_directory() as directory:
+        with run_trainer(train_loop, {"setup": setup}, self.learner, output_dir, name, datasets={"train": dataset}).as_directory() as directory:
             _copy_model(Path(directory), final)
         metrics = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines() if line]
         return TrainResult(final, metrics)
+
+
+def run_trainer(loop, loop_config: dict, learner: LearnerConfig, output_dir: Path, name: str, datasets: dict | None = None):
+    """Run `loop` on the learner group (Ray Train TorchTrainer); returns the last checkpoint."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    output_dir = output_dir.resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    trainer = TorchTrainer(
+        train_loop_per_worker=loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=learner.num_workers,
+            use_gpu=learner.gpus_per_worker > 0,
+            resources_per_worker={"CPU": learner.cpus_per_worker, **({"GPU": learner.gpus_per_worker} if learner.gpus_per_worker else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(output_dir / "ray_train"),
+            failure_config=ray.train.FailureConfig(max_failures=learner.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=learner.keep_checkpoints),
+            worker_runtime_env={"env_vars": worker_env(learner)},
+        ),
+        datasets=datasets or {},
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # every worker sees all rows; loop.py picks its slice
+        torch_config=TorchConfig(backend="nccl" if learner.gpus_per_worker > 0 else "gloo"),
+    )
+    # Ray Train 2.60's controller takes one report per worker per poll, every 2 s by default, and
+    # ray.train.report blocks until it is taken: measured 1.9 s per step. Poll every 20 ms (0.028 s).
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.02")
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training {name!r} finished without a checkpoint (error: {result.error})")
+    return result.checkpoint
 
 
 def _copy_model(source: Path, destination: Path) -> None:

@@ -16,11 +16,12 @@ import os
 import shutil
 from pathlib import Path
 
-from fpa_ray.accounting import Ledger
+from fpa_ray.accounting import NOT_TRAINING, Ledger
 from fpa_ray.config import RunConfig, SamplerConfig
 from fpa_ray.data.builder import build_pairs, build_unpaired, content_hash
 from fpa_ray.data.sources import PromptRow, load_prompts
 from fpa_ray.evaluation import score, total_gain_loss
+from fpa_ray.learner.loop import SNAPSHOTS_DIR
 from fpa_ray.objectives import PairedBatch, get_objective
 
 
@@ -28,7 +29,7 @@ class StageInputsChanged(RuntimeError):
     """A finished stage in the run directory was made from other inputs than this run's."""
 
 
-def _write_json(path: Path, payload: dict) -> None:
+def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
@@ -103,7 +104,9 @@ class OfflinePipeline:
             rows.extend(loaded.rows)
         return rows
 
-    def generate(self, round_index: int, policy: Path, sampler: SamplerConfig | None = None, prompts=None, stage_dir=None, stage="generate") -> Path:
+    def generate(
+        self, round_index, policy: Path, sampler: SamplerConfig | None = None, prompts=None, stage_dir=None, stage="generate", seed=None
+    ) -> Path:
         from fpa_ray.sampler.stage import GenerateStage
 
         config = self.config
@@ -117,7 +120,7 @@ class OfflinePipeline:
         self.log(f"[{stage}] {len(prompts)} prompts x {sampler.n} samples from {policy}")
         resources = {"cpus": sampler.num_actors * sampler.cpus_per_actor, "gpus": sampler.num_actors * sampler.gpus_per_actor}
         with self.ledger.stage(stage, round_index, **resources):
-            manifest = GenerateStage(sampler, config.data.template, config.seed + round_index).run(
+            manifest = GenerateStage(sampler, config.data.template, config.seed + round_index if seed is None else seed).run(
                 prompts, policy, stage_dir, on_shard_done=lambda s, d, t: self.log(f"  [{stage}] shard {d}/{t} written")
             )
         self.log(f"[{stage}] {manifest['rows']} samples")
@@ -139,7 +142,7 @@ class OfflinePipeline:
             verified.write_parquet(str(stage_dir / "data"))
             report = VerificationReport.from_dataset(verified)
         self.log(f"[{stage}] {report.summary()}")
-        _write_json(stage_dir / "manifest.json", {
+        write_json(stage_dir / "manifest.json", {
             "kind": "verified", "inputs": inputs, "complete": True, "checks": report.checks, "by_status": report.by_status,
             "p50_seconds": report.p50_seconds, "p99_seconds": report.p99_seconds,
             "graders": [grader_version(g) for g in (verifier.grader, verifier.cross_grader) if g],
@@ -166,7 +169,7 @@ class OfflinePipeline:
             frame.to_parquet(stage_dir / "data.parquet", index=False)
         samples_manifest = json.loads((verified_dir.parent / "samples" / "manifest.json").read_text())
         verified_manifest = json.loads((verified_dir / "manifest.json").read_text())
-        _write_json(stage_dir / "manifest.json", {
+        write_json(stage_dir / "manifest.json", {
             "kind": "pairs" if paired else "unpaired", "inputs": inputs, "complete": True, "rows": len(frame), "counts": dict(counts),
             "sha256": content_hash(frame), "policy": samples_manifest["settings"]["policy"], "sampling": samples_manifest["settings"]["sampling"],
             "graders": verified_manifest["graders"], "seed": config.seed + round_index,
@@ -197,26 +200,48 @@ class OfflinePipeline:
             )
         last = result.metrics[-1]
         self.log(f"[train] {len(result.metrics)} steps, last loss {last['loss']:.4f}, C_w {last['C_w']:.4f}, C_l {last['C_l']:.4f}")
-        _write_json(stage_dir / "manifest.json", {"kind": "train", "inputs": inputs, "complete": True, "steps": len(result.metrics), "policy": str(result.checkpoint)})
+        write_json(stage_dir / "manifest.json", {"kind": "train", "inputs": inputs, "complete": True, "steps": len(result.metrics), "policy": str(result.checkpoint)})
         return result.checkpoint
 
-    def evaluate(self, round_index: int, policy: Path) -> dict:
+    def evaluate(self, label, policy: Path) -> dict:
+        """Score `policy` into `eval_<label>/`; every evaluation of a run samples with the same seeds."""
         config = self.config
         evaluation = config.evaluation
-        stage_dir = self.run_dir / f"eval_{round_index}"
+        stage_dir = self.run_dir / f"eval_{label}"
         inputs = {"policy": str(policy), "evaluation": evaluation.model_dump(), "eval": [s.model_dump() for s in config.data.eval], "verifier": config.verifier.model_dump()}
         done = self._done(stage_dir, inputs)
         if done:
             return done["score"]
         sampler = config.sampler.model_copy(update={"n": evaluation.samples, "temperature": evaluation.temperature, "max_new_tokens": evaluation.max_new_tokens})
-        samples_dir = self.generate(round_index, policy, sampler, self._prompts(config.data.eval), stage_dir / "samples", stage="eval_generate")
-        verified_dir = self.verify(round_index, samples_dir, stage_dir / "verified", stage="eval_verify")
+        prompts = self._prompts(config.data.eval)
+        samples_dir = self.generate(label, policy, sampler, prompts, stage_dir / "samples", stage="eval_generate", seed=config.seed)
+        verified_dir = self.verify(label, samples_dir, stage_dir / "verified", stage="eval_verify")
         import pandas as pd
 
         result = score(pd.read_parquet(verified_dir / "data"))
-        self.log(f"[evaluate] policy of round {round_index}: pass@1 {result['pass_at_1']:.1%} over {result['problems']} problems x {result['samples_per_problem']}")
-        _write_json(stage_dir / "manifest.json", {"kind": "evaluation", "inputs": inputs, "complete": True, "score": result})
+        self.log(f"[evaluate] {policy}: pass@1 {result['pass_at_1']:.1%} over {result['problems']} problems x {result['samples_per_problem']}")
+        write_json(stage_dir / "manifest.json", {"kind": "evaluation", "inputs": inputs, "complete": True, "score": result})
         return result
+
+    def point(self, label: str, result: dict, time_s: float) -> dict:
+        """One point of the accuracy curve: a score and the training resources charged before `time_s`."""
+        cost = self.ledger.cost_until(time_s, excluded=NOT_TRAINING)
+        return {"point": label, "pass_at_1": result["pass_at_1"], "pass_at_k": result["pass_at_k"], "per_problem": result["per_problem"],
+                "cpu_hours": cost["cpu_seconds"] / 3600, "gpu_hours": cost["gpu_seconds"] / 3600}
+
+    def round_points(self, round_index: int, policy: Path) -> list[dict]:
+        """The round's snapshots (learner.snapshot_every) and its final policy, each evaluated."""
+        train_dir = self.run_dir / f"round_{round_index}" / "train"
+        metrics = {m["step"]: m for m in map(json.loads, (train_dir / "metrics.jsonl").read_text().splitlines()) if "time" in m}
+        points = []
+        for snapshot in sorted((train_dir / SNAPSHOTS_DIR).glob("step_*"), key=lambda p: int(p.name.split("_")[1])):
+            step = int(snapshot.name.split("_")[1])
+            if step in metrics and step != max(metrics):
+                label = f"round {round_index} step {step}"
+                points.append(self.point(label, self.evaluate(f"{round_index}_step_{step}", snapshot), metrics[step]["time"]))
+        trained = [e["end"] for e in self.ledger.entries() if e["stage"] == "train" and e["round"] == round_index and e["completed"]]
+        points.append(self.point(f"after round {round_index}", self.evaluate(round_index, policy), max(trained, default=float("inf"))))
+        return points
 
     def policy_before(self, round_index: int) -> Path:
         """The policy a round starts from: the warm start for round 1, else the previous round's."""
@@ -233,29 +258,36 @@ class OfflinePipeline:
         """All rounds, resuming from what the run directory already holds; returns report.md."""
         self.prepare()
         policy = self.initial_policy()
-        scores = [self.evaluate(0, policy)]
+        points = [self.point("start", self.evaluate(0, policy), 0.0)]
         for round_index in range(1, self.config.rounds + 1):
             samples = self.generate(round_index, policy)
             verified = self.verify(round_index, samples)
             dataset = self.build(round_index, verified)
             policy = self.train(round_index, dataset, policy)
-            scores.append(self.evaluate(round_index, policy))
-        return self.write_report(scores)
+            points.extend(self.round_points(round_index, policy))
+        return self.write_report(points)
 
-    def write_report(self, scores: list[dict]) -> Path:
+    def describe(self) -> str:
+        config = self.config
+        fpa = f"on (lam={config.fpa.lam}, {config.fpa.mode}, apply_to={config.fpa.apply_to})" if config.fpa.enabled else "off"
+        return f"offline, objective `{config.objective.name}` {config.objective.params}, FPA {fpa}, {config.rounds} round(s), seed {config.seed}"
+
+    def write_report(self, points: list[dict]) -> Path:
+        """report.md (accuracy against training resources, data sizes, ledger) and curve.json."""
         config = self.config
         threshold = config.evaluation.solved_threshold
-        lines = [f"# {config.name}", "", f"objective `{config.objective.name}` {config.objective.params}, FPA "
-                 + (f"on (lam={config.fpa.lam}, {config.fpa.mode}, apply_to={config.fpa.apply_to})" if config.fpa.enabled else "off")
-                 + f", {config.rounds} round(s), seed {config.seed}", "",
-                 "| policy | pass@1 | pass@k | Total Gain | Total Loss |", "|---|---|---|---|---|"]
-        for index, result in enumerate(scores):
-            change = total_gain_loss(scores[0]["per_problem"], result["per_problem"], threshold)
-            name = "start (warm-started)" if index == 0 else f"after round {index}"
+        unit = "GPU-hours" if any(p["gpu_hours"] for p in points) else "CPU-hours"
+        lines = [f"# {config.name}", "", self.describe(), "",
+                 f"| policy | pass@1 | pass@k | Total Gain | Total Loss | training {unit} |", "|---|---|---|---|---|---|"]
+        for index, point in enumerate(points):
+            change = total_gain_loss(points[0]["per_problem"], point["per_problem"], threshold)
             gain, loss = ("-", "-") if index == 0 else (change["total_gain"], change["total_loss"])
-            lines.append(f"| {name} | {result['pass_at_1']:.1%} | {result['pass_at_k']:.1%} | {gain} | {loss} |")
-        lines += ["", f"pass@1: mean over {scores[0]['problems']} problems of the share of {scores[0]['samples_per_problem']} samples "
-                  f"at T={config.evaluation.temperature} that are correct; Total Gain/Loss: problems crossing pass@1 >= {threshold}.", ""]
+            hours = point["gpu_hours"] if unit == "GPU-hours" else point["cpu_hours"]
+            lines.append(f"| {point['point']} | {point['pass_at_1']:.1%} | {point['pass_at_k']:.1%} | {gain} | {loss} | {hours:.4f} |")
+        evaluation = config.evaluation
+        lines += ["", f"pass@1: mean over the eval problems of the share of {evaluation.samples} samples at T={evaluation.temperature} "
+                  f"that are correct; Total Gain/Loss against the start: problems crossing pass@1 >= {threshold}. Training "
+                  f"{unit}: resources held x wall time of every stage but {', '.join(sorted(NOT_TRAINING))}, up to that policy.", ""]
         for round_index in range(1, config.rounds + 1):
             manifest = self.run_dir / f"round_{round_index}" / "dataset" / "manifest.json"
             if manifest.exists():
@@ -264,6 +296,8 @@ class OfflinePipeline:
         lines += ["", "| stage | wall s | CPU-hours | GPU-hours |", "|---|---|---|---|"]
         for stage, total in self.ledger.totals().items():
             lines.append(f"| {stage} | {total['wall_s']:.1f} | {total['cpu_seconds'] / 3600:.4f} | {total['gpu_seconds'] / 3600:.4f} |")
+        write_json(self.run_dir / "curve.json", {"name": config.name, "description": self.describe(), "unit": unit,
+                                                 "points": [{k: v for k, v in p.items() if k != "per_problem"} for p in points]})
         path = self.run_dir / "report.md"
         path.write_text("\n".join(lines) + "\n")
         self.log("\n".join(lines))

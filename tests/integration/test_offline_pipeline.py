@@ -13,36 +13,24 @@ import pytest
 from fpa_ray.config import load_config
 from fpa_ray.evaluation import score
 from fpa_ray.pipelines.offline import OfflinePipeline, StageInputsChanged
+from tests.integration.small_run import overrides as _overrides
 
 pytestmark = pytest.mark.slow
 
-SMALL = [
-    "policy.sft.steps=150", "policy.sft.batch_size=32", "policy.sft.warmup_steps=20", "policy.sft.train_problems=2000",
-    "policy.sft.tokenizer_problems=1000", "policy.sft.eval_problems=20", "policy.sft.eval_samples=1", "policy.sft.max_new_tokens=48",
-    "data.train.limit=64", "data.eval=[{name: synthetic, split: test, limit: 16}]", "sampler.n=8", "sampler.shard_size=16",
-    "sampler.max_new_tokens=48", "sampler.dtype=float32", "evaluation.samples=2", "evaluation.max_new_tokens=48",
-    "learner.global_batch_size=4", "learner.micro_batch_size=2", "learner.max_steps=4", "verifier.num_actors=1",
-]
-
-
-def _overrides(tmp_path, name="small", extra=()):
-    return [f"name={name}", f"output_dir={tmp_path / 'runs'}", *SMALL, *extra]
-
-
-@pytest.fixture()
-def cache(tmp_path_factory, monkeypatch):
-    path = tmp_path_factory.getbasetemp() / "pipeline-cache"  # one warm start for every test here
-    monkeypatch.setenv("FPA_RAY_CACHE", str(path))
-    return path
-
-
 def test_default_pipeline_end_to_end(ray_cluster, tmp_path, cache):
     logs: list[str] = []
-    config = load_config("tiny-cpu", _overrides(tmp_path))
+    config = load_config("tiny-cpu", _overrides(tmp_path, extra=["learner.snapshot_every=2"]))
     report = OfflinePipeline(config, log=logs.append).run()
     run = report.parent
     text = report.read_text()
-    assert "start (warm-started)" in text and "after round 1" in text and "CPU-hours" in text
+    assert "| start |" in text and "| round 1 step 2 |" in text and "| after round 1 |" in text and "CPU-hours" in text
+
+    # The accuracy curve: the start costs nothing, the snapshot part of the training, the end all of it.
+    points = json.loads((run / "curve.json").read_text())["points"]
+    assert [p["point"] for p in points] == ["start", "round 1 step 2", "after round 1"]
+    ledger = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
+    training = sum(e["cpu_seconds"] for e in ledger if e["stage"] in ("generate", "verify", "build", "train")) / 3600
+    assert points[0]["cpu_hours"] == 0 < points[1]["cpu_hours"] < points[2]["cpu_hours"] == pytest.approx(training)
 
     samples = json.loads((run / "round_1" / "samples" / "manifest.json").read_text())
     verified = json.loads((run / "round_1" / "verified" / "manifest.json").read_text())
@@ -62,7 +50,6 @@ def test_default_pipeline_end_to_end(ray_cluster, tmp_path, cache):
         assert manifest["score"]["pass_at_1"] == pytest.approx(recomputed["pass_at_1"]) and recomputed["problems"] == 16
         assert f"{recomputed['pass_at_1']:.1%}" in text
 
-    ledger = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
     assert {e["stage"] for e in ledger} >= {"warmstart", "generate", "verify", "build", "train", "eval_generate", "eval_verify"}
     for entry in ledger:
         assert entry["wall_s"] > 0 and entry["cpu_seconds"] == pytest.approx(entry["cpus"] * entry["wall_s"]) and entry["completed"]
@@ -72,7 +59,7 @@ def test_default_pipeline_end_to_end(ray_cluster, tmp_path, cache):
     logs.clear()
     OfflinePipeline(config, log=logs.append).run()
     reused = {line.split("]")[0].strip("[") for line in logs if "done earlier: reusing it" in line}
-    assert reused == {"eval_0", "round_1/samples", "round_1/verified", "round_1/dataset", "round_1/train", "eval_1"}
+    assert reused == {"eval_0", "round_1/samples", "round_1/verified", "round_1/dataset", "round_1/train", "eval_1_step_2", "eval_1"}
     assert not any(line.startswith("[train] ") and "steps" in line for line in logs)
 
     changed = load_config("tiny-cpu", _overrides(tmp_path, extra=["fpa.lam=2"]))

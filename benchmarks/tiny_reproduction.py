@@ -1,0 +1,174 @@
+"""The paper's comparison at tiny scale: offline DPO, FPA-DPO, SimPER, FPA-SimPER and online GRPO
+from the same warm-started policy, over several seeds, judged by accuracy against CPU-hours.
+
+    python benchmarks/tiny_reproduction.py [--seeds 0 1 2] [--epochs 2] [--grpo-steps 40] [--out runs/tiny_reproduction]
+
+Per seed: one offline run regenerates the data (500 train prompts x 8 samples at T=1 from the
+warm start, seed-dependent) and trains DPO; the other three offline variants reuse that run's
+samples and verdicts (copied, with their ledger entries, so each variant is charged for the data
+it trains on) and differ only in build/train. Offline policies are evaluated after each epoch
+(learner.snapshot_every = one epoch), GRPO every `--eval-every` steps. Every evaluation: 300
+held-out problems x 4 samples at T=0.7, the same seeds for every policy. Training CPU-hours:
+resources held x wall of every stage except warm start and evaluation (fpa_ray.accounting).
+Writes per-seed compare tables (fpa_ray.compare) and summary.md / summary.png across seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from fpa_ray.cluster import init_ray
+from fpa_ray.compare import compare, hours_to_reach
+from fpa_ray.config import load_config
+from fpa_ray.pipelines.offline import OfflinePipeline
+from fpa_ray.pipelines.online_grpo import OnlineGRPOPipeline
+from fpa_ray.warmstart import warm_start
+
+OFFLINE = {  # variant -> overrides of configs/tiny-cpu.yaml
+    "dpo": ["objective.name=dpo", "objective.params={beta: 0.1}", "fpa.enabled=false"],
+    "fpa-dpo": ["objective.name=dpo", "objective.params={beta: 0.1}", "fpa.enabled=true"],
+    "simper": ["objective.name=simper", "objective.params={}", "fpa.enabled=false"],
+    "fpa-simper": ["objective.name=simper", "objective.params={}", "fpa.enabled=true"],
+}
+SHARED = ("eval_0", "round_1/samples", "round_1/verified")  # what every offline variant of a seed reuses
+SHARED_STAGES = {"generate", "verify", "eval_generate", "eval_verify"}
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def regenerate(seed: int, common: list[str]) -> tuple[Path, int]:
+    """The seed's data: evaluate the start, generate and verify round 1, build its pairs (to size epochs)."""
+    pipeline = OfflinePipeline(load_config("tiny-cpu", [*common, f"name=s{seed}-data"]), log=log)
+    pipeline.prepare()
+    policy = pipeline.initial_policy()
+    pipeline.evaluate(0, policy)
+    dataset = pipeline.build(1, pipeline.verify(1, pipeline.generate(1, policy)))
+    return pipeline.run_dir, json.loads((dataset / "manifest.json").read_text())["rows"]
+
+
+def offline_run(variant: str, seed: int, common: list[str], epochs: int, steps_per_epoch: int, out: Path, source: Path) -> Path:
+    overrides = [*common, f"name=s{seed}-{variant}", *OFFLINE[variant], f"learner.epochs={epochs}", f"learner.snapshot_every={steps_per_epoch}"]
+    config = load_config("tiny-cpu", overrides)
+    run_dir = out / config.name
+    if not (run_dir / "curve.json").exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for part in SHARED:
+            if not (run_dir / part).exists():
+                shutil.copytree(source / part, run_dir / part)
+        if not (run_dir / "ledger.jsonl").exists():
+            entries = [line for line in (source / "ledger.jsonl").read_text().splitlines() if json.loads(line)["stage"] in SHARED_STAGES]
+            (run_dir / "ledger.jsonl").write_text("".join(line + "\n" for line in entries))
+    start = time.time()
+    OfflinePipeline(config, log=log).run()
+    log(f"== {config.name}: {time.time() - start:.0f} s")
+    return run_dir
+
+
+def grpo_run(seed: int, common: list[str], steps: int, eval_every: int, out: Path) -> Path:
+    config = load_config("tiny-cpu-grpo", [*common, f"name=s{seed}-grpo", f"grpo.steps={steps}", f"grpo.eval_every={eval_every}"])
+    start = time.time()
+    OnlineGRPOPipeline(config, log=log).run()
+    log(f"== {config.name}: {time.time() - start:.0f} s")
+    return out / config.name
+
+
+def curve(run_dir: Path) -> dict:
+    return json.loads((run_dir / "curve.json").read_text())
+
+
+def summary(runs: dict[str, dict[int, Path]], out: Path) -> str:
+    """Mean and spread over seeds; GRPO's final pass@1 of the same seed is each seed's target."""
+    seeds = sorted(runs["grpo"])
+    lines = ["| method | start | after 1 epoch / mid | final pass@1 | best pass@1 | training CPU-hours | CPU-hours to reach GRPO's final | share of GRPO's |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def spread(values: list[float], percent: bool = True) -> str:
+        scale = 100 if percent else 1
+        if len(values) == 1:
+            return f"{scale * values[0]:.{1 if percent else 4}f}"
+        return f"{scale * statistics.mean(values):.{1 if percent else 4}f} ± {scale * statistics.stdev(values):.{1 if percent else 4}f}"
+
+    for method, by_seed in runs.items():
+        points = {s: curve(by_seed[s])["points"] for s in seeds}
+        grpo_points = {s: curve(runs["grpo"][s])["points"] for s in seeds}
+        reach, share = [], []
+        for s in seeds:
+            target = grpo_points[s][-1]["pass_at_1"]
+            grpo_hours = hours_to_reach(grpo_points[s], target, "cpu_hours")
+            hours = hours_to_reach(points[s], target, "cpu_hours")
+            reach.append("-" if hours is None else f"{hours:.4f}")
+            share.append("-" if hours is None else f"{hours / grpo_hours:.2f}")
+        lines.append(
+            f"| {method} | {spread([points[s][0]['pass_at_1'] for s in seeds])} | {spread([points[s][len(points[s]) // 2]['pass_at_1'] for s in seeds])} "
+            f"| {spread([points[s][-1]['pass_at_1'] for s in seeds])} | {spread([max(p['pass_at_1'] for p in points[s]) for s in seeds])} "
+            f"| {spread([points[s][-1]['cpu_hours'] for s in seeds], percent=False)} | {', '.join(reach)} | {', '.join(share)} |"
+        )
+    lines += ["", f"Seeds {seeds}; pass@1 in %, mean ± standard deviation over seeds; per-seed values where listed (comma-separated, "
+              "by seed). '-': never reached. 'after 1 epoch / mid': the middle evaluated policy of each run."]
+    plot(runs, seeds, out / "summary.png")
+    return "\n".join(lines)
+
+
+def plot(runs: dict[str, dict[int, Path]], seeds: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for index, (method, by_seed) in enumerate(runs.items()):
+        color = f"C{index}"
+        for n, s in enumerate(seeds):
+            points = curve(by_seed[s])["points"]
+            axes.plot([p["cpu_hours"] for p in points], [100 * p["pass_at_1"] for p in points], marker="o", markersize=3,
+                      color=color, alpha=0.8, label=method if n == 0 else None)
+    axes.set_xlabel("cumulative training CPU-hours")
+    axes.set_ylabel("pass@1 (%), 300 held-out problems x 4 samples")
+    axes.set_title(f"tiny task, seeds {seeds}: one line per seed")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--grpo-steps", type=int, default=40)
+    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--eval-problems", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=Path("runs/tiny_reproduction"))
+    args = parser.parse_args()
+    out = args.out.resolve()
+    base = load_config("tiny-cpu")
+    policy = warm_start(base.policy.tiny, base.policy.sft, base.data.synthetic, seed=0, log=log).path  # one start for every run
+    init_ray()
+    runs: dict[str, dict[int, Path]] = {"grpo": {}, **{v: {} for v in OFFLINE}}  # GRPO first: the baseline
+    for seed in args.seeds:
+        common = [f"seed={seed}", f"output_dir={out}", f"policy.name_or_path={policy}",
+                  f"data.eval=[{{name: synthetic, split: test, limit: {args.eval_problems}}}]"]
+        data_dir, pairs = regenerate(seed, common)
+        steps_per_epoch = pairs // base.learner.global_batch_size
+        log(f"seed {seed}: {pairs} pairs, {steps_per_epoch} steps per epoch")
+        for variant in OFFLINE:
+            runs[variant][seed] = offline_run(variant, seed, common, args.epochs, steps_per_epoch, out, data_dir)
+        runs["grpo"][seed] = grpo_run(seed, common, args.grpo_steps, args.eval_every, out)
+        compare([runs[m][seed] for m in runs], out / f"compare-s{seed}")
+    text = summary(runs, out)
+    (out / "summary.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

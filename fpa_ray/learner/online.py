@@ -1,0 +1,229 @@
+"""The online GRPO learner: the same Ray Train worker group, fed rollouts step by step.
+
+Synchronous on-policy GRPO. Rank 0 asks the rollout controller (a Ray actor that owns the sampler
+and verifier pools) for rollout step s, broadcasts it to the other ranks, every rank trains on its
+slice, then rank 0 writes the new weights and has the controller refresh the samplers before it
+asks for step s + 1. A rollout of P prompts x G samples is split into P*G / global_batch_size
+optimizer steps (mini-batches, seeded order); with more than one, the log-probs of the policy
+that sampled are recomputed by the learner before the first update, so the clipped ratio is
+measured in one engine (vLLM and the learner differ by ~1e-5 nats, measured in issue 5).
+Token-level normalisation: each mini-batch's loss is divided by its response-token count over
+all workers (fpa_ray.objectives' contract).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fpa_ray.config import GRPOConfig, LearnerConfig, ObjectiveConfig
+from fpa_ray.learner.data import Example, collate
+from fpa_ray.learner.forward import shifted_targets
+from fpa_ray.learner.loop import (
+    MetricsWriter,
+    backward,
+    build_model,
+    global_metrics,
+    global_order,
+    grad_sync,
+    optimizer_step,
+    restored_checkpoint,
+    save_checkpoint,
+    save_hf,
+    torch_dtype,
+)
+from fpa_ray.objectives import TokenBatch, get_objective, token_logprobs
+
+WEIGHTS_DIR = "weights"  # the latest policy, what the samplers load
+SNAPSHOTS_DIR = "snapshots"  # step_<k>: policies kept for evaluation
+
+
+@dataclass(frozen=True)
+class OnlineSetup:
+    learner: LearnerConfig
+    objective: ObjectiveConfig
+    grpo: GRPOConfig
+    group_size: int
+    seed: int
+    policy_path: str
+    reference_path: str
+    output_dir: str
+
+    @property
+    def minibatches(self) -> int:
+        return self.grpo.prompts_per_step * self.group_size // self.learner.global_batch_size
+
+
+def rollout_examples(rollout: dict, max_length: int) -> tuple[list[Example], list[float], int]:
+    """Training rows of a rollout (responses cut to fit max_length) with their advantages; rows cut."""
+    examples, advantages, cut = [], [], 0
+    for prompt, response, advantage in zip(rollout["prompt_token_ids"], rollout["response_token_ids"], rollout["advantages"]):
+        room = max_length - len(prompt)
+        if room < 1:
+            raise ValueError(f"a rollout prompt has {len(prompt)} tokens, not less than learner.max_length={max_length}")
+        cut += len(response) > room
+        examples.append(Example(tuple(prompt), (tuple(response[:room]),), label=False))
+        advantages.append(float(advantage))
+    return examples, advantages, cut
+
+
+def _broadcast(value, rank: int):
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@torch.no_grad()
+def _token_logps(net, examples: list[Example], micro: int, pad_id: int, device, chunk) -> list[torch.Tensor]:
+    """Per-row response-token log-probs (1-D each), for the sampling policy or the reference."""
+    rows = []
+    for start in range(0, len(examples), micro):
+        batch, _ = collate(examples[start : start + micro], "labelled", pad_id)
+        labels, mask = shifted_targets(batch)
+        logits = net(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
+        logp = token_logprobs(logits, labels.to(device), mask.to(device), chunk)
+        rows.extend(logp[i][mask[i].to(device)] for i in range(logp.shape[0]))
+    return rows
+
+
+def _place(rows: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """Per-row 1-D values back into a [rows, tokens] tensor at the mask's positions (row-major)."""
+    out = torch.zeros(mask.shape, dtype=rows[0].dtype, device=mask.device)
+    out[mask] = torch.cat(rows).to(mask.device)
+    return out
+
+
+def grpo_loop(config: dict) -> None:
+    """Entry point of each Ray Train worker of the online run."""
+    import ray
+    import ray.train
+    import ray.train.torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    setup: OnlineSetup = config["setup"]
+    controller = config["controller"]
+    learner, grpo = setup.learner, setup.grpo
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    dtype = torch_dtype(learner, device)
+    torch.manual_seed(setup.seed)
+    objective, params = get_objective("grpo"), setup.objective.params
+    tokenizer = AutoTokenizer.from_pretrained(setup.policy_path)
+    pad_id = tokenizer.pad_token_id
+
+    minibatches, G = setup.minibatches, learner.global_batch_size
+    restore_dir = restored_checkpoint()
+    trained = build_model(learner, setup.policy_path, restore_dir, grpo.steps * minibatches, dtype, device)
+    model, unwrapped = trained.model, trained.unwrapped
+    start = trained.start_step // minibatches
+    reference = None
+    if params.get("kl_coef", 0.0) > 0:
+        reference = AutoModelForCausalLM.from_pretrained(setup.reference_path, dtype=dtype).to(device).eval().requires_grad_(False)
+    output_dir = Path(setup.output_dir)
+    writer = MetricsWriter(output_dir, trained.start_step) if rank == 0 else None
+    if rank == 0 and restore_dir is not None:  # the samplers may hold newer weights than the checkpoint
+        _publish(output_dir, restore_dir, None)
+        ray.get(controller.refresh.remote(str(output_dir / WEIGHTS_DIR), start))
+
+    local = G // world
+    for step in range(start, grpo.steps):
+        rollout = _broadcast(ray.get(controller.rollout.remote(step)) if rank == 0 else None, rank)
+        mark = time.perf_counter()
+        examples, advantages, cut = rollout_examples(rollout, learner.max_length)
+        response_tokens = [len(e.responses[0]) for e in examples]
+        order = global_order(len(examples), step, len(examples), setup.seed)
+        mine = sorted({i for m in range(minibatches) for i in order[m * G + rank * local : m * G + (rank + 1) * local]})
+        old = {}
+        if minibatches > 1:
+            values = _token_logps(model, [examples[i] for i in mine], learner.micro_batch_size, pad_id, device, None)
+            old = dict(zip(mine, values))
+        ref = {}
+        if reference is not None:
+            ref = dict(zip(mine, _token_logps(reference, [examples[i] for i in mine], learner.micro_batch_size, pad_id, device, None)))
+        for m in range(minibatches):
+            ids = order[m * G : (m + 1) * G]
+            normalizer = float(sum(response_tokens[i] for i in ids))  # every worker's tokens of this mini-batch
+            local_ids = ids[rank * local : (rank + 1) * local]
+            micro_batches = [local_ids[i : i + learner.micro_batch_size] for i in range(0, local, learner.micro_batch_size)]
+            sums: dict[str, float] = {}
+            tokens = 0.0
+            lr = trained.scheduler.get_last_lr()[0]
+            for j, rows in enumerate(micro_batches):
+                batch, _ = collate([examples[i] for i in rows], "labelled", pad_id)
+                labels, mask = (t.to(device) for t in shifted_targets(batch))
+                with grad_sync(model, last=j == len(micro_batches) - 1):
+                    logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
+                    logp = token_logprobs(logits, labels, mask)
+                    old_logp = _place([old[i] for i in rows], mask) if old else logp.detach()
+                    ref_logp = _place([ref[i] for i in rows], mask) if ref else None
+                    adv = torch.tensor([advantages[i] for i in rows], device=device, dtype=torch.float32)
+                    out = objective(TokenBatch(logp, old_logp, mask, adv, ref_logp), normalizer=normalizer, **params)
+                    backward(model, out.loss, learner, world)
+                units = float(mask.sum())
+                for key, value in out.metrics.items():
+                    sums[key] = sums.get(key, 0.0) + float(value) * units
+                sums["num_units"] = sums.get("num_units", 0.0) + units
+                tokens += float(batch.attention_mask.sum())
+            grad_norm = optimizer_step(model, trained.optimizer, trained.scheduler, learner)
+            metrics = global_metrics(sums, tokens, device)
+            optimizer_steps = step * minibatches + m + 1
+            now = time.perf_counter()
+            metrics.update(
+                step=optimizer_steps, rollout_step=step + 1, lr=lr, grad_norm=float(grad_norm), time=time.time(),
+                tokens_per_s=metrics.pop("tokens") / (now - mark), truncated=float(cut), **rollout["stats"],
+            )
+            mark = now
+            if writer is not None:
+                writer.write(metrics)
+        # Publish the new weights, then the samplers load them: the next rollout is on-policy.
+        snapshot = (step + 1) % grpo.eval_every == 0 or step + 1 == grpo.steps
+        if rank == 0:
+            ray.get(controller.phase_done.remote("grpo_train", step))
+            stats = rollout["stats"]
+            print(f"[grpo] step {step + 1}/{grpo.steps}: reward {stats['reward_mean']:.3f}, groups all wrong "
+                  f"{stats['groups_all_wrong']:.0%} / all right {stats['groups_all_correct']:.0%}, loss {metrics['loss']:.4f}, "
+                  f"grad norm {metrics['grad_norm']:.3f}", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            save_hf(Path(tmp), unwrapped, learner, setup.policy_path, rank)
+            if rank == 0:
+                _publish(output_dir, Path(tmp), step + 1 if snapshot else None)
+                ray.get(controller.refresh.remote(str(output_dir / WEIGHTS_DIR), step + 1))
+        save = (step + 1) % learner.checkpoint_every == 0 or step + 1 == grpo.steps
+        if save:
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(Path(tmp), model, unwrapped, trained.optimizer, trained.scheduler, (step + 1) * minibatches, learner, setup, rank)
+                has_files = any(Path(tmp).iterdir())
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if has_files else None)
+        else:
+            ray.train.report(metrics)
+    if writer is not None:
+        writer.close()
+
+
+def _publish(output_dir: Path, model_dir: Path, snapshot_step: int | None) -> None:
+    """Replace weights/ with the model files of `model_dir` (atomic rename); keep a snapshot if asked."""
+    from fpa_ray.learner.loop import STATE_DIR
+
+    staging = output_dir / f"{WEIGHTS_DIR}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(model_dir, staging, ignore=shutil.ignore_patterns(STATE_DIR))
+    previous = output_dir / f"{WEIGHTS_DIR}.previous"
+    shutil.rmtree(previous, ignore_errors=True)
+    if (output_dir / WEIGHTS_DIR).exists():
+        (output_dir / WEIGHTS_DIR).rename(previous)
+    staging.rename(output_dir / WEIGHTS_DIR)
+    shutil.rmtree(previous, ignore_errors=True)
+    if snapshot_step is not None:
+        target = output_dir / SNAPSHOTS_DIR / f"step_{snapshot_step}"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(output_dir / WEIGHTS_DIR, target)

@@ -1,0 +1,228 @@
+"""The online RLVR baseline: GRPO on the same cluster, built from the offline pipeline's parts.
+
+Parts: the sampler pool (RolloutWorker actors whose engines stay alive and are refreshed after
+every update), the verifier pool (VerifierActor actors), the learner group (Ray Train workers
+running `grpo_loop`), and a RolloutController actor between them that serves rollouts to the
+learner's rank 0 and refreshes the samplers.
+
+Accounting, the same Ledger as the offline pipeline: the three pools are held for the whole loop,
+so every phase (startup, generate, verify, train, weight sync) is charged all of their resources
+x its wall time. Phases tile the loop (each runs from the end of the previous one), so the
+ledger's sum is the loop's wall time x the resources held. Policies are snapshotted every
+`grpo.eval_every` steps and evaluated after training with the offline pipeline's evaluation:
+both pipelines are scored by the same code, and evaluation is not charged to training.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fpa_ray.accounting import Ledger
+from fpa_ray.config import RunConfig
+from fpa_ray.data.sources import PromptRow
+from fpa_ray.pipelines.offline import OfflinePipeline, write_json
+
+ONLINE_DIR = "online"
+
+
+def held_resources(config: RunConfig) -> dict[str, float]:
+    """CPUs and GPUs the online loop holds from start to end: samplers + verifiers + learners."""
+    sampler, verifier, learner = config.sampler, config.verifier, config.learner
+    return {
+        "cpus": sampler.num_actors * sampler.cpus_per_actor + verifier.num_actors * verifier.workers_per_actor
+        + learner.num_workers * learner.cpus_per_worker,
+        "gpus": sampler.num_actors * sampler.gpus_per_actor + learner.num_workers * learner.gpus_per_worker,
+    }
+
+
+def rollout_seed(seed: int, step: int) -> int:
+    return seed * 1_000_003 + step
+
+
+class RolloutController:
+    """Ray actor: rollouts for the learner's rank 0, weight refreshes, and the loop's ledger entries."""
+
+    def __init__(self, config: RunConfig, policy: str, prompts: list[PromptRow], run_dir: str):
+        self.config, self.prompts, self.run_dir = config, prompts, Path(run_dir)
+        self.ledger = Ledger(self.run_dir / "ledger.jsonl")
+        self.held = held_resources(config)
+        self.checkpoint = self.policy_id = str(policy)  # what the samplers hold now
+        self.samplers: list = []
+        self.verifiers: list = []
+        self.restarts = 0
+        self._start_pools()
+        self.mark = time.time()
+        self.started = False
+
+    def _start_pools(self) -> None:
+        """(Re)start both pools, the samplers on the latest weights: after an actor died, the retried
+        rollout is the same seeded rollout from the same policy, so nothing is lost or duplicated."""
+        import ray
+
+        from fpa_ray.sampler.rollout import start_rollout_workers
+        from fpa_ray.verifier.stage import VerifierActor
+
+        for actor in self.samplers + self.verifiers:
+            ray.kill(actor)
+        config, verifier = self.config, self.config.verifier
+        prefix = config.name if not self.restarts else f"{config.name}-r{self.restarts}"  # a killed actor's name may linger
+        self.restarts += 1
+        self.samplers = start_rollout_workers(Path(self.checkpoint), config.sampler, config.data.template, prefix)
+        self.verifiers = [
+            ray.remote(VerifierActor).options(name=f"{prefix}-verifier-{i}", num_cpus=verifier.workers_per_actor).remote(verifier)
+            for i in range(verifier.num_actors)
+        ]
+
+    def _with_restart(self, work):
+        """Run `work()`; if a pool actor died under it, restart the pools once and run it again."""
+        import ray
+
+        try:
+            return work()
+        except ray.exceptions.RayActorError as error:
+            print(f"[grpo] a pool actor died ({type(error).__name__}); restarting the pools on {self.checkpoint}", flush=True)
+            self._start_pools()
+            return work()
+
+    def _charge(self, stage: str, step: int | None) -> float:
+        now = time.time()
+        self.ledger.charge(stage, step, self.mark, now, **self.held)
+        elapsed, self.mark = now - self.mark, now
+        return elapsed
+
+    def phase_done(self, stage: str, step: int) -> None:
+        self._charge(stage, step)
+
+    def rollout(self, step: int) -> dict:
+        """Prompts of `step`, G samples each from the current policy, verdicts and group advantages."""
+        import ray
+        import torch
+
+        from fpa_ray.learner.loop import global_order
+        from fpa_ray.objectives.grpo import group_advantages
+        from fpa_ray.verifier.stage import VerificationReport
+
+        config = self.config
+        # Before the first rollout: workers starting and loading models; later: checkpointing.
+        self._charge("grpo_train" if self.started else "grpo_startup", step)
+        self.started = True
+        prompts_per_step = config.grpo.prompts_per_step
+        picked = [self.prompts[i] for i in global_order(len(self.prompts), step, prompts_per_step, config.seed)]
+        parts = _split(picked, len(self.samplers))
+        seed = rollout_seed(config.seed, step)
+        table = self._with_restart(
+            lambda: pa.concat_tables(ray.get([w.rollout.remote(part, seed, self.policy_id) for w, part in zip(self.samplers, parts) if part]))
+        )
+        generate_s = self._charge("grpo_generate", step)
+        chunks = [table.slice(start, length) for start, length in _spans(table.num_rows, len(self.verifiers))]
+        table = self._with_restart(
+            lambda: pa.concat_tables(ray.get([v.grade.remote(chunk) for v, chunk in zip(self.verifiers, chunks) if chunk.num_rows]))
+        )
+        rewards = torch.tensor(table.column("reward").to_pylist(), dtype=torch.float32)
+        advantages = group_advantages(rewards, config.sampler.n)
+        table = table.append_column("advantage", pa.array(advantages.tolist(), pa.float32()))
+        directory = self.run_dir / ONLINE_DIR / "rollouts"
+        directory.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, directory / f"step-{step:05d}.parquet")  # every rollout kept, a failing one too
+        report = VerificationReport.from_columns(table.column("status").to_numpy(zero_copy_only=False), table.column("verify_seconds").to_numpy())
+        report.raise_if_unhealthy(config.verifier.max_failure_share)
+        groups = rewards.view(-1, config.sampler.n)
+        lengths = [len(t) for t in table.column("response_token_ids").to_pylist()]
+        stats = {
+            "reward_mean": float(rewards.mean()), "groups_all_correct": float((groups.min(1).values == 1).float().mean()),
+            "groups_all_wrong": float((groups.max(1).values == 0).float().mean()), "response_tokens": sum(lengths) / len(lengths),
+            "generate_s": generate_s, "verify_s": self._charge("grpo_verify", step),
+        }
+        return {
+            "prompt_token_ids": table.column("prompt_token_ids").to_pylist(),
+            "response_token_ids": table.column("response_token_ids").to_pylist(),
+            "advantages": advantages.tolist(),
+            "stats": stats,
+        }
+
+    def refresh(self, checkpoint: str, step: int) -> float | None:
+        """Load the learner's new weights into every sampler (probe on the first); charged as weight sync."""
+        import ray
+
+        grpo = self.config.grpo
+        self.checkpoint, self.policy_id = checkpoint, f"{checkpoint}@step{step}"
+        gaps = self._with_restart(
+            lambda: ray.get([w.refresh.remote(checkpoint, grpo.refresh_probe and i == 0, grpo.probe_tolerance) for i, w in enumerate(self.samplers)])
+        )
+        self._charge("grpo_sync", step)
+        return gaps[0]
+
+    def finish(self) -> None:
+        """Charge the tail (the last checkpoint, the worker group's shutdown) and stop the pools."""
+        import ray
+
+        self._charge("grpo_shutdown", None)
+        for actor in self.samplers + self.verifiers:
+            ray.kill(actor)
+
+
+def _spans(rows: int, parts: int) -> list[tuple[int, int]]:
+    size, extra = divmod(rows, parts)
+    spans, start = [], 0
+    for i in range(parts):
+        length = size + (i < extra)
+        spans.append((start, length))
+        start += length
+    return spans
+
+
+def _split(items: list, parts: int) -> list[list]:
+    return [items[start : start + length] for start, length in _spans(len(items), parts)]
+
+
+class OnlineGRPOPipeline(OfflinePipeline):
+    """Evaluate the start, train online for grpo.steps, evaluate the snapshots; report and curve."""
+
+    def train_online(self, policy: Path) -> list[tuple[int, Path]]:
+        import ray
+
+        from fpa_ray.learner.online import SNAPSHOTS_DIR, OnlineSetup, grpo_loop
+        from fpa_ray.learner.trainer import run_trainer
+
+        config = self.config
+        stage_dir = self.run_dir / ONLINE_DIR
+        inputs = {"policy": str(policy), "config": json.loads(config.model_dump_json(exclude={"evaluation"}))}
+        done = self._done(stage_dir, inputs)
+        if not done:
+            prompts = self._prompts([config.data.train])
+            self.log(f"[grpo] {config.grpo.steps} steps x {config.grpo.prompts_per_step} prompts x {config.sampler.n} samples, "
+                     f"holding {held_resources(config)}")
+            controller = ray.remote(RolloutController).options(num_cpus=0, name=f"{config.name}-rollout-controller").remote(
+                config, str(policy), prompts, str(self.run_dir)
+            )
+            setup = OnlineSetup(config.learner, config.objective, config.grpo, config.sampler.n, config.seed, str(policy), str(policy), str(stage_dir))
+            try:
+                run_trainer(grpo_loop, {"setup": setup, "controller": controller}, config.learner, stage_dir, name=f"{config.name}-grpo")
+            finally:
+                ray.get(controller.finish.remote())
+                ray.kill(controller)
+            metrics = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines() if line]
+            last = metrics[-1]
+            self.log(f"[grpo] {last['rollout_step']} steps, last reward {last['reward_mean']:.3f}, loss {last['loss']:.4f}")
+            write_json(stage_dir / "manifest.json", {"kind": "grpo", "inputs": inputs, "complete": True, "steps": last["rollout_step"]})
+        snapshots = sorted((stage_dir / SNAPSHOTS_DIR).glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+        return [(int(p.name.split("_")[1]), p) for p in snapshots]
+
+    def describe(self) -> str:
+        config = self.config
+        return (f"online GRPO {config.objective.params}, {config.grpo.steps} steps x {config.grpo.prompts_per_step} prompts x "
+                f"G={config.sampler.n}, lr {config.learner.lr}, seed {config.seed}")
+
+    def run(self) -> Path:
+        self.prepare()
+        policy = self.initial_policy()
+        points = [self.point("start", self.evaluate(0, policy), time_s=0.0)]
+        for step, snapshot in self.train_online(policy):
+            sync = [e for e in self.ledger.entries() if e["stage"] == "grpo_sync" and e["round"] == step]
+            points.append(self.point(f"step {step}", self.evaluate(f"step_{step}", snapshot), time_s=sync[-1]["end"]))
+        return self.write_report(points)

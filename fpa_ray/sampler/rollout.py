@@ -1,0 +1,55 @@
+"""The sampler pool as long-lived actors, for the online loop: sample on demand, refresh in place.
+
+The offline generate stage starts its engines per stage (Ray Data actor pool) and lets them go;
+the online loop keeps `num_actors` engines alive for the whole run and loads each new policy into
+them (`refresh`), checked by the log-prob probe of refresh.py. Same engines, same per-sample seeds,
+same output rows as the generate stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from fpa_ray.config import SamplerConfig
+from fpa_ray.data.sources import PromptRow
+from fpa_ray.sampler.refresh import probe_gap, refresh_weights
+from fpa_ray.sampler.stage import SamplerActor, actor_env
+
+
+class RolloutWorker(SamplerActor):
+    """One engine; `rollout` returns the generate stage's rows instead of writing shards."""
+
+    def __init__(self, checkpoint: str, config: SamplerConfig, template: str):
+        super().__init__(checkpoint, config, template, policy_id=str(checkpoint), seed=0, output_dir="")
+
+    def rollout(self, prompts: list[PromptRow], seed: int, policy_id: str) -> pa.Table:
+        self.seed, self.policy_id = seed, policy_id
+        return self._generate(prompts)
+
+    def refresh(self, checkpoint: str, probe: bool, tolerance: float) -> float | None:
+        """Load `checkpoint`; with `probe`, also check the engine against the learner (the gap, else None)."""
+        if probe:
+            return refresh_weights(self.engine, Path(checkpoint), tolerance)
+        self.engine.load_weights(Path(checkpoint))
+        return None
+
+    def gap(self, checkpoint: str) -> float:
+        return probe_gap(self.engine, Path(checkpoint))
+
+
+def start_rollout_workers(checkpoint: Path, config: SamplerConfig, template: str, name_prefix: str) -> list:
+    """`config.num_actors` named sampler actors on `checkpoint` (Ray dashboard: `<prefix>-sampler-<i>`)."""
+    import ray
+
+    remote = ray.remote(RolloutWorker)
+    return [
+        remote.options(
+            name=f"{name_prefix}-sampler-{i}",
+            num_cpus=config.cpus_per_actor,
+            num_gpus=config.gpus_per_actor,
+            runtime_env={"env_vars": actor_env(config)},
+        ).remote(str(checkpoint), config, template)
+        for i in range(config.num_actors)
+    ]

@@ -1,0 +1,13 @@
+"""Overrides that shrink the embedded default to a run of a minute or two, shared by pipeline tests."""
+
+SMALL = [
+    "policy.sft.steps=150", "policy.sft.batch_size=32", "policy.sft.warmup_steps=20", "policy.sft.train_problems=2000",
+    "policy.sft.tokenizer_problems=1000", "policy.sft.eval_problems=20", "policy.sft.eval_samples=1", "policy.sft.max_new_tokens=48",
+    "data.train.limit=64", "data.eval=[{name: synthetic, split: test, limit: 16}]", "sampler.n=8", "sampler.shard_size=16",
+    "sampler.max_new_tokens=48", "sampler.dtype=float32", "evaluation.samples=2", "evaluation.max_new_tokens=48",
+    "learner.global_batch_size=4", "learner.micro_batch_size=2", "learner.max_steps=4", "verifier.num_actors=1",
+]
+
+
+def overrides(tmp_path, name="small", extra=()):
+    return [f"name={name}", f"output_dir={tmp_path / 'runs'}", *SMALL, *extra]

@@ -1,0 +1,26 @@
+import pytest
+import torch
+
+from fpa_ray.config import load_config
+from fpa_ray.learner.online import _place, rollout_examples
+from fpa_ray.pipelines.online_grpo import _spans, held_resources
+
+
+def test_rollout_rows_are_cut_to_max_length_and_counted():
+    rollout = {"prompt_token_ids": [[1, 2, 3], [4, 5]], "response_token_ids": [[6, 7, 8, 9], [10]], "advantages": [0.5, -0.5]}
+    examples, advantages, cut = rollout_examples(rollout, max_length=5)
+    assert [e.responses[0] for e in examples] == [(6, 7), (10,)] and advantages == [0.5, -0.5] and cut == 1
+    with pytest.raises(ValueError, match="a rollout prompt has 3 tokens, not less than learner.max_length=3"):
+        rollout_examples(rollout, max_length=3)
+
+
+def test_per_row_values_go_back_to_their_mask_positions():
+    mask = torch.tensor([[False, True, True, False], [False, False, True, False]])
+    placed = _place([torch.tensor([-1.0, -2.0]), torch.tensor([-3.0])], mask)
+    assert placed.tolist() == [[0.0, -1.0, -2.0, 0.0], [0.0, 0.0, -3.0, 0.0]]
+
+
+def test_work_is_split_evenly_and_held_resources_add_up():
+    assert _spans(10, 3) == [(0, 4), (4, 3), (7, 3)] and _spans(2, 3) == [(0, 1), (1, 1), (2, 0)]
+    config = load_config("tiny-cpu-grpo", ["sampler.num_actors=2", "sampler.gpus_per_actor=1", "learner.gpus_per_worker=1"])
+    assert held_resources(config) == {"cpus": 2 + 1 + 2, "gpus": 2 + 2}
