@@ -225,6 +225,9 @@ class EvalConfig(StrictModel):
     samples: int = Field(4, ge=1, description="k samples per problem")
     temperature: float = Field(0.7, ge=0)
     max_new_tokens: int = Field(64, ge=1)
+    engine: Literal["vllm", "hf", "auto"] = Field(
+        "auto", description="its own setting, not the sampler's: runs that sample differently are still scored by the same engine and seeds"
+    )
     solved_threshold: float = Field(0.5, gt=0, le=1, description="a problem counts as solved at this pass@1 or above")
 
 

@@ -212,7 +212,9 @@ class OfflinePipeline:
         done = self._done(stage_dir, inputs)
         if done:
             return done["score"]
-        sampler = config.sampler.model_copy(update={"n": evaluation.samples, "temperature": evaluation.temperature, "max_new_tokens": evaluation.max_new_tokens})
+        sampler = config.sampler.model_copy(update={
+            "n": evaluation.samples, "temperature": evaluation.temperature, "max_new_tokens": evaluation.max_new_tokens, "engine": evaluation.engine,
+        })
         prompts = self._prompts(config.data.eval)
         samples_dir = self.generate(label, policy, sampler, prompts, stage_dir / "samples", stage="eval_generate", seed=config.seed)
         verified_dir = self.verify(label, samples_dir, stage_dir / "verified", stage="eval_verify")
