@@ -1,0 +1,102 @@
+"""deploy/: every manifest validates against KubeRay's own CRD schemas, and every RayJob entrypoint
+is a command our CLI accepts with that config (the real argument parser and config loader)."""
+
+import copy
+import functools
+import re
+import shlex
+from pathlib import Path
+
+import jsonschema
+import pytest
+import ray
+import yaml
+
+from fpa_ray.config import load_config
+from fpa_ray.main import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = sorted((ROOT / "deploy" / "kuberay").glob("*.yaml"))
+CRDS = ROOT / "tests" / "data" / "kuberay-crds"  # copied from ray-project/kuberay, see SOURCE there
+CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
+Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are 2 MB of YAML
+
+
+@functools.cache
+def crd_schema(kind: str) -> dict:
+    crd = yaml.load((CRDS / CRD_FILES[kind]).read_text(), Loader=Loader)
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    return version["schema"]["openAPIV3Schema"]
+
+
+def manifest(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def cluster_spec(document: dict) -> dict:
+    return document["spec"]["rayClusterSpec"] if document["kind"] == "RayJob" else document["spec"]
+
+
+def test_every_kind_is_deployed():
+    assert sorted(manifest(p)["kind"] for p in MANIFESTS) == ["RayCluster", "RayJob", "RayJob"]
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_validates_against_the_kuberay_crd(path):
+    document = manifest(path)
+    assert document["apiVersion"] == "ray.io/v1"
+    jsonschema.validate(document, crd_schema(document["kind"]))
+
+
+def test_the_validation_is_real():
+    document = manifest(ROOT / "deploy" / "kuberay" / "raycluster.yaml")
+    broken = copy.deepcopy(document)
+    broken["spec"]["workerGroupSpecs"][0]["replicas"] = "one"
+    with pytest.raises(jsonschema.ValidationError, match="'one' is not of type 'integer'"):
+        jsonschema.validate(broken, crd_schema("RayCluster"))
+    broken = copy.deepcopy(document)
+    broken["spec"]["authOptions"]["mode"] = "password"
+    with pytest.raises(jsonschema.ValidationError, match="'password' is not one of"):
+        jsonschema.validate(broken, crd_schema("RayCluster"))
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_cluster_shape_matches_the_image_and_the_gpus(path):
+    spec = cluster_spec(manifest(path))
+    image_ray = re.search(r"^FROM rayproject/ray:([\d.]+)-", (ROOT / "deploy" / "Dockerfile").read_text(), re.M).group(1)
+    assert spec["rayVersion"] == image_ray == ray.__version__  # the image, the manifests and our pin agree
+    assert spec["authOptions"]["mode"] == "token"
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for group in groups:
+        pod = group["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in pod["containers"]:
+            assert container["securityContext"]["privileged"] is False
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+            assert "persistentVolumeClaim" in volumes[mounts["/shared"]]  # HF cache and runs, shared by every pod
+            resources = container["resources"]
+            gpus = resources["limits"].get("nvidia.com/gpu")
+            assert resources["requests"].get("nvidia.com/gpu") == gpus
+            assert group["rayStartParams"].get("num-gpus") == gpus  # Ray schedules exactly what Kubernetes gave
+    assert any(g["rayStartParams"].get("num-gpus") for g in spec["workerGroupSpecs"])
+
+
+@pytest.mark.parametrize("path", [p for p in MANIFESTS if manifest(p)["kind"] == "RayJob"], ids=lambda p: p.name)
+def test_rayjob_lifecycle_and_entrypoint(path):
+    document = manifest(path)
+    spec = document["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0 and spec["activeDeadlineSeconds"] > 0
+    words = shlex.split(spec["entrypoint"])
+    assert words[:3] == ["python", "-m", "fpa_ray.main"]
+    args = build_parser().parse_args(words[3:])
+    config = load_config(args.config, args.overrides)  # raises, naming the key, if the entrypoint is wrong
+    assert (args.stage == "grpo") == (config.objective.name == "grpo") and args.stage in ("run", "grpo")
+    assert document["metadata"]["labels"]["fpa-ray/pipeline"] == ("grpo" if args.stage == "grpo" else "offline")
+    gpus = sum(int(g["rayStartParams"].get("num-gpus", 0)) * g["replicas"] for g in spec["rayClusterSpec"]["workerGroupSpecs"])
+    wanted = max(config.sampler.num_actors * config.sampler.gpus_per_actor, config.learner.num_workers * config.learner.gpus_per_worker)
+    if args.stage == "grpo":  # samplers and learners hold their GPUs at the same time
+        wanted = config.sampler.num_actors * config.sampler.gpus_per_actor + config.learner.num_workers * config.learner.gpus_per_worker
+    assert 0 < wanted <= gpus
