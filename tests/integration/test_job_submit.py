@@ -13,7 +13,7 @@ import pytest
 
 from fpa_ray.cluster import LOCAL_RAY_ENV
 
-from .test_offline_pipeline import SMALL
+from tests.integration.small_run import SMALL
 
 pytestmark = pytest.mark.slow
 
