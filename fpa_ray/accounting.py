@@ -16,14 +16,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from fpa_ray import metrics
+
 
 # Stages that are not training: the shared starting point and the measurement of each policy.
 NOT_TRAINING = frozenset({"warmstart", "download", "eval_generate", "eval_verify"})
 
 
 class Ledger:
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, run: str | None = None):
+        self.path, self.run = path, run or path.parent.name
         path.parent.mkdir(parents=True, exist_ok=True)
 
     @contextmanager
@@ -31,10 +33,12 @@ class Ledger:
         """Charge the enclosed block; a block that raises is charged too (the resources were held)."""
         start = time.time()
         ok = False
+        metrics.stage_active(self.run, stage, True)
         try:
             yield
             ok = True
         finally:
+            metrics.stage_active(self.run, stage, False)
             self.charge(stage, round_index, start, time.time(), cpus, gpus, completed=ok)
 
     def charge(self, stage: str, round_index, start: float, end: float, cpus: float, gpus: float = 0.0, completed: bool = True) -> None:
@@ -46,6 +50,7 @@ class Ledger:
         }
         with self.path.open("a") as handle:
             handle.write(json.dumps(entry) + "\n")
+        metrics.resource_seconds(self.run, stage, entry["cpu_seconds"], entry["gpu_seconds"])
 
     def entries(self) -> list[dict]:
         if not self.path.exists():

@@ -11,15 +11,36 @@ import pandas as pd
 
 
 def score(verified: pd.DataFrame) -> dict:
-    """Overall pass@1 (mean over problems of the mean reward), pass@k, and per-problem pass@1."""
-    per_problem = verified.groupby("prompt_id")["reward"].agg(["mean", "max", "count"])
-    return {
+    """Overall pass@1 (mean over problems of the mean reward), pass@k, and per-problem pass@1.
+
+    With the verifier's `extracted` and `status` columns also majority-vote accuracy (maj@k: the
+    most frequent extracted answer of a problem, ties to the one seen first, is graded by its
+    verdict; a problem with no extracted answer counts as wrong) and the share of verdicts that are
+    unparseable, timeout or error; with `response_token_ids`, the mean response length in tokens.
+    """
+    per_problem = verified.groupby("prompt_id", sort=True)["reward"].agg(["mean", "max", "count"])
+    result = {
         "problems": int(len(per_problem)),
         "samples_per_problem": int(per_problem["count"].min()) if len(per_problem) else 0,
         "pass_at_1": float(per_problem["mean"].mean()) if len(per_problem) else 0.0,
         "pass_at_k": float(per_problem["max"].mean()) if len(per_problem) else 0.0,
         "per_problem": {str(k): float(v) for k, v in per_problem["mean"].items()},
     }
+    if {"extracted", "status"} <= set(verified.columns) and len(per_problem):
+        result["maj_at_k"] = float(sum(_majority_correct(group) for _, group in verified.groupby("prompt_id")) / len(per_problem))
+        result["failure_share"] = float(verified["status"].isin(["unparseable", "timeout", "error"]).mean())
+    if "response_token_ids" in verified.columns and len(verified):
+        result["mean_response_tokens"] = float(verified["response_token_ids"].map(len).mean())
+    return result
+
+
+def _majority_correct(samples: pd.DataFrame) -> bool:
+    answered = samples[samples["extracted"].notna() & (samples["extracted"] != "")]
+    if answered.empty:
+        return False
+    counts = answered["extracted"].value_counts(sort=False)  # first-seen order, so ties go to the first
+    winner = counts.idxmax()
+    return bool(answered.loc[answered["extracted"] == winner, "reward"].iloc[0] == 1.0)
 
 
 def total_gain_loss(before: dict[str, float], after: dict[str, float], solved_threshold: float = 0.5) -> dict:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from fpa_ray import metrics as app_metrics
 from fpa_ray.config import FPAConfig, LearnerConfig, ObjectiveConfig
 from fpa_ray.learner.data import Kind, collate, prepare_examples
 from fpa_ray.learner.optim import build_optimizer
@@ -44,6 +45,7 @@ class LearnerSetup:
     policy_path: str
     reference_path: str
     output_dir: str
+    run: str = "train"  # the run's name: the tag of its metrics on the dashboard
 
 
 def _kind(objective_name: str) -> Kind:
@@ -224,12 +226,14 @@ def train_loop(config: dict) -> None:
         grad_norm = optimizer_step(model, trained.optimizer, trained.scheduler, learner)
         metrics = global_metrics(sums, tokens, device)
         now = time.perf_counter()
-        metrics.update(step=step + 1, lr=lr, grad_norm=grad_norm, time=time.time(), tokens_per_s=metrics.pop("tokens") / (now - mark))
+        step_tokens = metrics.pop("tokens")
+        metrics.update(step=step + 1, lr=lr, grad_norm=grad_norm, time=time.time(), tokens_per_s=step_tokens / (now - mark))
         mark = now
         if step == start_step:
             metrics.update({f"rows_{rule}": float(count) for rule, count in prepared.counts.items()})
         if writer is not None:
             writer.write(metrics)
+            app_metrics.training_step(setup.run, metrics, step_tokens)
         if learner.snapshot_every and (step + 1) % learner.snapshot_every == 0:
             save_hf(output_dir / SNAPSHOTS_DIR / f"step_{step + 1}", unwrapped, learner, setup.policy_path, rank)
         save = (step + 1) % learner.checkpoint_every == 0 or step + 1 == total_steps

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from fpa_ray import metrics as app_metrics
 from fpa_ray.config import GRPOConfig, LearnerConfig, ObjectiveConfig
 from fpa_ray.learner.data import Example, collate
 from fpa_ray.learner.forward import shifted_targets
@@ -53,6 +54,7 @@ class OnlineSetup:
     policy_path: str
     reference_path: str
     output_dir: str
+    run: str = "grpo"  # the run's name: the tag of its metrics on the dashboard
 
     @property
     def minibatches(self) -> int:
@@ -178,13 +180,15 @@ def grpo_loop(config: dict) -> None:
             metrics = global_metrics(sums, tokens, device)
             optimizer_steps = step * minibatches + m + 1
             now = time.perf_counter()
+            step_tokens = metrics.pop("tokens")
             metrics.update(
                 step=optimizer_steps, rollout_step=step + 1, lr=lr, grad_norm=float(grad_norm), time=time.time(),
-                tokens_per_s=metrics.pop("tokens") / (now - mark), truncated=float(cut), **rollout["stats"],
+                tokens_per_s=step_tokens / (now - mark), truncated=float(cut), **rollout["stats"],
             )
             mark = now
             if writer is not None:
                 writer.write(metrics)
+                app_metrics.training_step(setup.run, metrics, step_tokens)
         # Publish the new weights, then the samplers load them: the next rollout is on-policy.
         snapshot = (step + 1) % grpo.eval_every == 0 or step + 1 == grpo.steps
         if rank == 0:

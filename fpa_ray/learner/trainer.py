@@ -43,12 +43,12 @@ class TrainStage:
     def __init__(self, learner: LearnerConfig, objective: ObjectiveConfig, fpa: FPAConfig, seed: int):
         self.learner, self.objective, self.fpa, self.seed = learner, objective, fpa, seed
 
-    def run(self, dataset, policy: Path, reference: Path, output_dir: Path, name: str = "train") -> TrainResult:
+    def run(self, dataset, policy: Path, reference: Path, output_dir: Path, name: str = "train", run: str | None = None) -> TrainResult:
         rows = dataset.count()
         if rows < self.learner.global_batch_size:  # fail here, not once per worker restart
             raise ValueError(f"the dataset has {rows} rows, fewer than learner.global_batch_size={self.learner.global_batch_size}")
         output_dir = output_dir.resolve()
-        setup = LearnerSetup(self.learner, self.objective, self.fpa, self.seed, str(policy), str(reference), str(output_dir))
+        setup = LearnerSetup(self.learner, self.objective, self.fpa, self.seed, str(policy), str(reference), str(output_dir), run or name)
         final = output_dir / "policy"
         with run_trainer(train_loop, {"setup": setup}, self.learner, output_dir, name, datasets={"train": dataset}).as_directory() as directory:
             _copy_model(Path(directory), final)

@@ -16,6 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
+from fpa_ray import metrics
 from fpa_ray.accounting import NOT_TRAINING, Ledger
 from fpa_ray.config import RunConfig, SamplerConfig
 from fpa_ray.data.builder import build_pairs, build_unpaired, content_hash
@@ -44,7 +45,7 @@ class OfflinePipeline:
     def __init__(self, config: RunConfig, log=print):
         self.config, self.log = config, log
         self.run_dir = (config.output_dir / config.name).resolve()
-        self.ledger = Ledger(self.run_dir / "ledger.jsonl")
+        self.ledger = Ledger(self.run_dir / "ledger.jsonl", run=config.name)
 
     # --- bookkeeping -----------------------------------------------------------------------
 
@@ -119,10 +120,13 @@ class OfflinePipeline:
             return stage_dir
         self.log(f"[{stage}] {len(prompts)} prompts x {sampler.n} samples from {policy}")
         resources = {"cpus": sampler.num_actors * sampler.cpus_per_actor, "gpus": sampler.num_actors * sampler.gpus_per_actor}
+        before = sum(shard["rows"] for shard in (done or {}).get("shards", {}).values())  # a resumed stage's finished shards
         with self.ledger.stage(stage, round_index, **resources):
             manifest = GenerateStage(sampler, config.data.template, config.seed + round_index if seed is None else seed).run(
-                prompts, policy, stage_dir, on_shard_done=lambda s, d, t: self.log(f"  [{stage}] shard {d}/{t} written")
+                prompts, policy, stage_dir, on_shard_done=lambda s, d, t: self.log(f"  [{stage}] shard {d}/{t} written"),
+                name=f"{config.name}-{stage}-{round_index}",
             )
+        metrics.samples_generated(config.name, stage, manifest["rows"] - before)
         self.log(f"[{stage}] {manifest['rows']} samples")
         return stage_dir
 
@@ -138,9 +142,10 @@ class OfflinePipeline:
             return stage_dir
         shutil.rmtree(stage_dir, ignore_errors=True)
         with self.ledger.stage(stage, round_index, cpus=verifier.num_actors * verifier.workers_per_actor):
-            verified = VerifyStage(verifier)(read_samples(samples_dir)).materialize()
+            verified = VerifyStage(verifier)(read_samples(samples_dir), name=f"{self.config.name}-{stage}-{round_index}").materialize()
             verified.write_parquet(str(stage_dir / "data"))
             report = VerificationReport.from_dataset(verified)
+        metrics.verdicts(self.config.name, report.by_status)
         self.log(f"[{stage}] {report.summary()}")
         write_json(stage_dir / "manifest.json", {
             "kind": "verified", "inputs": inputs, "complete": True, "checks": report.checks, "by_status": report.by_status,
@@ -196,7 +201,8 @@ class OfflinePipeline:
         self.log(f"[train] {config.objective.name}{' + FPA' if config.fpa.enabled else ''} on {dataset_dir / 'data.parquet'}")
         with self.ledger.stage("train", round_index, cpus=learner.num_workers * learner.cpus_per_worker, gpus=learner.num_workers * learner.gpus_per_worker):
             result = TrainStage(learner, config.objective, config.fpa, config.seed).run(
-                ray.data.read_parquet(str(dataset_dir / "data.parquet")), policy, policy, stage_dir, name=f"{config.name}-round{round_index}"
+                ray.data.read_parquet(str(dataset_dir / "data.parquet")), policy, policy, stage_dir, name=f"{config.name}-round{round_index}",
+                run=config.name,
             )
         last = result.metrics[-1]
         self.log(f"[train] {len(result.metrics)} steps, last loss {last['loss']:.4f}, C_w {last['C_w']:.4f}, C_l {last['C_l']:.4f}")
@@ -228,7 +234,8 @@ class OfflinePipeline:
     def point(self, label: str, result: dict, time_s: float) -> dict:
         """One point of the accuracy curve: a score and the training resources charged before `time_s`."""
         cost = self.ledger.cost_until(time_s, excluded=NOT_TRAINING)
-        return {"point": label, "pass_at_1": result["pass_at_1"], "pass_at_k": result["pass_at_k"], "per_problem": result["per_problem"],
+        return {"point": label, "pass_at_1": result["pass_at_1"], "pass_at_k": result["pass_at_k"], "maj_at_k": result.get("maj_at_k"),
+                "per_problem": result["per_problem"],
                 "cpu_hours": cost["cpu_seconds"] / 3600, "gpu_hours": cost["gpu_seconds"] / 3600}
 
     def round_points(self, round_index: int, policy: Path) -> list[dict]:
@@ -280,15 +287,16 @@ class OfflinePipeline:
         threshold = config.evaluation.solved_threshold
         unit = "GPU-hours" if any(p["gpu_hours"] for p in points) else "CPU-hours"
         lines = [f"# {config.name}", "", self.describe(), "",
-                 f"| policy | pass@1 | pass@k | Total Gain | Total Loss | training {unit} |", "|---|---|---|---|---|---|"]
+                 f"| policy | pass@1 | maj@k | pass@k | Total Gain | Total Loss | training {unit} |", "|---|---|---|---|---|---|---|"]
         for index, point in enumerate(points):
             change = total_gain_loss(points[0]["per_problem"], point["per_problem"], threshold)
             gain, loss = ("-", "-") if index == 0 else (change["total_gain"], change["total_loss"])
             hours = point["gpu_hours"] if unit == "GPU-hours" else point["cpu_hours"]
-            lines.append(f"| {point['point']} | {point['pass_at_1']:.1%} | {point['pass_at_k']:.1%} | {gain} | {loss} | {hours:.4f} |")
+            majority = "-" if point["maj_at_k"] is None else f"{point['maj_at_k']:.1%}"
+            lines.append(f"| {point['point']} | {point['pass_at_1']:.1%} | {majority} | {point['pass_at_k']:.1%} | {gain} | {loss} | {hours:.4f} |")
         evaluation = config.evaluation
         lines += ["", f"pass@1: mean over the eval problems of the share of {evaluation.samples} samples at T={evaluation.temperature} "
-                  f"that are correct; Total Gain/Loss against the start: problems crossing pass@1 >= {threshold}. Training "
+                  f"that are correct; maj@k: the most frequent answer of the {evaluation.samples} is right; Total Gain/Loss against the start: problems crossing pass@1 >= {threshold}. Training "
                   f"{unit}: resources held x wall time of every stage but {', '.join(sorted(NOT_TRAINING))}, up to that policy.", ""]
         for round_index in range(1, config.rounds + 1):
             manifest = self.run_dir / f"round_{round_index}" / "dataset" / "manifest.json"

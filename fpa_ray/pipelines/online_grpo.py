@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fpa_ray import metrics
 from fpa_ray.accounting import Ledger
 from fpa_ray.config import RunConfig
 from fpa_ray.data.sources import PromptRow
@@ -49,7 +50,7 @@ class RolloutController:
 
     def __init__(self, config: RunConfig, policy: str, prompts: list[PromptRow], run_dir: str):
         self.config, self.prompts, self.run_dir = config, prompts, Path(run_dir)
-        self.ledger = Ledger(self.run_dir / "ledger.jsonl")
+        self.ledger = Ledger(self.run_dir / "ledger.jsonl", run=config.name)
         self.held = held_resources(config)
         self.checkpoint = self.policy_id = str(policy)  # what the samplers hold now
         self.samplers: list = []
@@ -58,6 +59,7 @@ class RolloutController:
         self._start_pools()
         self.mark = time.time()
         self.started = False
+        metrics.stage_active(config.name, "grpo_startup", True)
 
     def _start_pools(self) -> None:
         """(Re)start both pools, the samplers on the latest weights: after an actor died, the retried
@@ -89,14 +91,18 @@ class RolloutController:
             self._start_pools()
             return work()
 
-    def _charge(self, stage: str, step: int | None) -> float:
+    def _charge(self, stage: str, step: int | None, following: str | None) -> float:
+        """Charge `stage` up to now; `following` is the phase that starts now (the dashboard's stage gauge)."""
         now = time.time()
         self.ledger.charge(stage, step, self.mark, now, **self.held)
+        metrics.stage_active(self.config.name, stage, False)
+        if following is not None:
+            metrics.stage_active(self.config.name, following, True)
         elapsed, self.mark = now - self.mark, now
         return elapsed
 
     def phase_done(self, stage: str, step: int) -> None:
-        self._charge(stage, step)
+        self._charge(stage, step, following="grpo_sync")
 
     def rollout(self, step: int) -> dict:
         """Prompts of `step`, G samples each from the current policy, verdicts and group advantages."""
@@ -109,7 +115,7 @@ class RolloutController:
 
         config = self.config
         # Before the first rollout: workers starting and loading models; later: checkpointing.
-        self._charge("grpo_train" if self.started else "grpo_startup", step)
+        self._charge("grpo_train" if self.started else "grpo_startup", step, following="grpo_generate")
         self.started = True
         prompts_per_step = config.grpo.prompts_per_step
         picked = [self.prompts[i] for i in global_order(len(self.prompts), step, prompts_per_step, config.seed)]
@@ -118,7 +124,8 @@ class RolloutController:
         table = self._with_restart(
             lambda: pa.concat_tables(ray.get([w.rollout.remote(part, seed, self.policy_id) for w, part in zip(self.samplers, parts) if part]))
         )
-        generate_s = self._charge("grpo_generate", step)
+        generate_s = self._charge("grpo_generate", step, following="grpo_verify")
+        metrics.samples_generated(config.name, "grpo_generate", table.num_rows)
         chunks = [table.slice(start, length) for start, length in _spans(table.num_rows, len(self.verifiers))]
         table = self._with_restart(
             lambda: pa.concat_tables(ray.get([v.grade.remote(chunk) for v, chunk in zip(self.verifiers, chunks) if chunk.num_rows]))
@@ -130,13 +137,14 @@ class RolloutController:
         directory.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, directory / f"step-{step:05d}.parquet")  # every rollout kept, a failing one too
         report = VerificationReport.from_columns(table.column("status").to_numpy(zero_copy_only=False), table.column("verify_seconds").to_numpy())
+        metrics.verdicts(config.name, report.by_status)
         report.raise_if_unhealthy(config.verifier.max_failure_share)
         groups = rewards.view(-1, config.sampler.n)
         lengths = [len(t) for t in table.column("response_token_ids").to_pylist()]
         stats = {
             "reward_mean": float(rewards.mean()), "groups_all_correct": float((groups.min(1).values == 1).float().mean()),
             "groups_all_wrong": float((groups.max(1).values == 0).float().mean()), "response_tokens": sum(lengths) / len(lengths),
-            "generate_s": generate_s, "verify_s": self._charge("grpo_verify", step),
+            "generate_s": generate_s, "verify_s": self._charge("grpo_verify", step, following="grpo_train"),
         }
         return {
             "prompt_token_ids": table.column("prompt_token_ids").to_pylist(),
@@ -154,14 +162,14 @@ class RolloutController:
         gaps = self._with_restart(
             lambda: ray.get([w.refresh.remote(checkpoint, grpo.refresh_probe and i == 0, grpo.probe_tolerance) for i, w in enumerate(self.samplers)])
         )
-        self._charge("grpo_sync", step)
+        self._charge("grpo_sync", step, following="grpo_train")  # until the next rollout: the checkpoint
         return gaps[0]
 
     def finish(self) -> None:
         """Charge the tail (the last checkpoint, the worker group's shutdown) and stop the pools."""
         import ray
 
-        self._charge("grpo_shutdown", None)
+        self._charge("grpo_shutdown", None, following=None)
         for actor in self.samplers + self.verifiers:
             ray.kill(actor)
 
@@ -200,7 +208,9 @@ class OnlineGRPOPipeline(OfflinePipeline):
             controller = ray.remote(RolloutController).options(num_cpus=0, name=f"{config.name}-rollout-controller").remote(
                 config, str(policy), prompts, str(self.run_dir)
             )
-            setup = OnlineSetup(config.learner, config.objective, config.grpo, config.sampler.n, config.seed, str(policy), str(policy), str(stage_dir))
+            setup = OnlineSetup(
+                config.learner, config.objective, config.grpo, config.sampler.n, config.seed, str(policy), str(policy), str(stage_dir), config.name
+            )
             try:
                 run_trainer(grpo_loop, {"setup": setup, "controller": controller}, config.learner, stage_dir, name=f"{config.name}-grpo")
             finally:

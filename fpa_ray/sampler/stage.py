@@ -139,6 +139,7 @@ class GenerateStage:
         output_dir: Path,
         policy_id: str | None = None,
         on_shard_done: Callable[[int, int, int], None] | None = None,
+        name: str | None = None,
     ) -> dict:
         """Generate the missing shards of `output_dir`; returns the manifest. on_shard_done(shard, done, total)."""
         import ray
@@ -173,6 +174,7 @@ class GenerateStage:
                 num_gpus=self.config.gpus_per_actor,
                 runtime_env={"env_vars": actor_env(self.config)},
             )
+            results.set_name(name or "generate")  # the Ray Data panel of the dashboard lists it by this name
             for batch in results.iter_batches(batch_size=1, batch_format="numpy"):
                 for shard, rows, digest in zip(batch["shard"], batch["rows"], batch["sha256"]):
                     manifest["shards"][str(int(shard))] = {"rows": int(rows), "sha256": str(digest)}

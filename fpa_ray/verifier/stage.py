@@ -72,10 +72,10 @@ class VerifyStage:
     def __init__(self, config: VerifierConfig):
         self.config = config
 
-    def __call__(self, dataset):
+    def __call__(self, dataset, name: str = "verify"):
         import ray
 
-        return dataset.map_batches(
+        verified = dataset.map_batches(
             VerifierActor,
             fn_constructor_kwargs={"config": self.config},
             batch_size=self.config.batch_size,
@@ -83,6 +83,8 @@ class VerifyStage:
             compute=ray.data.ActorPoolStrategy(size=self.config.num_actors),
             num_cpus=self.config.workers_per_actor,  # the grading processes do the work
         )
+        verified.set_name(name)  # the Ray Data panel of the dashboard lists it by this name
+        return verified
 
 
 @dataclass

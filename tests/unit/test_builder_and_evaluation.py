@@ -54,6 +54,21 @@ def test_score_and_total_gain_loss():
     assert change == {"total_gain": 1, "total_loss": 1, "gained": ["y"], "lost": ["x"], "compared": 3}
 
 
+def test_majority_vote_failure_share_and_length_from_verdicts():
+    verified = pd.DataFrame({
+        "prompt_id": ["x"] * 4 + ["y"] * 4 + ["z"] * 2,
+        "extracted": ["5", "7", "7", None, "3", "4", "4", "3", None, None],
+        "reward": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0],
+        "status": ["correct", "incorrect", "incorrect", "unparseable", "correct", "incorrect", "incorrect", "correct", "unparseable", "timeout"],
+        "response_token_ids": [[1, 2], [1], [1], [1, 2, 3], [1], [1], [1], [1], [1, 2], [1, 2]],
+    })
+    result = score(verified)
+    # x: 7 outvotes 5 (wrong); y: 3 and 4 tie, 3 came first (right); z: no answer (wrong). pass@1 is another thing.
+    assert result["maj_at_k"] == pytest.approx(1 / 3) and result["pass_at_1"] == pytest.approx((0.25 + 0.5 + 0) / 3)
+    assert result["pass_at_k"] == pytest.approx(2 / 3) and result["failure_share"] == pytest.approx(0.3)
+    assert result["mean_response_tokens"] == pytest.approx(15 / 10)
+
+
 def test_ledger_charges_resources_times_wall_time_even_on_failure(tmp_path):
     ledger = Ledger(tmp_path / "ledger.jsonl")
     with ledger.stage("generate", 1, cpus=2, gpus=1):

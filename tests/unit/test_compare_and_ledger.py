@@ -32,6 +32,8 @@ def test_summary_takes_the_first_runs_best_as_the_target():
     assert [(r["final"], r["best"], r["hours"], r["hours_to_target"]) for r in rows] == [
         (0.44, 0.45, 3.0, 2.0), (0.46, 0.46, 0.5, 0.5), (0.35, 0.35, 0.5, None)]
     assert hours_to_reach(online["points"], 0.41, "gpu_hours") == 1.0
+    rows, _, _ = summarise([_curve("worse", [(0.30, 0.0), (0.25, 1.0), (0.27, 2.0)])])
+    assert rows[0]["best"] == 0.27  # the trained policies' best, not the shared start
 
 
 def test_gpu_hours_are_compared_when_any_run_used_gpus():
@@ -64,3 +66,14 @@ def test_grpo_config_checks_group_and_batch_sizes():
         load_config("tiny-cpu-grpo", ["grpo.prompts_per_step=30"])
     with pytest.raises(ConfigError, match="grpo.stepz: unknown key .did you mean .steps.?"):
         load_config("tiny-cpu-grpo", ["grpo.stepz=3"])
+
+
+def test_metrics_are_a_no_op_outside_ray(tmp_path):
+    from fpa_ray import metrics
+
+    ledger = Ledger(tmp_path / "ledger.jsonl", run="r")
+    with ledger.stage("generate", 1, cpus=1):  # gauges and counters: nothing to report to, nothing raised
+        metrics.samples_generated("r", "generate", 5)
+        metrics.verdicts("r", {"correct": 1, "incorrect": 0})
+        metrics.training_step("r", {"loss": 0.5, "C_w": 0.1}, tokens=100)
+    assert ledger.entries()[0]["stage"] == "generate" and not metrics._METRICS
