@@ -68,9 +68,14 @@ def test_grpo_config_checks_group_and_batch_sizes():
         load_config("tiny-cpu-grpo", ["grpo.stepz=3"])
 
 
-def test_metrics_are_a_no_op_outside_ray(tmp_path):
+def test_metrics_are_a_no_op_outside_ray(tmp_path, monkeypatch):
+    import ray
+
     from fpa_ray import metrics
 
+    # The test session's integration tests may have started Ray: look like a process without it.
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(metrics, "_METRICS", {})
     ledger = Ledger(tmp_path / "ledger.jsonl", run="r")
     with ledger.stage("generate", 1, cpus=1):  # gauges and counters: nothing to report to, nothing raised
         metrics.samples_generated("r", "generate", 5)
