@@ -16,8 +16,6 @@ Writes per-seed compare tables (fpa_ray.compare) and summary.md / summary.png ac
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import statistics
 import sys
 import time
@@ -26,9 +24,9 @@ from pathlib import Path
 from fpa_ray.cluster import init_ray
 from fpa_ray.compare import compare, hours_to_reach
 from fpa_ray.config import load_config
-from fpa_ray.pipelines.offline import OfflinePipeline
 from fpa_ray.pipelines.online_grpo import OnlineGRPOPipeline
 from fpa_ray.warmstart import warm_start
+from seeded_runs import curve, log, offline_run, regenerate
 
 OFFLINE = {  # variant -> overrides of configs/tiny-cpu.yaml
     "dpo": ["objective.name=dpo", "objective.params={beta: 0.1}", "fpa.enabled=false"],
@@ -36,40 +34,11 @@ OFFLINE = {  # variant -> overrides of configs/tiny-cpu.yaml
     "simper": ["objective.name=simper", "objective.params={}", "fpa.enabled=false"],
     "fpa-simper": ["objective.name=simper", "objective.params={}", "fpa.enabled=true"],
 }
-SHARED = ("eval_0", "round_1/samples", "round_1/verified")  # what every offline variant of a seed reuses
-SHARED_STAGES = {"generate", "verify", "eval_generate", "eval_verify"}
 
 
-def log(message: str) -> None:
-    print(message, flush=True)
-
-
-def regenerate(seed: int, common: list[str]) -> tuple[Path, int]:
-    """The seed's data: evaluate the start, generate and verify round 1, build its pairs (to size epochs)."""
-    pipeline = OfflinePipeline(load_config("tiny-cpu", [*common, f"name=s{seed}-data"]), log=log)
-    pipeline.prepare()
-    policy = pipeline.initial_policy()
-    pipeline.evaluate(0, policy)
-    dataset = pipeline.build(1, pipeline.verify(1, pipeline.generate(1, policy)))
-    return pipeline.run_dir, json.loads((dataset / "manifest.json").read_text())["rows"]
-
-
-def offline_run(variant: str, seed: int, common: list[str], epochs: int, steps_per_epoch: int, out: Path, source: Path) -> Path:
-    overrides = [*common, f"name=s{seed}-{variant}", *OFFLINE[variant], f"learner.epochs={epochs}", f"learner.snapshot_every={steps_per_epoch}"]
-    config = load_config("tiny-cpu", overrides)
-    run_dir = out / config.name
-    if not (run_dir / "curve.json").exists():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for part in SHARED:
-            if not (run_dir / part).exists():
-                shutil.copytree(source / part, run_dir / part)
-        if not (run_dir / "ledger.jsonl").exists():
-            entries = [line for line in (source / "ledger.jsonl").read_text().splitlines() if json.loads(line)["stage"] in SHARED_STAGES]
-            (run_dir / "ledger.jsonl").write_text("".join(line + "\n" for line in entries))
-    start = time.time()
-    OfflinePipeline(config, log=log).run()
-    log(f"== {config.name}: {time.time() - start:.0f} s")
-    return run_dir
+def offline_variant(variant: str, seed: int, common: list[str], epochs: int, steps_per_epoch: int, out: Path, source: Path) -> Path:
+    overrides = [*OFFLINE[variant], f"learner.epochs={epochs}", f"learner.snapshot_every={steps_per_epoch}"]
+    return offline_run(f"s{seed}-{variant}", overrides, common, out, source)
 
 
 def grpo_run(seed: int, common: list[str], steps: int, eval_every: int, out: Path) -> Path:
@@ -78,10 +47,6 @@ def grpo_run(seed: int, common: list[str], steps: int, eval_every: int, out: Pat
     OnlineGRPOPipeline(config, log=log).run()
     log(f"== {config.name}: {time.time() - start:.0f} s")
     return out / config.name
-
-
-def curve(run_dir: Path) -> dict:
-    return json.loads((run_dir / "curve.json").read_text())
 
 
 def summary(runs: dict[str, dict[int, Path]], out: Path) -> str:
@@ -165,7 +130,7 @@ def main() -> int:
         steps_per_epoch = pairs // base.learner.global_batch_size
         log(f"seed {seed}: {pairs} pairs, {steps_per_epoch} steps per epoch")
         for variant in OFFLINE:
-            runs[variant][seed] = offline_run(variant, seed, common, args.epochs, steps_per_epoch, out, data_dir)
+            runs[variant][seed] = offline_variant(variant, seed, common, args.epochs, steps_per_epoch, out, data_dir)
         runs["grpo"][seed] = grpo_run(seed, common, args.grpo_steps, args.eval_every, out)
         compare([runs[m][seed] for m in runs], out / f"compare-s{seed}")
     text = summary(runs, out)

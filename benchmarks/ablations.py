@@ -1,0 +1,268 @@
+"""The paper's ablations of offline FPA at tiny scale, one command per group, over several seeds.
+
+    python benchmarks/ablations.py GROUP [--seeds 0 1 2] [--objective dpo] [--out runs/ablations]
+
+Groups (each cell is one offline run of configs/tiny-cpu.yaml with a few overrides):
+  objectives  dpo, rpo, kto, simper, offline_rl, each with and without FPA (lambda 1, exact)
+  lambda      --objective with lambda 0 (= the base objective), 0.5, 1, 2, 10
+  targeting   --objective plain, and FPA on both / the rejected only / the chosen only
+  long        --objective with and without FPA for 4 epochs, evaluated after each
+  rounds      --objective with and without FPA for 3 rounds, data regenerated from the latest policy
+  pairs       --objective with and without FPA, at most 1, 4 (the default) or 16 pairs per prompt
+
+Every cell of a seed starts from the same warm-started policy and trains on the same regenerated
+data (500 prompts x 8 samples at T=1, fpa_ray benchmarks/seeded_runs.py); a cell shared by two
+groups (e.g. FPA-DPO at lambda 1) is run once. Evaluation: 300 held-out problems x 8 samples at
+T=0.7 (pass@1 averaged over k=8), the same sampling seeds for every policy of a seed. Writes
+benchmarks/results/ablations/<group>.md (table) and <group>-accuracy.png, <group>-coefficients.png
+(C_w, C_l over steps) and, for long and rounds, <group>-curve.png (accuracy over training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+from fpa_ray.cluster import init_ray
+from fpa_ray.config import load_config
+from fpa_ray.evaluation import total_gain_loss
+from fpa_ray.warmstart import warm_start
+from seeded_runs import curve, log, offline_run, regenerate
+
+OBJECTIVE_PARAMS = {"dpo": "{beta: 0.1}", "rpo": "{beta: 0.1, alpha: 1.0}", "kto": "{beta: 0.1}", "simper": "{}", "offline_rl": "{}"}
+PAIRED = {"dpo", "rpo", "simper"}
+GROUPS = ("objectives", "lambda", "targeting", "long", "rounds", "pairs")
+LONG_EPOCHS, ROUNDS = 4, 3
+RESULTS = Path(__file__).parent / "results" / "ablations"
+
+
+def cell(objective: str, fpa: bool, lam: float = 1.0, apply_to: str = "both", epochs: int = 1, rounds: int = 1,
+         pairs: int = 4) -> tuple[str, dict]:
+    """A cell's run name (the same settings give the same name, whichever group asks) and its settings."""
+    name = ("fpa-" if fpa and lam else "") + objective
+    if fpa and lam not in (0, 1):
+        name += f"-lam{lam:g}"
+    if fpa and lam and apply_to != "both":
+        name += f"-{apply_to}-only"
+    if epochs != 1:
+        name += f"-{epochs}ep"
+    if rounds != 1:
+        name += f"-{rounds}rounds"
+    if pairs != 4:
+        name += f"-{pairs}pairs"
+    return name, {"objective": objective, "fpa": bool(fpa and lam), "lam": lam, "apply_to": apply_to, "epochs": epochs,
+                  "rounds": rounds, "pairs": pairs}
+
+
+def cells(group: str, objective: str) -> list[tuple[str, dict]]:
+    both = (False, True)
+    if group == "objectives":
+        return [cell(o, fpa) for o in OBJECTIVE_PARAMS for fpa in both]
+    if group == "lambda":
+        return [cell(objective, True, lam) for lam in (0, 0.5, 1, 2, 10)]
+    if group == "targeting":
+        return [cell(objective, False), *(cell(objective, True, apply_to=a) for a in ("both", "rejected", "chosen"))]
+    if group == "long":
+        return [cell(objective, fpa, epochs=LONG_EPOCHS) for fpa in both]
+    if group == "rounds":
+        return [cell(objective, fpa, rounds=ROUNDS) for fpa in both]
+    if group == "pairs":
+        return [cell(objective, fpa, pairs=p) for p in (1, 4, 16) for fpa in both]
+    raise ValueError(f"unknown group {group!r}; known: {', '.join(GROUPS)}")
+
+
+def overrides(settings: dict, steps_per_epoch: int) -> list[str]:
+    result = [f"objective.name={settings['objective']}", f"objective.params={OBJECTIVE_PARAMS[settings['objective']]}",
+              f"fpa.enabled={str(settings['fpa']).lower()}", f"fpa.lam={settings['lam'] if settings['fpa'] else 1.0}",
+              f"fpa.apply_to={settings['apply_to']}", f"learner.epochs={settings['epochs']}", f"rounds={settings['rounds']}",
+              f"build.pairs_per_prompt={settings['pairs']}"]
+    if settings["epochs"] > 1:
+        result.append(f"learner.snapshot_every={steps_per_epoch}")
+    return result
+
+
+def steps_per_epoch(settings: dict, data_dir: Path, pairs: int, batch: int) -> int:
+    rows = pairs if settings["objective"] in PAIRED else json.loads((data_dir / "round_1" / "verified" / "manifest.json").read_text())["rows"]
+    return max(1, math.ceil(rows / batch))
+
+
+# --- reading a finished run ------------------------------------------------------------------
+
+
+def train_metrics(run_dir: Path) -> list[dict]:
+    """Every optimizer step of every round, in order, numbered across rounds."""
+    steps: list[dict] = []
+    for train_dir in sorted(run_dir.glob("round_*/train"), key=lambda p: int(p.parent.name.split("_")[1])):
+        for line in (train_dir / "metrics.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            if "C_w" in row or "C_l" in row:
+                steps.append({**row, "global_step": len(steps) + 1})
+    return steps
+
+
+def run_figures(run_dir: Path) -> dict:
+    points = curve(run_dir)["points"]
+    config = load_config(str(run_dir / "config.yaml"))
+    first = json.loads((run_dir / "eval_0" / "manifest.json").read_text())["score"]
+    last = json.loads((run_dir / f"eval_{config.rounds}" / "manifest.json").read_text())["score"]
+    change = total_gain_loss(first["per_problem"], last["per_problem"], config.evaluation.solved_threshold)
+    steps = train_metrics(run_dir)
+    window = max(1, len(steps) // 10)
+
+    def mean_of(key: str, rows: list[dict]) -> float:
+        values = [r[key] for r in rows if key in r]
+        return statistics.mean(values) if values else float("nan")
+
+    ledger = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
+    return {
+        "start": points[0]["pass_at_1"], "final": points[-1]["pass_at_1"], "best": max(p["pass_at_1"] for p in points[1:]),
+        "gain": change["total_gain"], "loss": change["total_loss"], "training_cpu_hours": points[-1]["cpu_hours"],
+        "total_cpu_hours": sum(e["cpus"] * (e["end"] - e["start"]) for e in ledger) / 3600,
+        **{f"{key}_{where}": mean_of(key, rows) for key in ("C_w", "C_l", "logp_chosen", "logp_rejected")
+           for where, rows in (("first", steps[:window]), ("last", steps[-window:]))},
+        "points": points, "steps": steps,
+    }
+
+
+# --- the table and the plots -------------------------------------------------------------------
+
+
+def spread(values: list[float], scale: float = 100, digits: int = 1) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{scale * values[0]:.{digits}f}"
+    return f"{scale * statistics.mean(values):.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
+
+
+def table(group: str, figures: dict[str, dict[int, dict]], seeds: list[int]) -> str:
+    lines = [f"# Ablation: {group}", "",
+             "| cell | start | final pass@1 | final - start (points) | best trained | Total Gain / Loss | C_w first -> last "
+             "| C_l first -> last | chosen log-prob first -> last | rejected log-prob first -> last | training CPU-h | total CPU-h |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, by_seed in figures.items():
+        rows = [by_seed[s] for s in seeds]
+
+        def pair(key: str, digits: int = 3, rows: list[dict] = rows) -> str:
+            return f"{spread([r[key + '_first'] for r in rows], 1, digits)} -> {spread([r[key + '_last'] for r in rows], 1, digits)}"
+
+        lines.append(
+            f"| {name} | {spread([r['start'] for r in rows])} | {spread([r['final'] for r in rows])} "
+            f"| {spread([r['final'] - r['start'] for r in rows])} | {spread([r['best'] for r in rows])} "
+            f"| {spread([r['gain'] for r in rows], 1)} / {spread([r['loss'] for r in rows], 1)} | {pair('C_w')} | {pair('C_l')} "
+            f"| {pair('logp_chosen', 2)} | {pair('logp_rejected', 2)} | {spread([r['training_cpu_hours'] for r in rows], 1, 4)} "
+            f"| {spread([r['total_cpu_hours'] for r in rows], 1, 4)} |"
+        )
+    per_seed = ["", "Final pass@1 per seed (" + ", ".join(map(str, seeds)) + "):", ""]
+    per_seed += [f"- {name}: " + ", ".join(f"{100 * by_seed[s]['final']:.1f}" for s in seeds) for name, by_seed in figures.items()]
+    lines += per_seed + [
+        "", f"Seeds {seeds}; pass@1 in %, mean ± standard deviation over seeds. Evaluation: 300 held-out problems x 8 samples at "
+        "T=0.7, the same sampling seeds for every policy of a seed, so 'final - start' is a paired difference. Total Gain / Loss: "
+        "problems crossing pass@1 >= 0.5 between the start and the final policy. C_w, C_l: the objective's gradient coefficients "
+        "on the chosen / rejected log-prob (with FPA: evaluated at the approximated future policy), mean over the first and the "
+        "last tenth of the optimizer steps. Training CPU-h: resources x wall of data generation, verification, build and training "
+        "(fpa_ray.accounting); total CPU-h adds the evaluations and warm-start bookkeeping the run charged.",
+    ]
+    return "\n".join(lines)
+
+
+def plots(group: str, figures: dict[str, dict[int, dict]], seeds: list[int], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    names = list(figures)
+    figure, axes = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4.5))
+    for index, name in enumerate(names):
+        deltas = [100 * (figures[name][s]["final"] - figures[name][s]["start"]) for s in seeds]
+        axes.bar(index, statistics.mean(deltas), color="C1" if name.startswith("fpa-") else "C0", alpha=0.6)
+        axes.scatter([index] * len(deltas), deltas, color="k", s=12, zorder=3)
+    axes.axhline(0, color="grey", linewidth=0.8)
+    axes.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    axes.set_ylabel("final - start pass@1 (points)")
+    axes.set_title(f"{group}: mean over seeds {seeds} (bars), one dot per seed")
+    figure.tight_layout()
+    written.append(out / f"{group}-accuracy.png")
+    figure.savefig(written[-1], dpi=120)
+    plt.close(figure)
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    for index, name in enumerate(names):
+        steps = figures[name][seeds[0]]["steps"]
+        for axis, key in zip(axes, ("C_w", "C_l")):
+            series = [[row.get(key, math.nan) for row in figures[name][s]["steps"]] for s in seeds]
+            length = min(map(len, series))
+            mean = [statistics.mean(values[i] for values in series) for i in range(length)]
+            axis.plot([row["global_step"] for row in steps[:length]], mean, color=f"C{index}", label=name, linewidth=1)
+    for axis, key in zip(axes, ("C_w (chosen)", "C_l (rejected)")):
+        axis.set_title(f"{key}, mean over seeds")
+        axis.set_xlabel("optimizer step")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    written.append(out / f"{group}-coefficients.png")
+    figure.savefig(written[-1], dpi=120)
+    plt.close(figure)
+
+    if any(len(figures[name][seeds[0]]["points"]) > 2 for name in names):
+        figure, axes = plt.subplots(figsize=(7, 4.5))
+        for index, name in enumerate(names):
+            for n, s in enumerate(seeds):
+                points = figures[name][s]["points"]
+                axes.plot([p["cpu_hours"] for p in points], [100 * p["pass_at_1"] for p in points], marker="o", markersize=3,
+                          color=f"C{index}", alpha=0.8, label=name if n == 0 else None)
+        axes.set_xlabel("cumulative training CPU-hours")
+        axes.set_ylabel("pass@1 (%), 300 problems x 8 samples")
+        axes.set_title(f"{group}: accuracy over training, one line per seed")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+        figure.tight_layout()
+        written.append(out / f"{group}-curve.png")
+        figure.savefig(written[-1], dpi=120)
+        plt.close(figure)
+    return written
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 2)[1])
+    parser.add_argument("group", choices=GROUPS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--objective", choices=sorted(OBJECTIVE_PARAMS), default="dpo", help="the objective of the single-objective groups")
+    parser.add_argument("--eval-problems", type=int, default=300)
+    parser.add_argument("--eval-samples", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=Path("runs/ablations"), help="run directories (reused when finished)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the table and plots go")
+    args = parser.parse_args()
+    out, results = args.out.resolve(), args.results
+    results.mkdir(parents=True, exist_ok=True)
+    base = load_config("tiny-cpu")
+    policy = warm_start(base.policy.tiny, base.policy.sft, base.data.synthetic, seed=0, log=log).path  # one start for every run
+    init_ray()
+    plan = cells(args.group, args.objective)
+    figures: dict[str, dict[int, dict]] = {name: {} for name, _ in plan}
+    for seed in args.seeds:
+        common = [f"seed={seed}", f"output_dir={out}", f"policy.name_or_path={policy}", f"evaluation.samples={args.eval_samples}",
+                  f"data.eval=[{{name: synthetic, split: test, limit: {args.eval_problems}}}]"]
+        data_dir, pairs = regenerate(seed, common)
+        for name, settings in plan:
+            epoch = steps_per_epoch(settings, data_dir, pairs, base.learner.global_batch_size)
+            run_dir = offline_run(f"s{seed}-{name}", overrides(settings, epoch), common, out, data_dir)
+            figures[name][seed] = run_figures(run_dir)
+    text = table(args.group, figures, args.seeds)
+    (results / f"{args.group}.md").write_text(text + "\n")
+    written = plots(args.group, figures, args.seeds, results)
+    print(text)
+    print("written:", results / f"{args.group}.md", *written)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

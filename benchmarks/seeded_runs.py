@@ -1,0 +1,55 @@
+"""Offline runs that share one seed's regenerated data, for the benchmark drivers.
+
+Per seed one run (`s<seed>-data`) evaluates the warm start and generates and verifies round 1;
+every other offline run of that seed copies those stages (with their ledger entries, so each run
+is charged for the data it trains on) and differs only from the build stage on.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from fpa_ray.config import load_config
+from fpa_ray.pipelines.offline import OfflinePipeline
+
+SHARED = ("eval_0", "round_1/samples", "round_1/verified")  # what every offline run of a seed reuses
+SHARED_STAGES = {"generate", "verify", "eval_generate", "eval_verify"}
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def regenerate(seed: int, common: list[str]) -> tuple[Path, int]:
+    """The seed's data: evaluate the start, generate and verify round 1, build its pairs (to size epochs)."""
+    pipeline = OfflinePipeline(load_config("tiny-cpu", [*common, f"name=s{seed}-data"]), log=log)
+    pipeline.prepare()
+    policy = pipeline.initial_policy()
+    pipeline.evaluate(0, policy)
+    dataset = pipeline.build(1, pipeline.verify(1, pipeline.generate(1, policy)))
+    return pipeline.run_dir, json.loads((dataset / "manifest.json").read_text())["rows"]
+
+
+def offline_run(name: str, overrides: list[str], common: list[str], out: Path, source: Path) -> Path:
+    """Run (or reuse, when finished) `name` on a copy of `source`'s shared stages; returns its run dir."""
+    config = load_config("tiny-cpu", [*common, f"name={name}", *overrides])
+    run_dir = out / config.name
+    if not (run_dir / "curve.json").exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for part in SHARED:
+            if not (run_dir / part).exists():
+                shutil.copytree(source / part, run_dir / part)
+        if not (run_dir / "ledger.jsonl").exists():
+            entries = [line for line in (source / "ledger.jsonl").read_text().splitlines() if json.loads(line)["stage"] in SHARED_STAGES]
+            (run_dir / "ledger.jsonl").write_text("".join(line + "\n" for line in entries))
+    start = time.time()
+    OfflinePipeline(config, log=log).run()
+    log(f"== {config.name}: {time.time() - start:.0f} s")
+    return run_dir
+
+
+def curve(run_dir: Path) -> dict:
+    return json.loads((run_dir / "curve.json").read_text())
