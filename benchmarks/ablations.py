@@ -8,7 +8,8 @@ Groups (each cell is one offline run of configs/tiny-cpu.yaml with a few overrid
   targeting   --objective plain, and FPA on both / the rejected only / the chosen only
   long        --objective with and without FPA for 4 epochs, evaluated after each
   rounds      --objective with and without FPA for 3 rounds, data regenerated from the latest policy
-  pairs       --objective with and without FPA, at most 1, 4 (the default) or 16 pairs per prompt
+  pairs       --objective with and without FPA, at most 1, 4 (the default) or 16 pairs per prompt, and 4 pairs
+              whose rejected response is cut 4 tokens after it departs from the chosen one (build.rejected_cut)
 
 Every cell of a seed starts from the same warm-started policy and trains on the same regenerated
 data (500 prompts x 8 samples at T=1, fpa_ray benchmarks/seeded_runs.py); a cell shared by two
@@ -37,11 +38,12 @@ OBJECTIVE_PARAMS = {"dpo": "{beta: 0.1}", "rpo": "{beta: 0.1, alpha: 1.0}", "kto
 PAIRED = {"dpo", "rpo", "simper"}
 GROUPS = ("objectives", "lambda", "targeting", "long", "rounds", "pairs")
 LONG_EPOCHS, ROUNDS = 4, 3
+SMOOTH = 5  # optimizer steps per running mean in the coefficient plots
 RESULTS = Path(__file__).parent / "results" / "ablations"
 
 
 def cell(objective: str, fpa: bool, lam: float = 1.0, apply_to: str = "both", epochs: int = 1, rounds: int = 1,
-         pairs: int = 4) -> tuple[str, dict]:
+         pairs: int = 4, cut: str = "none") -> tuple[str, dict]:
     """A cell's run name (the same settings give the same name, whichever group asks) and its settings."""
     name = ("fpa-" if fpa and lam else "") + objective
     if fpa and lam not in (0, 1):
@@ -54,8 +56,10 @@ def cell(objective: str, fpa: bool, lam: float = 1.0, apply_to: str = "both", ep
         name += f"-{rounds}rounds"
     if pairs != 4:
         name += f"-{pairs}pairs"
+    if cut != "none":
+        name += f"-{cut}"
     return name, {"objective": objective, "fpa": bool(fpa and lam), "lam": lam, "apply_to": apply_to, "epochs": epochs,
-                  "rounds": rounds, "pairs": pairs}
+                  "rounds": rounds, "pairs": pairs, "cut": cut}
 
 
 def cells(group: str, objective: str) -> list[tuple[str, dict]]:
@@ -71,7 +75,7 @@ def cells(group: str, objective: str) -> list[tuple[str, dict]]:
     if group == "rounds":
         return [cell(objective, fpa, rounds=ROUNDS) for fpa in both]
     if group == "pairs":
-        return [cell(objective, fpa, pairs=p) for p in (1, 4, 16) for fpa in both]
+        return [*(cell(objective, fpa, pairs=p) for p in (1, 4, 16) for fpa in both), *(cell(objective, fpa, cut="divergence") for fpa in both)]
     raise ValueError(f"unknown group {group!r}; known: {', '.join(GROUPS)}")
 
 
@@ -82,6 +86,8 @@ def overrides(settings: dict, steps_per_epoch: int) -> list[str]:
               f"build.pairs_per_prompt={settings['pairs']}"]
     if settings["epochs"] > 1:
         result.append(f"learner.snapshot_every={steps_per_epoch}")
+    if settings["cut"] != "none":
+        result.append(f"build.rejected_cut={settings['cut']}")
     return result
 
 
@@ -200,9 +206,10 @@ def plots(group: str, figures: dict[str, dict[int, dict]], seeds: list[int], out
             series = [[row.get(key, math.nan) for row in figures[name][s]["steps"]] for s in seeds]
             length = min(map(len, series))
             mean = [statistics.mean(values[i] for values in series) for i in range(length)]
-            axis.plot([row["global_step"] for row in steps[:length]], mean, color=f"C{index}", label=name, linewidth=1)
+            smooth = [statistics.mean(mean[max(0, i - SMOOTH + 1) : i + 1]) for i in range(length)]
+            axis.plot([row["global_step"] for row in steps[:length]], smooth, color=f"C{index}", label=name, linewidth=1)
     for axis, key in zip(axes, ("C_w (chosen)", "C_l (rejected)")):
-        axis.set_title(f"{key}, mean over seeds")
+        axis.set_title(f"{key}: mean over seeds, running mean of {SMOOTH} steps", fontsize=9)
         axis.set_xlabel("optimizer step")
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=7)

@@ -37,14 +37,16 @@ def offline_run(name: str, overrides: list[str], common: list[str], out: Path, s
     """Run (or reuse, when finished) `name` on a copy of `source`'s shared stages; returns its run dir."""
     config = load_config("tiny-cpu", [*common, f"name={name}", *overrides])
     run_dir = out / config.name
-    if not (run_dir / "curve.json").exists():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for part in SHARED:
-            if not (run_dir / part).exists():
-                shutil.copytree(source / part, run_dir / part)
-        if not (run_dir / "ledger.jsonl").exists():
-            entries = [line for line in (source / "ledger.jsonl").read_text().splitlines() if json.loads(line)["stage"] in SHARED_STAGES]
-            (run_dir / "ledger.jsonl").write_text("".join(line + "\n" for line in entries))
+    if (run_dir / "curve.json").exists():  # finished: reused as it is, whichever code version made it
+        log(f"== {config.name}: finished earlier, reused")
+        return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for part in SHARED:
+        if not (run_dir / part).exists():
+            shutil.copytree(source / part, run_dir / part)
+    if not (run_dir / "ledger.jsonl").exists():
+        entries = [line for line in (source / "ledger.jsonl").read_text().splitlines() if json.loads(line)["stage"] in SHARED_STAGES]
+        (run_dir / "ledger.jsonl").write_text("".join(line + "\n" for line in entries))
     start = time.time()
     OfflinePipeline(config, log=log).run()
     log(f"== {config.name}: {time.time() - start:.0f} s")
