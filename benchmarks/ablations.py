@@ -32,7 +32,7 @@ from fpa_ray.cluster import init_ray
 from fpa_ray.config import load_config
 from fpa_ray.evaluation import total_gain_loss
 from fpa_ray.warmstart import warm_start
-from seeded_runs import curve, log, offline_run, regenerate
+from seeded_runs import curve, log, offline_run, plot_accuracy_curves, regenerate
 
 OBJECTIVE_PARAMS = {"dpo": "{beta: 0.1}", "rpo": "{beta: 0.1, alpha: 1.0}", "kto": "{beta: 0.1}", "simper": "{}", "offline_rl": "{}"}
 PAIRED = {"dpo", "rpo", "simper"}
@@ -219,21 +219,9 @@ def plots(group: str, figures: dict[str, dict[int, dict]], seeds: list[int], out
     plt.close(figure)
 
     if any(len(figures[name][seeds[0]]["points"]) > 2 for name in names):
-        figure, axes = plt.subplots(figsize=(7, 4.5))
-        for index, name in enumerate(names):
-            for n, s in enumerate(seeds):
-                points = figures[name][s]["points"]
-                axes.plot([p["cpu_hours"] for p in points], [100 * p["pass_at_1"] for p in points], marker="o", markersize=3,
-                          color=f"C{index}", alpha=0.8, label=name if n == 0 else None)
-        axes.set_xlabel("cumulative training CPU-hours")
-        axes.set_ylabel("pass@1 (%), 300 problems x 8 samples")
-        axes.set_title(f"{group}: accuracy over training, one line per seed")
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=8)
-        figure.tight_layout()
         written.append(out / f"{group}-curve.png")
-        figure.savefig(written[-1], dpi=120)
-        plt.close(figure)
+        plot_accuracy_curves({name: {s: figures[name][s]["points"] for s in seeds} for name in names}, seeds,
+                             "pass@1 (%), 300 problems x 8 samples", f"{group}: accuracy over training, one line per seed", written[-1])
     return written
 
 

@@ -55,3 +55,25 @@ def offline_run(name: str, overrides: list[str], common: list[str], out: Path, s
 
 def curve(run_dir: Path) -> dict:
     return json.loads((run_dir / "curve.json").read_text())
+
+
+def plot_accuracy_curves(points: dict[str, dict[int, list[dict]]], seeds: list[int], ylabel: str, title: str, path: Path) -> None:
+    """pass@1 against cumulative training CPU-hours: one colour per method, one line per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for index, (method, by_seed) in enumerate(points.items()):
+        for n, s in enumerate(seeds):
+            axes.plot([p["cpu_hours"] for p in by_seed[s]], [100 * p["pass_at_1"] for p in by_seed[s]], marker="o", markersize=3,
+                      color=f"C{index}", alpha=0.8, label=method if n == 0 else None)
+    axes.set_xlabel("cumulative training CPU-hours")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -26,7 +26,7 @@ from fpa_ray.compare import compare, hours_to_reach
 from fpa_ray.config import load_config
 from fpa_ray.pipelines.online_grpo import OnlineGRPOPipeline
 from fpa_ray.warmstart import warm_start
-from seeded_runs import curve, log, offline_run, regenerate
+from seeded_runs import curve, log, offline_run, plot_accuracy_curves, regenerate
 
 OFFLINE = {  # variant -> overrides of configs/tiny-cpu.yaml
     "dpo": ["objective.name=dpo", "objective.params={beta: 0.1}", "fpa.enabled=false"],
@@ -82,31 +82,10 @@ def summary(runs: dict[str, dict[int, Path]], out: Path) -> str:
               "by seed). '-': never reached. 'after 1 epoch / mid': the middle evaluated policy of each run (offline: epoch 1 of 2; "
               "GRPO: step 20 of 40). Within a seed every policy is scored on the same problems with the same sampling seeds, so "
               "'final - start' is a paired difference; across seeds the start itself moves by a few points (evaluation noise)."]
-    plot(runs, seeds, out / "summary.png")
+    curves = {method: {s: curve(by_seed[s])["points"] for s in seeds} for method, by_seed in runs.items()}
+    plot_accuracy_curves(curves, seeds, "pass@1 (%), 300 held-out problems x 4 samples", f"tiny task, seeds {seeds}: one line per seed",
+                         out / "summary.png")
     return "\n".join(lines)
-
-
-def plot(runs: dict[str, dict[int, Path]], seeds: list[int], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(8, 5))
-    for index, (method, by_seed) in enumerate(runs.items()):
-        color = f"C{index}"
-        for n, s in enumerate(seeds):
-            points = curve(by_seed[s])["points"]
-            axes.plot([p["cpu_hours"] for p in points], [100 * p["pass_at_1"] for p in points], marker="o", markersize=3,
-                      color=color, alpha=0.8, label=method if n == 0 else None)
-    axes.set_xlabel("cumulative training CPU-hours")
-    axes.set_ylabel("pass@1 (%), 300 held-out problems x 4 samples")
-    axes.set_title(f"tiny task, seeds {seeds}: one line per seed")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def main() -> int:
