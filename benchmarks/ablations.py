@@ -92,7 +92,7 @@ def overrides(settings: dict, steps_per_epoch: int) -> list[str]:
 
 
 def steps_per_epoch(settings: dict, data_dir: Path, pairs: int, batch: int) -> int:
-    rows = pairs if settings["objective"] in PAIRED else json.loads((data_dir / "round_1" / "verified" / "manifest.json").read_text())["rows"]
+    rows = pairs if settings["objective"] in PAIRED else json.loads((data_dir / "round_1" / "verified" / "manifest.json").read_text())["checks"]
     return max(1, math.ceil(rows / batch))
 
 

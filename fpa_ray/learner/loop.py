@@ -209,22 +209,16 @@ def train_loop(config: dict) -> None:
         lr = trained.scheduler.get_last_lr()[0]
         indices = global_order(len(examples), step, G, setup.seed)[rank * local : (rank + 1) * local]
         micro_batches = [indices[i : i + learner.micro_batch_size] for i in range(0, local, learner.micro_batch_size)]
-        sums: dict[str, float] = {}
-        tokens = 0.0
+        step_metrics = StepMetrics()
         for j, ids in enumerate(micro_batches):
             batch, ref_logp = collate([examples[i] for i in ids], kind, tokenizer.pad_token_id)
             batch = type(batch)(*(None if t is None else t.to(device) for t in (batch.input_ids, batch.attention_mask, batch.response_mask, batch.correct)))
             with grad_sync(model, last=j == len(micro_batches) - 1):
                 out = objective_loss(objective, params, model, reference, batch, fpa, normalizer=G, ref_logp=None if not precomputed else ref_logp)
                 backward(model, out.loss, learner, world)
-            units = float(out.metrics["num_units"])
-            for key, value in out.metrics.items():
-                if key != "num_units":
-                    sums[key] = sums.get(key, 0.0) + float(value) * units
-            sums["num_units"] = sums.get("num_units", 0.0) + units
-            tokens += float(batch.attention_mask.sum())
+            step_metrics.add(out.metrics, float(out.metrics["num_units"]), float(batch.attention_mask.sum()))
         grad_norm = optimizer_step(model, trained.optimizer, trained.scheduler, learner)
-        metrics = global_metrics(sums, tokens, device)
+        metrics = step_metrics.reduce()
         now = time.perf_counter()
         step_tokens = metrics.pop("tokens")
         metrics.update(step=step + 1, lr=lr, grad_norm=grad_norm, time=time.time(), tokens_per_s=step_tokens / (now - mark))
@@ -248,17 +242,47 @@ def train_loop(config: dict) -> None:
         writer.close()
 
 
-def global_metrics(sums: dict[str, float], tokens: float, device: torch.device) -> dict[str, float]:
-    """Unit-weighted means over all workers' micro-batches (one all-reduce)."""
-    import torch.distributed as dist
+class StepMetrics:
+    """Unit-weighted means of one optimizer step's metrics over every micro-batch of every worker.
 
-    keys = sorted(sums)
-    values = torch.tensor([sums[k] for k in keys] + [tokens], dtype=torch.float64, device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(values)
-    totals = dict(zip(keys + ["tokens"], values.tolist()))
-    units = totals["num_units"]
-    return {k: (v if k in ("num_units", "tokens") else v / units) for k, v in totals.items()}
+    A metric can be missing from a micro-batch (a labelled batch with no incorrect sample has no
+    C_l), so each key is weighted by the units of the micro-batches that report it, and the workers
+    exchange their sums as objects: an all-reduce of one tensor per worker would pair different keys
+    (and, with different lengths, kill the process group) whenever their key sets differ.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+        self.units = 0.0
+        self.tokens = 0.0
+
+    def add(self, metrics: dict, units: float, tokens: float) -> None:
+        for key, value in metrics.items():
+            if key != "num_units":
+                self.sums[key] = self.sums.get(key, 0.0) + float(value) * units
+                self.weights[key] = self.weights.get(key, 0.0) + units
+        self.units += units
+        self.tokens += tokens
+
+    def reduce(self) -> dict[str, float]:
+        """The means over all workers, with `num_units` and `tokens` summed (every worker must call it)."""
+        import torch.distributed as dist
+
+        parts = [(self.sums, self.weights, self.units, self.tokens)]
+        if dist.is_available() and dist.is_initialized():
+            parts = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, (self.sums, self.weights, self.units, self.tokens))
+        sums: dict[str, float] = {}
+        weights: dict[str, float] = {}
+        for part_sums, part_weights, _, _ in parts:
+            for key, value in part_sums.items():
+                sums[key] = sums.get(key, 0.0) + value
+                weights[key] = weights.get(key, 0.0) + part_weights[key]
+        result = {key: sums[key] / weights[key] for key in sorted(sums) if weights[key] > 0}
+        result["num_units"] = sum(part[2] for part in parts)
+        result["tokens"] = sum(part[3] for part in parts)
+        return result
 
 
 def save_hf(directory: Path, unwrapped, learner: LearnerConfig, tokenizer_path: str, rank: int) -> None:

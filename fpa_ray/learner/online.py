@@ -27,9 +27,9 @@ from fpa_ray.learner.data import Example, collate
 from fpa_ray.learner.forward import shifted_targets
 from fpa_ray.learner.loop import (
     MetricsWriter,
+    StepMetrics,
     backward,
     build_model,
-    global_metrics,
     global_order,
     grad_sync,
     optimizer_step,
@@ -157,8 +157,7 @@ def grpo_loop(config: dict) -> None:
             normalizer = float(sum(response_tokens[i] for i in ids))  # every worker's tokens of this mini-batch
             local_ids = ids[rank * local : (rank + 1) * local]
             micro_batches = [local_ids[i : i + learner.micro_batch_size] for i in range(0, local, learner.micro_batch_size)]
-            sums: dict[str, float] = {}
-            tokens = 0.0
+            step_metrics = StepMetrics()
             lr = trained.scheduler.get_last_lr()[0]
             for j, rows in enumerate(micro_batches):
                 batch, _ = collate([examples[i] for i in rows], "labelled", pad_id)
@@ -171,13 +170,9 @@ def grpo_loop(config: dict) -> None:
                     adv = torch.tensor([advantages[i] for i in rows], device=device, dtype=torch.float32)
                     out = objective(TokenBatch(logp, old_logp, mask, adv, ref_logp), normalizer=normalizer, **params)
                     backward(model, out.loss, learner, world)
-                units = float(mask.sum())
-                for key, value in out.metrics.items():
-                    sums[key] = sums.get(key, 0.0) + float(value) * units
-                sums["num_units"] = sums.get("num_units", 0.0) + units
-                tokens += float(batch.attention_mask.sum())
+                step_metrics.add(out.metrics, float(mask.sum()), float(batch.attention_mask.sum()))
             grad_norm = optimizer_step(model, trained.optimizer, trained.scheduler, learner)
-            metrics = global_metrics(sums, tokens, device)
+            metrics = step_metrics.reduce()
             optimizer_steps = step * minibatches + m + 1
             now = time.perf_counter()
             step_tokens = metrics.pop("tokens")
