@@ -387,6 +387,21 @@ def _describe(error: ValidationError, source: str) -> ConfigError:
     return ConfigError(f"invalid config ({source}):\n" + "\n".join(lines))
 
 
+def _keep_params_the_new_objective_takes(data: dict, file_objective: str | None, overrides: Sequence[str]) -> None:
+    """`objective.name=kto` on a file written for rpo: drop the file's parameters kto does not take
+    (alpha), so switching objective on the command line just works. Parameters set on the command
+    line are kept, and still rejected when the objective does not take them."""
+    objective = data.get("objective")
+    if not isinstance(objective, dict) or objective.get("name") in (None, file_objective) or objective.get("name") not in objective_names():
+        return
+    if any(o.split("=", 1)[0].strip().startswith("objective.params") for o in overrides):
+        return
+    params = objective.get("params")
+    if isinstance(params, dict):
+        accepted = objective_params_model(objective["name"]).model_fields
+        objective["params"] = {key: value for key, value in params.items() if key in accepted}
+
+
 def load_config(config: str | Path = DEFAULT_CONFIG, overrides: Sequence[str] = ()) -> RunConfig:
     """Load a YAML config by path or name, apply key=value overrides, validate strictly."""
     path = resolve_config_path(config)
@@ -396,8 +411,10 @@ def load_config(config: str | Path = DEFAULT_CONFIG, overrides: Sequence[str] = 
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    file_objective = (data.get("objective") or {}).get("name") if isinstance(data.get("objective"), dict) else None
     for override in overrides:
         apply_override(data, override)
+    _keep_params_the_new_objective_takes(data, file_objective, overrides)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as error:
