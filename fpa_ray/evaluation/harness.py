@@ -212,7 +212,10 @@ def _write_jsonl(path: Path, frame: pd.DataFrame, label: str, with_problem: bool
     columns = [c for c in (("problem",) if with_problem else ()) + SAMPLE_COLUMNS if c in frame.columns]
     rows = frame[columns].assign(benchmark=label, response_tokens=frame["response_token_ids"].map(len))
     partial = path.with_suffix(".partial")
-    rows.to_json(partial, orient="records", lines=True, force_ascii=False)
+    if rows.empty:  # pandas writes "[]" for an empty frame: not JSON lines
+        partial.write_text("")
+    else:
+        rows.to_json(partial, orient="records", lines=True, force_ascii=False)
     partial.replace(path)
 
 
