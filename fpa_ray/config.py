@@ -394,12 +394,14 @@ def _keep_params_the_new_objective_takes(data: dict, file_objective: str | None,
     objective = data.get("objective")
     if not isinstance(objective, dict) or objective.get("name") in (None, file_objective) or objective.get("name") not in objective_names():
         return
-    if any(o.split("=", 1)[0].strip().startswith("objective.params") for o in overrides):
+    keys = [o.split("=", 1)[0].strip() for o in overrides]
+    if "objective.params" in keys:
         return
+    from_command_line = {key.removeprefix("objective.params.") for key in keys if key.startswith("objective.params.")}
     params = objective.get("params")
     if isinstance(params, dict):
         accepted = objective_params_model(objective["name"]).model_fields
-        objective["params"] = {key: value for key, value in params.items() if key in accepted}
+        objective["params"] = {key: value for key, value in params.items() if key in accepted or key in from_command_line}
 
 
 def load_config(config: str | Path = DEFAULT_CONFIG, overrides: Sequence[str] = ()) -> RunConfig:

@@ -1,9 +1,10 @@
 """`evaluate --benchmarks` on a real local Ray cluster: vLLM sampler pool, both graders, reuse and resume.
 
-The benchmarks are local files in MATH500's and GSM8K's real column layouts holding the tiny task's
-problems (the Hub is unreachable here). MATH500's gold answers are written as \\sqrt{v^2}: math_verify
-simplifies them to v, the normalising grader does not, so every correct sample is a cross-grader
-disagreement the harness has to surface.
+The benchmarks are local files in MATH500's and GSM8K's real column layouts (the Hub is unreachable
+here) holding one-step arithmetic problems that the policy under test was fine-tuned on, so it solves
+most but not all of them and every metric has both verdicts to count. MATH500's gold answers are
+written as \\sqrt{v^2}: math_verify simplifies them to v, the normalising grader does not, so every
+correct sample is a cross-grader disagreement the harness has to surface.
 """
 
 import json
@@ -16,17 +17,29 @@ from collections import Counter
 
 import pytest
 
-from fpa_ray.config import SyntheticTaskConfig, load_config
+from fpa_ray.config import SFTConfig, SyntheticTaskConfig, TinyModelConfig, load_config
 from fpa_ray.data.synthetic import generate
 from fpa_ray.evaluation.harness import BenchmarkEvaluation
+from fpa_ray.warmstart import warm_start
 
 K = 4
+# ~140 distinct problems: 150 SFT steps (~25 s) learn them to ~77% pass@1 at T=0.7.
+TASK = SyntheticTaskConfig(min_steps=1, max_steps=1, operand_max=9, multiplier_max=3, test_percent=20)
+TRAIN = 100
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory):
+    """The tiny policy fine-tuned on the problems the benchmark files hold (the session's is too weak to solve any)."""
+    sft = SFTConfig(steps=150, batch_size=32, warmup_steps=20, train_problems=TRAIN, tokenizer_problems=TRAIN, eval_problems=10,
+                    eval_samples=1, max_new_tokens=48)
+    return warm_start(TinyModelConfig(), sft, TASK, seed=0, cache_dir=tmp_path_factory.mktemp("cache")).path
 
 
 @pytest.fixture(scope="module")
 def benchmark_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("benchmarks")
-    problems = generate(SyntheticTaskConfig(), "test", 24, seed=0)
+    problems = generate(TASK, "train", TRAIN, seed=0)[:24]
     math500 = [
         {"problem": p.prompt, "solution": p.solution, "answer": f"\\sqrt{{{int(p.answer) ** 2}}}", "subject": "Arithmetic",
          "level": 1, "unique_id": f"test/arithmetic/{i}.json"}
