@@ -30,9 +30,9 @@ from seeded_runs import curve, log, offline_run, plot_accuracy_curves, regenerat
 
 OFFLINE = {  # variant -> overrides of configs/tiny-cpu.yaml
     "dpo": ["objective.name=dpo", "objective.params={beta: 0.1}", "fpa.enabled=false"],
-    "fpa-dpo": ["objective.name=dpo", "objective.params={beta: 0.1}", "fpa.enabled=true"],
+    "fpa-dpo": ["objective.name=dpo", "objective.params={beta: 0.1}", "fpa.enabled=true", "fpa.lam=1"],
     "simper": ["objective.name=simper", "objective.params={}", "fpa.enabled=false"],
-    "fpa-simper": ["objective.name=simper", "objective.params={}", "fpa.enabled=true"],
+    "fpa-simper": ["objective.name=simper", "objective.params={}", "fpa.enabled=true", "fpa.lam=1"],
 }
 
 

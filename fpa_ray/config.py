@@ -125,13 +125,23 @@ class SFTConfig(StrictModel):
 
 
 class PromptSourceConfig(StrictModel):
-    """Where prompts come from: `name` is a schema (or `synthetic`), `path` a local file or Hub id."""
+    """Where prompts come from: `name` is a schema (or `synthetic`), `path` a local file or Hub id.
+
+    As an evaluation benchmark it may also set its own label, prompt template and token budget.
+    """
 
     name: str = "synthetic"
     path: str | None = Field(None, description="local .jsonl/.parquet, or a Hub dataset id replacing the default")
     split: str | None = None
     limit: int | None = Field(None, ge=1, description="first N rows")
     skip_invalid: bool = Field(False, description="skip and count malformed rows instead of failing")
+    label: str | None = Field(None, description="benchmark name in reports and --benchmarks (default: name), e.g. math_perturb_hard")
+    template: str | None = Field(None, description="prompt template for this benchmark (default: data.template)")
+    max_new_tokens: int | None = Field(None, ge=1, description="evaluation token budget for this benchmark (default: evaluation.max_new_tokens)")
+
+    @property
+    def benchmark(self) -> str:
+        return self.label or self.name
 
 
 class SamplerConfig(StrictModel):
@@ -217,14 +227,19 @@ class BuildConfig(StrictModel):
     """From verified samples to training rows (METHOD.md section 6)."""
 
     pairs_per_prompt: int = Field(4, ge=1, description="cap on correct-over-incorrect pairs per prompt (seeded choice)")
+    rejected_cut: Literal["none", "divergence"] = Field(
+        "none", description="divergence: cut the rejected response a few tokens after it departs from the chosen one (first wrong step)"
+    )
+    divergence_tokens: int = Field(4, ge=1, description="rejected tokens kept from the first one that differs from the chosen response")
 
 
 class EvalConfig(StrictModel):
     """pass@1 averaged over k samples per problem, and Total Gain / Total Loss against round 0."""
 
-    samples: int = Field(4, ge=1, description="k samples per problem")
+    samples: int = Field(8, ge=1, description="k samples per problem")
     temperature: float = Field(0.7, ge=0)
-    max_new_tokens: int = Field(64, ge=1)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(64, ge=1, description="per benchmark: data.eval[i].max_new_tokens")
     engine: Literal["vllm", "hf", "auto"] = Field(
         "auto", description="its own setting, not the sampler's: runs that sample differently are still scored by the same engine and seeds"
     )
@@ -263,11 +278,17 @@ class DataConfig(StrictModel):
         from fpa_ray.data.templates import TEMPLATES
 
         for index, source in enumerate([self.train, *self.eval]):
+            where = "train" if index == 0 else f"eval.{index - 1}"
             if source.name not in SOURCE_NAMES:
-                where = "train" if index == 0 else f"eval.{index - 1}"
                 raise ValueError(f"{where}.name: unknown prompt source {source.name!r}; known: {', '.join(SOURCE_NAMES)}")
+            if source.template is not None and source.template not in TEMPLATES:
+                raise ValueError(f"{where}.template: unknown prompt template {source.template!r}; known: {', '.join(sorted(TEMPLATES))}")
         if self.template not in TEMPLATES:
             raise ValueError(f"template: unknown prompt template {self.template!r}; known: {', '.join(sorted(TEMPLATES))}")
+        labels = [source.benchmark for source in self.eval]
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise ValueError(f"eval: benchmark {repeated[0]!r} is listed twice; give each entry its own label")
         return self
 
 
@@ -366,6 +387,23 @@ def _describe(error: ValidationError, source: str) -> ConfigError:
     return ConfigError(f"invalid config ({source}):\n" + "\n".join(lines))
 
 
+def _keep_params_the_new_objective_takes(data: dict, file_objective: str | None, overrides: Sequence[str]) -> None:
+    """`objective.name=kto` on a file written for rpo: drop the file's parameters kto does not take
+    (alpha), so switching objective on the command line just works. Parameters set on the command
+    line are kept, and still rejected when the objective does not take them."""
+    objective = data.get("objective")
+    if not isinstance(objective, dict) or objective.get("name") in (None, file_objective) or objective.get("name") not in objective_names():
+        return
+    keys = [o.split("=", 1)[0].strip() for o in overrides]
+    if "objective.params" in keys:
+        return
+    from_command_line = {key.removeprefix("objective.params.") for key in keys if key.startswith("objective.params.")}
+    params = objective.get("params")
+    if isinstance(params, dict):
+        accepted = objective_params_model(objective["name"]).model_fields
+        objective["params"] = {key: value for key, value in params.items() if key in accepted or key in from_command_line}
+
+
 def load_config(config: str | Path = DEFAULT_CONFIG, overrides: Sequence[str] = ()) -> RunConfig:
     """Load a YAML config by path or name, apply key=value overrides, validate strictly."""
     path = resolve_config_path(config)
@@ -375,8 +413,10 @@ def load_config(config: str | Path = DEFAULT_CONFIG, overrides: Sequence[str] = 
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    file_objective = (data.get("objective") or {}).get("name") if isinstance(data.get("objective"), dict) else None
     for override in overrides:
         apply_override(data, override)
+    _keep_params_the_new_objective_takes(data, file_objective, overrides)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as error:

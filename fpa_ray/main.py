@@ -23,7 +23,8 @@ STAGES: dict[str, str] = {
     "verify": "grade a round's samples with the rule-based verifier pool",
     "build": "build a round's preference pairs or labelled rows (Parquet + manifest) from verified samples",
     "train": "train the policy on a round's dataset with Ray Train",
-    "evaluate": "pass@1 over k samples and Total Gain/Total Loss of a policy on the eval prompts",
+    "evaluate": "score a policy: per benchmark (--benchmarks) pass@1 over k samples, pass@k, maj@k, length, failures, "
+    "cross-grader disagreements and Total Gain/Loss against a --baseline; without --benchmarks, the run's eval_<round>",
     "grpo": "the online RLVR/GRPO baseline on the same cluster (default config: tiny-cpu-grpo)",
     "compare": "accuracy against resource-hours for finished runs: compare runs/A runs/B ... (table and plot)",
     "warmstart": "build the tiny policy and warm-start it with SFT, or reuse the cached one; print its accuracy",
@@ -53,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ROUND_STAGES:
             sub.add_argument("--round", type=int, default=1, help="the round whose directory the stage reads and writes (default 1)")
             sub.add_argument("--checkpoint", type=Path, help="policy to use instead of the round's own (generate, train, evaluate)")
+        if name == "evaluate":
+            sub.add_argument("--benchmarks", help="comma-separated data.eval labels or schema names (math500,gsm8k,...), or 'all' "
+                             "for every data.eval entry; results go to <output_dir>/evaluations/ and are reused when repeated")
+            sub.add_argument("--baseline", type=Path, help="summary.json of an earlier `evaluate --benchmarks`: Total Gain/Loss against it")
+            sub.add_argument("--out", type=Path, help="where summary.json/summary.md go (default: the checkpoint's evaluations directory)")
     return parser
 
 
@@ -80,7 +86,33 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
-def _run_round_stage(config, args) -> None:
+def _run_benchmarks(config, args) -> int:
+    from fpa_ray.evaluation.harness import BenchmarkError, BenchmarkEvaluation
+
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        from fpa_ray.pipelines.offline import OfflinePipeline
+
+        pipeline = OfflinePipeline(config, log=_log)
+        pipeline.prepare()
+        checkpoint = pipeline.initial_policy() if args.round == 0 else pipeline.run_dir / f"round_{args.round}" / "train" / "policy"
+    elif not checkpoint.exists() and str(checkpoint).count("/") == 1:  # a Hub id, e.g. Qwen/Qwen2.5-Math-7B
+        from huggingface_hub import snapshot_download
+
+        checkpoint = Path(snapshot_download(str(checkpoint), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]))
+    names = None if args.benchmarks == "all" else [n.strip() for n in args.benchmarks.split(",") if n.strip()]
+    try:
+        summary = BenchmarkEvaluation(config, log=_log).run(checkpoint, names, args.baseline, args.out)
+    except BenchmarkError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"\nsummary: {summary} and {summary.with_suffix('.md')}")
+    return 0
+
+
+def _run_round_stage(config, args) -> int:
+    if args.stage == "evaluate" and args.benchmarks:
+        return _run_benchmarks(config, args)
     from fpa_ray.pipelines.offline import OfflinePipeline
 
     pipeline = OfflinePipeline(config, log=_log)
@@ -97,6 +129,7 @@ def _run_round_stage(config, args) -> None:
     else:
         policy = args.checkpoint or (pipeline.initial_policy() if args.round == 0 else round_dir / "train" / "policy")
         pipeline.evaluate(args.round, policy)
+    return 0
 
 
 def _run_demo() -> None:
@@ -148,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = (OnlineGRPOPipeline if online else OfflinePipeline)(config, log=_log).run()
         print(f"\nreport: {report}")
     else:
-        _run_round_stage(config, args)
+        return _run_round_stage(config, args)
     return 0
 
 

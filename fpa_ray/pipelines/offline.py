@@ -167,7 +167,16 @@ class OfflinePipeline:
         with self.ledger.stage("build", round_index, cpus=1):
             samples = pd.read_parquet(verified_dir / "data")
             if paired:
-                frame, counts = build_pairs(samples, config.build.pairs_per_prompt, config.seed + round_index)
+                build = config.build
+                decode = None
+                if build.rejected_cut != "none":
+                    from transformers import AutoTokenizer
+
+                    policy = json.loads((verified_dir.parent / "samples" / "manifest.json").read_text())["settings"]["checkpoint"]
+                    tokenizer = AutoTokenizer.from_pretrained(policy)
+                    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+                frame, counts = build_pairs(samples, build.pairs_per_prompt, config.seed + round_index, build.rejected_cut,
+                                            build.divergence_tokens, decode)
             else:
                 frame, counts = build_unpaired(samples, config.seed + round_index)
             stage_dir.mkdir(parents=True, exist_ok=True)
@@ -219,7 +228,8 @@ class OfflinePipeline:
         if done:
             return done["score"]
         sampler = config.sampler.model_copy(update={
-            "n": evaluation.samples, "temperature": evaluation.temperature, "max_new_tokens": evaluation.max_new_tokens, "engine": evaluation.engine,
+            "n": evaluation.samples, "temperature": evaluation.temperature, "top_p": evaluation.top_p, "max_new_tokens": evaluation.max_new_tokens,
+            "engine": evaluation.engine,
         })
         prompts = self._prompts(config.data.eval)
         samples_dir = self.generate(label, policy, sampler, prompts, stage_dir / "samples", stage="eval_generate", seed=config.seed)

@@ -1,8 +1,8 @@
 """The verify stage: a Ray Data actor pool that adds verdict columns to a dataset of responses.
 
 Input columns `answer` (gold) and `response`; output adds `reward` (1.0/0.0), `status`,
-`extracted`, `grader`, `verify_seconds`, `verify_detail`, and with a cross grader `cross_status`
-and `cross_reward`. Each actor owns a GradingPool (its own worker processes with a hard limit per
+`extracted`, `grader`, `verify_seconds`, `verify_detail`, and with a cross grader `cross_status`,
+`cross_reward` and `cross_extracted`. Each actor owns a GradingPool (its own worker processes with a hard limit per
 check). Ray Data restarts a killed actor and retries its batch, and a batch's rows are emitted only
 when the whole batch is graded, so every row gets exactly one verdict.
 """
@@ -61,6 +61,7 @@ class VerifierActor:
             cross = self.cross.grade(pairs)
             columns["cross_status"] = pa.array([v.status for v in cross], pa.string())
             columns["cross_reward"] = pa.array([v.reward for v in cross], pa.float64())
+            columns["cross_extracted"] = pa.array([v.extracted for v in cross], pa.string())
         for name, values in columns.items():
             batch = batch.append_column(name, values)
         return batch

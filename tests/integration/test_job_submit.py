@@ -1,11 +1,12 @@
 """`ray job submit` to a locally started head (`ray start --head`, dashboard on 127.0.0.1): the
 offline main job, and the GRPO job read back through the dashboard's HTTP API and the node's
-Prometheus metrics endpoint."""
+Prometheus metrics endpoint; the GRPO run's own records, and `compare` of the two runs."""
 
 import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -17,9 +18,9 @@ import psutil
 import pytest
 
 from fpa_ray.cluster import LOCAL_RAY_ENV
+from fpa_ray.main import main
 from fpa_ray.metrics import SPECS
-from tests.integration.small_run import SMALL
-from tests.integration.test_online_grpo import GRPO_SMALL
+from tests.integration.small_run import GRPO_SMALL, SMALL
 
 pytestmark = pytest.mark.slow
 RAY = Path(sys.executable).with_name("ray")
@@ -68,30 +69,27 @@ def _get(url: str):
     return json.loads(body) if body.startswith(("{", "[")) else body
 
 
-def test_ray_job_submit_runs_the_main_job(head, tmp_path):
+def _submit(env, dashboard, *command, wait=True):
+    return subprocess.run([str(RAY), "job", "submit", *([] if wait else ["--no-wait"]), "--address", dashboard, "--", sys.executable,
+                           "-m", "fpa_ray.main", *command], env=env, capture_output=True, text=True, timeout=1500 if wait else 120)
+
+
+@pytest.fixture(scope="module")
+def offline_job(head, tmp_path_factory):
+    """The offline main job, submitted and waited for: (its streamed output, its run directory, submit time)."""
     dashboard, _, env = head
-    overrides = ["name=submitted", f"output_dir={tmp_path / 'runs'}", *SMALL]
+    runs = tmp_path_factory.mktemp("jobs")
     started = time.time()
-    submit = subprocess.run(
-        [str(RAY), "job", "submit", "--address", dashboard, "--", sys.executable, "-m", "fpa_ray.main", "run", *overrides],
-        env=env, capture_output=True, text=True, timeout=1500,
-    )
-    output = submit.stdout + submit.stderr
-    assert submit.returncode == 0, output[-4000:]
-    assert "succeeded" in output
-    for progress in ("[warmstart]", "[generate]", "[verify]", "[build]", "[train]", "[evaluate]"):
-        assert progress in output, progress  # the job's logs stream back with its progress
-    report = tmp_path / "runs" / "submitted" / "report.md"
-    assert report.exists() and report.stat().st_mtime > started
+    submit = _submit(env, dashboard, "run", "name=submitted", f"output_dir={runs}", *SMALL)
+    return submit, runs / "submitted", started
 
 
-def test_the_dashboard_shows_the_grpo_job_its_named_actors_and_metrics(head, tmp_path):
+@pytest.fixture(scope="module")
+def grpo_job(head, tmp_path_factory):
+    """The GRPO job, submitted without waiting and followed through the dashboard and the metrics endpoint."""
     dashboard, prometheus, env = head
-    overrides = ["name=grpo-job", f"output_dir={tmp_path / 'runs'}", *SMALL, *GRPO_SMALL, "grpo.steps=4"]
-    submit = subprocess.run(
-        [str(RAY), "job", "submit", "--no-wait", "--address", dashboard, "--", sys.executable, "-m", "fpa_ray.main", "grpo", *overrides],
-        env=env, capture_output=True, text=True, timeout=120,
-    )
+    runs = tmp_path_factory.mktemp("jobs")
+    submit = _submit(env, dashboard, "grpo", "name=grpo-job", f"output_dir={runs}", *SMALL, *GRPO_SMALL, wait=False)
     job_id = re.search(r"(raysubmit_\w+)", submit.stdout + submit.stderr).group(1)
     seen: set[str] = set()
     deadline = time.time() + 1200
@@ -102,12 +100,72 @@ def test_the_dashboard_shows_the_grpo_job_its_named_actors_and_metrics(head, tmp
             break
         time.sleep(2)
     logs = _get(f"{dashboard}/api/jobs/{job_id}/logs")["logs"]
-    assert status == "SUCCEEDED", logs[-4000:]
-    assert "[grpo] step 4/4" in logs and "[evaluate]" in logs
-
     actors = _get(f"{dashboard}/api/v0/actors?limit=10000")["data"]["result"]["result"]
-    names = {actor.get("name") for actor in actors}
-    assert {"grpo-job-sampler-0", "grpo-job-verifier-0", "grpo-job-rollout-controller"} <= names
+    return {"status": status, "logs": logs, "metrics": seen, "actors": actors, "run": runs / "grpo-job"}
 
+
+def test_ray_job_submit_runs_the_main_job(offline_job):
+    submit, run, started = offline_job
+    output = submit.stdout + submit.stderr
+    assert submit.returncode == 0, output[-4000:]
+    assert "succeeded" in output
+    for progress in ("[warmstart]", "[generate]", "[verify]", "[build]", "[train]", "[evaluate]"):
+        assert progress in output, progress  # the job's logs stream back with its progress
+    report = run / "report.md"
+    assert report.exists() and report.stat().st_mtime > started
+
+
+def test_the_dashboard_shows_the_grpo_job_its_named_actors_and_metrics(grpo_job):
+    assert grpo_job["status"] == "SUCCEEDED", grpo_job["logs"][-4000:]
+    assert "[grpo] step 3/3" in grpo_job["logs"] and "[evaluate]" in grpo_job["logs"]
+    names = {actor.get("name") for actor in grpo_job["actors"]}
+    assert {"grpo-job-sampler-0", "grpo-job-verifier-0", "grpo-job-rollout-controller"} <= names
     expected = {f"ray_{name}" for name in SPECS} - {"ray_fpa_ray_c_w", "ray_fpa_ray_c_l"}  # GRPO has no C_w/C_l
-    assert expected <= seen, sorted(expected - seen)
+    assert expected <= grpo_job["metrics"], sorted(expected - grpo_job["metrics"])
+
+
+def test_the_grpo_run_updates_on_policy_first_and_charges_every_second(grpo_job):
+    assert grpo_job["status"] == "SUCCEEDED", grpo_job["logs"][-4000:]
+    run = grpo_job["run"]
+    report = (run / "report.md").read_text()
+    assert "| step 2 |" in report and "| step 3 |" in report
+
+    metrics = [json.loads(line) for line in (run / "online" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6] and [m["rollout_step"] for m in metrics] == [1, 1, 2, 2, 3, 3]
+    # 64 samples per rollout, 32 per optimizer step: the first update of each rollout starts on-policy
+    # (the recomputed log-probs of the sampling policy equal the learner's), the second does not.
+    assert any(m["grad_norm"] > 0 for m in metrics[0::2]), "no rollout had a group with both right and wrong answers"
+    for first, second in zip(metrics[0::2], metrics[1::2]):
+        assert first["ratio"] == pytest.approx(1.0, abs=1e-5) and first["clip_fraction"] == 0
+        if first["grad_norm"] > 0:  # a rollout whose groups all tie has no gradient, and the policy stays put
+            assert second["ratio"] != pytest.approx(1.0, abs=1e-7)
+
+    ledger = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
+    loop = sorted((e for e in ledger if e["stage"].startswith("grpo_")), key=lambda e: e["start"])
+    assert loop[0]["stage"] == "grpo_startup" and loop[-1]["stage"] == "grpo_shutdown"
+    for before, after in zip(loop, loop[1:]):  # phases tile the loop: no second goes uncharged
+        assert after["start"] == pytest.approx(before["end"], abs=1e-6)
+    for step in range(3):
+        assert {e["stage"] for e in loop if e["round"] == step} >= {"grpo_generate", "grpo_verify", "grpo_train"}
+        assert any(e["stage"] == "grpo_sync" and e["round"] == step + 1 for e in loop)
+    assert all(e["cpus"] == 4 and e["gpus"] == 0 for e in loop)  # 1 sampler + 1 verifier + 2 learner CPUs, held throughout
+
+    curve = json.loads((run / "curve.json").read_text())
+    assert [p["point"] for p in curve["points"]] == ["start", "step 2", "step 3"]
+    hours = [p["cpu_hours"] for p in curve["points"]]
+    assert hours[0] == 0 < hours[1] < hours[2] <= sum(e["cpu_seconds"] for e in loop) / 3600
+    assert (run / "online" / "snapshots" / "step_2" / "config.json").exists()
+
+
+def test_compare_the_grpo_run_with_the_offline_run(grpo_job, offline_job, tmp_path, capsys):
+    run, offline = grpo_job["run"], offline_job[1]
+    out = tmp_path / "compare"
+    assert main(["compare", str(run), str(offline), "--out", str(out), "--target", "0"]) == 0
+    table = (out / "compare.md").read_text()
+    for name, directory in (("grpo-job", run), ("submitted", offline)):
+        final = json.loads((directory / "curve.json").read_text())["points"][-1]
+        row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
+        assert f"{final['pass_at_1']:.1%}" in row and f"{final['cpu_hours']:.4f}" in row
+        assert row.endswith("| 0.0000 |")  # target 0% is reached at the start, before any training
+    png = (out / "compare.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (840, 540)

@@ -5,9 +5,15 @@ import json
 import pandas as pd
 import pytest
 
+from transformers import AutoTokenizer
+
 from fpa_ray.accounting import Ledger
-from fpa_ray.data.builder import build_pairs, build_unpaired, content_hash
+from fpa_ray.config import TinyModelConfig, load_config
+from fpa_ray.data.builder import build_pairs, build_unpaired, content_hash, cut_at_divergence
+from fpa_ray.data.synthetic import SyntheticTaskConfig, generate
 from fpa_ray.evaluation import score, total_gain_loss
+from fpa_ray.pipelines.offline import OfflinePipeline, write_json
+from fpa_ray.tiny import build_tiny_policy
 
 
 def _samples(outcomes: dict[str, list[int]]) -> pd.DataFrame:
@@ -37,6 +43,23 @@ def test_pairs_cap_and_filter_counts():
     assert content_hash(again) == content_hash(pairs)  # row order of the input does not matter
     other_seed, _ = build_pairs(samples, pairs_per_prompt=3, seed=1)
     assert len(other_seed) == 4
+
+
+def test_rejected_cut_at_the_first_wrong_token():
+    assert cut_at_divergence([5, 6, 7, 8, 9], [5, 6, 1, 2, 3, 4, 0], keep=2) == [5, 6, 1, 2]
+    assert cut_at_divergence([5, 6], [5, 6, 7, 8, 9], keep=1) == [5, 6, 7]  # a longer rejected: it departs where the chosen ends
+    assert cut_at_divergence([5, 6, 7], [1, 2], keep=4) == [1, 2]
+    samples = pd.DataFrame([
+        {"prompt_id": "a", "sample_index": 0, "prompt": "p", "answer": "3", "response": "1+2=3", "prompt_token_ids": [9],
+         "response_token_ids": [1, 2, 3, 4, 5, 6], "reward": 1.0},
+        {"prompt_id": "a", "sample_index": 1, "prompt": "p", "answer": "3", "response": "1+2=4 4*2=8", "prompt_token_ids": [9],
+         "response_token_ids": [1, 2, 3, 7, 8, 9, 10, 11], "reward": 0.0},
+    ])
+    pairs, counts = build_pairs(samples, 4, 0, rejected_cut="divergence", divergence_tokens=2, decode=lambda ids: "-".join(map(str, ids)))
+    assert list(pairs["rejected_token_ids"][0]) == [1, 2, 3, 7, 8] and pairs["rejected"][0] == "1-2-3-7-8"
+    assert list(pairs["chosen_token_ids"][0]) == [1, 2, 3, 4, 5, 6] and counts["rejected_tokens_cut"] == 3
+    with pytest.raises(ValueError, match="needs decode"):
+        build_pairs(samples, 4, 0, rejected_cut="divergence")
 
 
 def test_unpaired_rows_keep_mixed_prompts_with_labels():
@@ -80,3 +103,22 @@ def test_ledger_charges_resources_times_wall_time_even_on_failure(tmp_path):
     assert [(e["stage"], e["completed"]) for e in entries] == [("generate", True), ("train", False)]
     assert entries[0]["gpu_seconds"] == pytest.approx(entries[0]["wall_s"]) and entries[0]["cpu_seconds"] == pytest.approx(2 * entries[0]["wall_s"])
     assert set(ledger.totals()) == {"generate", "train"}
+
+
+def test_build_stage_cuts_rejected_responses_with_the_policy_tokenizer(tmp_path):
+    problems = generate(SyntheticTaskConfig(), "train", 200)
+    policy = build_tiny_policy(tmp_path / "policy", TinyModelConfig(), (f"{p.prompt}\n{p.solution}" for p in problems))
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    right, wrong = "38 + 54 = 92. 92 * 3 = 276. \\boxed{276}", "38 + 54 = 93. 93 * 3 = 279. \\boxed{279}"
+    rows = [{"prompt_id": "a", "sample_index": i, "prompt": "p", "answer": "276", "response": text, "prompt_token_ids": [1],
+             "response_token_ids": tokenizer(text, add_special_tokens=False)["input_ids"], "reward": reward}
+            for i, (text, reward) in enumerate([(right, 1.0), (wrong, 0.0)])]
+    round_dir = tmp_path / "runs" / "cut" / "round_1"
+    (round_dir / "verified" / "data").mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(round_dir / "verified" / "data" / "part-0.parquet")
+    write_json(round_dir / "verified" / "manifest.json", {"complete": True, "graders": ["normalized==1"]})
+    write_json(round_dir / "samples" / "manifest.json", {"settings": {"policy": str(policy), "checkpoint": str(policy), "sampling": {}}})
+    config = load_config("tiny-cpu", [f"output_dir={tmp_path / 'runs'}", "name=cut", "build.rejected_cut=divergence", "build.divergence_tokens=3"])
+    dataset = OfflinePipeline(config, log=lambda _: None).build(1, round_dir / "verified")
+    pair = pd.read_parquet(dataset / "data.parquet").iloc[0]
+    assert pair["chosen"] == right and pair["rejected"] == "38 + 54 = 93. " and tokenizer.decode(pair["rejected_token_ids"]) == pair["rejected"]

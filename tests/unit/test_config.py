@@ -6,7 +6,7 @@ from fpa_ray.config import ConfigError, RunConfig, apply_override, load_config, 
 
 def test_default_config_loads_and_round_trips(tmp_path):
     config = load_config()
-    assert config.objective.name == "dpo" and config.fpa.enabled
+    assert config.objective.name == "rpo" and config.fpa.enabled
     saved = tmp_path / "resolved.yaml"
     saved.write_text(config.to_yaml())
     assert load_config(saved) == config
@@ -26,7 +26,7 @@ def test_overrides_are_typed_yaml_scalars():
         ("fpa.lam=-1", r"fpa.lam: Input should be greater than or equal to 0"),
         ("fpa.mode=approx", r"fpa.mode: Input should be 'exact' or 'sequence'"),
         ("fpa.apply_to=negative", r"fpa.apply_to"),
-        ("objective.params.alpha=1", r"params.alpha: not a parameter of objective 'dpo'"),
+        ("objective.params.gamma=1", r"params.gamma: not a parameter of objective 'rpo'"),
         ("objective.params.beta=abc", r"params.beta: Input should be a valid number"),
         ("objective.name=dop", r"unknown objective 'dop'"),
         ("seed=1.5", r"seed: Input should be a valid integer"),
@@ -35,6 +35,14 @@ def test_overrides_are_typed_yaml_scalars():
 def test_bad_keys_and_values_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("tiny-cpu", [override])
+
+
+def test_switching_objective_drops_only_the_files_parameters_it_does_not_take():
+    kto = load_config("tiny-cpu", ["objective.name=kto"]).objective.params  # the file's rpo alpha is dropped
+    assert kto == {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0}
+    assert load_config("tiny-cpu", ["objective.name=kto", "objective.params.beta=0.3"]).objective.params["beta"] == 0.3
+    with pytest.raises(ConfigError, match=r"params.alpha: not a parameter of objective 'kto'"):
+        load_config("tiny-cpu", ["objective.name=kto", "objective.params.alpha=2"])  # asked for on the command line: an error
 
 
 def test_fpa_on_an_objective_without_coefficients_is_rejected():

@@ -1,4 +1,5 @@
-"""Scoring an evaluation: pass@1 averaged over k samples, pass@k, and Total Gain / Total Loss.
+"""Scoring an evaluation: pass@1 averaged over k samples, pass@k, maj@k, cross-grader disagreement,
+and Total Gain / Total Loss.
 
 Total Gain / Total Loss (METHOD.md section 8) compare two evaluations problem by problem: a
 problem counts as solved when its pass@1 over the k samples reaches `solved_threshold` (0.5 by
@@ -16,7 +17,8 @@ def score(verified: pd.DataFrame) -> dict:
     With the verifier's `extracted` and `status` columns also majority-vote accuracy (maj@k: the
     most frequent extracted answer of a problem, ties to the one seen first, is graded by its
     verdict; a problem with no extracted answer counts as wrong) and the share of verdicts that are
-    unparseable, timeout or error; with `response_token_ids`, the mean response length in tokens.
+    unparseable, timeout or error; with `response_token_ids`, the mean response length in tokens;
+    with a cross grader's `cross_reward`, its pass@1 and the number of samples the graders disagree on.
     """
     per_problem = verified.groupby("prompt_id", sort=True)["reward"].agg(["mean", "max", "count"])
     result = {
@@ -31,6 +33,32 @@ def score(verified: pd.DataFrame) -> dict:
         result["failure_share"] = float(verified["status"].isin(["unparseable", "timeout", "error"]).mean())
     if "response_token_ids" in verified.columns and len(verified):
         result["mean_response_tokens"] = float(verified["response_token_ids"].map(len).mean())
+    if "cross_reward" in verified.columns and len(per_problem):
+        result["cross_pass_at_1"] = float(verified.groupby("prompt_id", sort=True)["cross_reward"].mean().mean())
+        result["disagreements"] = int((verified["reward"] != verified["cross_reward"]).sum())
+    return result
+
+
+def disagreements(verified: pd.DataFrame) -> pd.DataFrame:
+    """The samples whose primary and cross grader verdicts differ in correctness."""
+    if "cross_reward" not in verified.columns:
+        raise ValueError("no cross_reward column: grade with verifier.cross_grader set to compare graders")
+    return verified[verified["reward"] != verified["cross_reward"]]
+
+
+OVERALL_KEYS = ("pass_at_1", "pass_at_k", "maj_at_k", "mean_response_tokens", "failure_share", "cross_pass_at_1")
+
+
+def overall(scores: dict[str, dict]) -> dict:
+    """Across benchmarks: each metric's unweighted mean over the benchmarks that report it (a paper's
+    "Avg." column), and the total number of problems and disagreements."""
+    result: dict = {"benchmarks": len(scores), "problems": sum(s["problems"] for s in scores.values())}
+    for key in OVERALL_KEYS:
+        values = [s[key] for s in scores.values() if s.get(key) is not None]
+        if values:
+            result[key] = sum(values) / len(values)
+    if any("disagreements" in s for s in scores.values()):
+        result["disagreements"] = sum(s.get("disagreements", 0) for s in scores.values())
     return result
 
 
