@@ -78,9 +78,9 @@ def test_results_are_keyed_by_template_sampling_file_content_and_checkpoint(tmp_
         return BenchmarkEvaluation(config).result_dir(tmp_path, config.data.eval[0])
 
     first = result_dir()
-    assert first.parent.name == "gsm8k" and first.name.startswith("tiny-chat-k4-T0.7-")
+    assert first.parent.name == "gsm8k" and first.name.startswith("tiny-chat-k8-T0.7-")
     assert result_dir() == first
-    changed = [result_dir("evaluation.samples=8"), result_dir("evaluation.temperature=1.0"), result_dir("seed=1"),
+    changed = [result_dir("evaluation.samples=4"), result_dir("evaluation.temperature=1.0"), result_dir("seed=1"),
                result_dir("data.template=qwen25-math-cot"), result_dir("verifier.grader=normalized")]
     assert len({first, *changed}) == 6
     local.write_text('{"question": "q", "answer": "#### 2"}\n')
