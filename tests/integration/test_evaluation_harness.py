@@ -29,8 +29,8 @@ TRAIN = 100
 
 
 @pytest.fixture(scope="module")
-def tiny_policy(tmp_path_factory):
-    """The tiny policy fine-tuned on the problems the benchmark files hold (the session's is too weak to solve any)."""
+def benchmark_policy(tmp_path_factory):
+    """The tiny policy fine-tuned on the problems the benchmark files hold (the session's tiny_policy solves none)."""
     sft = SFTConfig(steps=150, batch_size=32, warmup_steps=20, train_problems=TRAIN, tokenizer_problems=TRAIN, eval_problems=10,
                     eval_samples=1, max_new_tokens=48)
     return warm_start(TinyModelConfig(), sft, TASK, seed=0, cache_dir=tmp_path_factory.mktemp("cache")).path
@@ -65,10 +65,10 @@ def _lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_benchmarks_scored_cross_graded_and_reused(ray_cluster, tiny_policy, benchmark_files, tmp_path):
+def test_benchmarks_scored_cross_graded_and_reused(ray_cluster, benchmark_policy, benchmark_files, tmp_path):
     config = load_config("tiny-cpu", _overrides(tmp_path, benchmark_files))
     logs = []
-    summary_path = BenchmarkEvaluation(config, log=logs.append).run(tiny_policy, ["math500", "gsm8k_local"])
+    summary_path = BenchmarkEvaluation(config, log=logs.append).run(benchmark_policy, ["math500", "gsm8k_local"])
     summary = json.loads(summary_path.read_text())
     assert set(summary["benchmarks"]) == {"math500", "gsm8k_local"}  # summary.json keys are sorted
 
@@ -121,7 +121,7 @@ def test_benchmarks_scored_cross_graded_and_reused(ray_cluster, tiny_policy, ben
     # The same evaluation again: reused, nothing recomputed; another k is a new key.
     written = {p: p.stat().st_mtime_ns for p in summary_path.parent.rglob("score.json")}
     logs.clear()
-    BenchmarkEvaluation(config, log=logs.append).run(tiny_policy, ["gsm8k_local", "math500"])
+    BenchmarkEvaluation(config, log=logs.append).run(benchmark_policy, ["gsm8k_local", "math500"])
     assert sum("reusing" in line for line in logs) == 2
     assert {p: p.stat().st_mtime_ns for p in summary_path.parent.rglob("score.json")} == written
     assert len((summary_path.parent / "ledger.jsonl").read_text().splitlines()) == 4
@@ -129,10 +129,10 @@ def test_benchmarks_scored_cross_graded_and_reused(ray_cluster, tiny_policy, ben
     assert other.result_dir(summary_path.parent, config.data.eval[0]) != BenchmarkEvaluation(config).result_dir(summary_path.parent, config.data.eval[0])
 
 
-def test_an_interrupted_evaluation_resumes_and_compares_with_a_baseline(ray_cluster, tiny_policy, benchmark_files, tmp_path):
+def test_an_interrupted_evaluation_resumes_and_compares_with_a_baseline(ray_cluster, benchmark_policy, benchmark_files, tmp_path):
     overrides = _overrides(tmp_path, benchmark_files, k=2)
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "fpa_ray.main", "evaluate", "--checkpoint", str(tiny_policy), "--benchmarks", "math500,gsm8k_local",
+    command = [sys.executable, "-m", "fpa_ray.main", "evaluate", "--checkpoint", str(benchmark_policy), "--benchmarks", "math500,gsm8k_local",
                *overrides]
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     root = tmp_path / "runs" / "evaluations"
