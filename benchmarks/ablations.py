@@ -10,6 +10,8 @@ Groups (each cell is one offline run of configs/tiny-cpu.yaml with a few overrid
   rounds      --objective with and without FPA for 3 rounds, data regenerated from the latest policy
   pairs       --objective with and without FPA, at most 1, 4 (the default) or 16 pairs per prompt, and 4 pairs
               whose rejected response is cut 4 tokens after it departs from the chosen one (build.rejected_cut)
+  recipe      candidates for configs/tiny-cpu.yaml: --objective plain and FPA at lambda 2, each with and
+              without the divergence cut
 
 Every cell of a seed starts from the same warm-started policy and trains on the same regenerated
 data (500 prompts x 8 samples at T=1, fpa_ray benchmarks/seeded_runs.py); a cell shared by two
@@ -36,7 +38,7 @@ from seeded_runs import curve, log, offline_run, plot_accuracy_curves, regenerat
 
 OBJECTIVE_PARAMS = {"dpo": "{beta: 0.1}", "rpo": "{beta: 0.1, alpha: 1.0}", "kto": "{beta: 0.1}", "simper": "{}", "offline_rl": "{}"}
 PAIRED = {"dpo", "rpo", "simper"}
-GROUPS = ("objectives", "lambda", "targeting", "long", "rounds", "pairs")
+GROUPS = ("objectives", "lambda", "targeting", "long", "rounds", "pairs", "recipe")
 LONG_EPOCHS, ROUNDS = 4, 3
 SMOOTH = 5  # optimizer steps per running mean in the coefficient plots
 RESULTS = Path(__file__).parent / "results" / "ablations"
@@ -76,6 +78,8 @@ def cells(group: str, objective: str) -> list[tuple[str, dict]]:
         return [cell(objective, fpa, rounds=ROUNDS) for fpa in both]
     if group == "pairs":
         return [*(cell(objective, fpa, pairs=p) for p in (1, 4, 16) for fpa in both), *(cell(objective, fpa, cut="divergence") for fpa in both)]
+    if group == "recipe":
+        return [cell(objective, fpa, lam, cut=cut) for cut in ("none", "divergence") for fpa, lam in ((False, 1.0), (True, 2.0))]
     raise ValueError(f"unknown group {group!r}; known: {', '.join(GROUPS)}")
 
 
@@ -83,11 +87,9 @@ def overrides(settings: dict, steps_per_epoch: int) -> list[str]:
     result = [f"objective.name={settings['objective']}", f"objective.params={OBJECTIVE_PARAMS[settings['objective']]}",
               f"fpa.enabled={str(settings['fpa']).lower()}", f"fpa.lam={settings['lam'] if settings['fpa'] else 1.0}",
               f"fpa.apply_to={settings['apply_to']}", f"learner.epochs={settings['epochs']}", f"rounds={settings['rounds']}",
-              f"build.pairs_per_prompt={settings['pairs']}"]
+              f"build.pairs_per_prompt={settings['pairs']}", f"build.rejected_cut={settings['cut']}"]
     if settings["epochs"] > 1:
         result.append(f"learner.snapshot_every={steps_per_epoch}")
-    if settings["cut"] != "none":
-        result.append(f"build.rejected_cut={settings['cut']}")
     return result
 
 
