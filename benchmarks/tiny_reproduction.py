@@ -37,7 +37,8 @@ OFFLINE = {  # variant -> overrides of configs/tiny-cpu.yaml
 
 
 def offline_variant(variant: str, seed: int, common: list[str], epochs: int, steps_per_epoch: int, out: Path, source: Path) -> Path:
-    overrides = [*OFFLINE[variant], f"learner.epochs={epochs}", f"learner.snapshot_every={steps_per_epoch}"]
+    # whole responses as rejected, as when its results were recorded (the default now cuts them)
+    overrides = [*OFFLINE[variant], "build.rejected_cut=none", f"learner.epochs={epochs}", f"learner.snapshot_every={steps_per_epoch}"]
     return offline_run(f"s{seed}-{variant}", overrides, common, out, source)
 
 
