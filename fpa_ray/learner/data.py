@@ -59,7 +59,11 @@ def _token_ids(row: dict[str, Any], name: str, where: str, tokenizer, eos: bool)
     if tokenizer is None:
         raise DatasetRowError(f"{where}: column '{name}' is text but no tokenizer was given")
     ids = tokenizer(row[name], add_special_tokens=False)["input_ids"]
-    return tuple(ids + ([tokenizer.eos_token_id] if eos and row[name] else []))
+    # As TRL: EOS only where the text does not already end in it; a second one would train
+    # log pi(EOS | ..., EOS), a token the policy never reaches at inference.
+    if eos and ids and ids[-1] != tokenizer.eos_token_id:
+        ids = ids + [tokenizer.eos_token_id]
+    return tuple(ids)
 
 
 def prepare_row(row: dict[str, Any], index: int, kind: Kind, max_length: int, tokenizer=None) -> Example | str:
@@ -106,20 +110,39 @@ def prepare_examples(rows: Iterable[dict[str, Any]], kind: Kind, max_length: int
     return prepared
 
 
-def collate(examples: list[Example], kind: Kind, pad_id: int) -> tuple[TokenizedBatch, torch.Tensor | None]:
-    """Right-padded rows (paired: all chosen rows, then all rejected rows) and precomputed reference sums."""
+def collate(
+    examples: list[Example], kind: Kind, pad_id: int, device: torch.device | str = "cpu"
+) -> tuple[TokenizedBatch, torch.Tensor | None]:
+    """Right-padded rows (paired: all chosen rows, then all rejected rows) and precomputed reference sums, on `device`."""
     sequences = [(e.prompt, e.responses[side]) for side in range(len(RESPONSE_COLUMNS[kind])) for e in examples]
     width = max(len(p) + len(r) for p, r in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(sequences), width), dtype=torch.long)
-    response_mask = torch.zeros((len(sequences), width), dtype=torch.bool)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long, device="cpu")
+    attention = torch.zeros((len(sequences), width), dtype=torch.long, device="cpu")
+    response_mask = torch.zeros((len(sequences), width), dtype=torch.bool, device="cpu")
     for i, (prompt, response) in enumerate(sequences):
         length = len(prompt) + len(response)
-        input_ids[i, :length] = torch.tensor(prompt + response)
+        input_ids[i, :length] = torch.tensor(prompt + response, device="cpu")
         attention[i, :length] = 1
         response_mask[i, len(prompt) : length] = True
-    correct = torch.tensor([bool(e.label) for e in examples]) if kind == "labelled" else None
+    correct = torch.tensor([bool(e.label) for e in examples], device="cpu") if kind == "labelled" else None
     ref = None
     if all(e.ref_logp is not None for e in examples):
-        ref = torch.tensor([e.ref_logp[side] for side in range(len(RESPONSE_COLUMNS[kind])) for e in examples], dtype=torch.float32)
-    return TokenizedBatch(input_ids, attention, response_mask, correct), ref
+        ref = torch.tensor([e.ref_logp[side] for side in range(len(RESPONSE_COLUMNS[kind])) for e in examples], dtype=torch.float32, device="cpu")
+    # Built on the host (row by row), then moved in one copy per tensor.
+    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return TokenizedBatch(move(input_ids), move(attention), move(response_mask), move(correct)), move(ref)
+
+
+def mismatched_examples(examples: list[Example], max_length: int) -> list[Example]:
+    """KTO's KL rows over a whole global batch: prompt k followed by the response of row k + 1 (mod N).
+
+    Built over the global batch, not per micro-batch: with one row per micro-batch the "mismatched"
+    pair would be the sample itself. Responses are cut to fit `max_length`.
+    """
+    if len(examples) < 2:
+        raise ValueError("KTO's KL estimate pairs each prompt with another row's response: it needs at least 2 rows per global batch")
+    rows = []
+    for k, example in enumerate(examples):
+        response = examples[(k + 1) % len(examples)].responses[0]
+        rows.append(Example(example.prompt, (response[: max_length - len(example.prompt)],), label=example.label))
+    return rows

@@ -126,24 +126,3 @@ def objective_batch(objective: Objective, stats: SequenceStats, correct: Tensor 
             raise ValueError(f"objective {objective.name!r} needs the `correct` label of every row")
         return LabelledBatch(stats, correct)
     raise ValueError(f"objective {objective.name!r} is not trained from sequence statistics")
-
-
-def mismatched_batch(batch: TokenizedBatch) -> TokenizedBatch:
-    """KTO's KL rows: prompt i followed by the response of row i + 1 (mod N), right-padded."""
-    rows = []
-    count = batch.input_ids.shape[0]
-    for i in range(count):
-        prompt_part = batch.attention_mask[i].bool() & ~batch.response_mask[i]
-        j = (i + 1) % count
-        prompt, response = batch.input_ids[i][prompt_part], batch.input_ids[j][batch.response_mask[j]]
-        rows.append((prompt, response))
-    width = max(len(p) + len(r) for p, r in rows)
-    input_ids = torch.zeros(count, width, dtype=batch.input_ids.dtype)
-    attention = torch.zeros(count, width, dtype=batch.attention_mask.dtype)
-    response_mask = torch.zeros(count, width, dtype=torch.bool)
-    for i, (prompt, response) in enumerate(rows):
-        length = len(prompt) + len(response)
-        input_ids[i, :length] = torch.cat([prompt, response])
-        attention[i, :length] = 1
-        response_mask[i, len(prompt) : length] = True
-    return TokenizedBatch(input_ids, attention, response_mask)

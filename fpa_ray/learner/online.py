@@ -23,21 +23,11 @@ import torch
 
 from fpa_ray import metrics as app_metrics
 from fpa_ray.config import GRPOConfig, LearnerConfig, ObjectiveConfig
+from fpa_ray.learner.backends import STATE_DIR, build_backend, load_reference
 from fpa_ray.learner.data import Example, collate
 from fpa_ray.learner.forward import shifted_targets
-from fpa_ray.learner.loop import (
-    MetricsWriter,
-    StepMetrics,
-    backward,
-    build_model,
-    global_order,
-    grad_sync,
-    optimizer_step,
-    restored_checkpoint,
-    save_checkpoint,
-    save_hf,
-    torch_dtype,
-)
+from fpa_ray.learner.loop import MetricsWriter, global_order, restored_checkpoint, save_checkpoint, save_hf
+from fpa_ray.learner.step import StepMetrics
 from fpa_ray.objectives import TokenBatch, get_objective, token_logprobs
 
 WEIGHTS_DIR = "weights"  # the latest policy, what the samplers load
@@ -85,15 +75,16 @@ def _broadcast(value, rank: int):
 
 
 @torch.no_grad()
-def _token_logps(net, examples: list[Example], micro: int, pad_id: int, device, chunk) -> list[torch.Tensor]:
-    """Per-row response-token log-probs (1-D each), for the sampling policy or the reference."""
+def _token_logps(net, examples: list[Example], micro: int, pad_id: int, device, precision) -> list[torch.Tensor]:
+    """Per-row response-token log-probs (1-D each), for the sampling policy or the reference, in the training precision."""
     rows = []
     for start in range(0, len(examples), micro):
-        batch, _ = collate(examples[start : start + micro], "labelled", pad_id)
+        batch, _ = collate(examples[start : start + micro], "labelled", pad_id, device)
         labels, mask = shifted_targets(batch)
-        logits = net(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
-        logp = token_logprobs(logits, labels.to(device), mask.to(device), chunk)
-        rows.extend(logp[i][mask[i].to(device)] for i in range(logp.shape[0]))
+        with precision.autocast(device):
+            logits = net(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logp = token_logprobs(logits, labels, mask)
+        rows.extend(logp[i][mask[i]] for i in range(logp.shape[0]))
     return rows
 
 
@@ -109,15 +100,13 @@ def grpo_loop(config: dict) -> None:
     import ray
     import ray.train
     import ray.train.torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     setup: OnlineSetup = config["setup"]
     controller = config["controller"]
     learner, grpo = setup.learner, setup.grpo
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
+    rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
-    dtype = torch_dtype(learner, device)
     torch.manual_seed(setup.seed)
     objective, params = get_objective("grpo"), setup.objective.params
     tokenizer = AutoTokenizer.from_pretrained(setup.policy_path)
@@ -125,14 +114,14 @@ def grpo_loop(config: dict) -> None:
 
     minibatches, G = setup.minibatches, learner.global_batch_size
     restore_dir = restored_checkpoint()
-    trained = build_model(learner, setup.policy_path, restore_dir, grpo.steps * minibatches, dtype, device)
-    model, unwrapped = trained.model, trained.unwrapped
-    start = trained.start_step // minibatches
+    backend = build_backend(learner, setup.policy_path, restore_dir, grpo.steps * minibatches, device)
+    world, precision = backend.world, backend.precision
+    start = backend.start_step // minibatches
     reference = None
     if params.get("kl_coef", 0.0) > 0:
-        reference = AutoModelForCausalLM.from_pretrained(setup.reference_path, dtype=dtype).to(device).eval().requires_grad_(False)
+        reference = load_reference(setup.reference_path, precision, device)
     output_dir = Path(setup.output_dir)
-    writer = MetricsWriter(output_dir, trained.start_step) if rank == 0 else None
+    writer = MetricsWriter(output_dir, backend.start_step) if rank == 0 else None
     if rank == 0 and restore_dir is not None:  # the samplers may hold newer weights than the checkpoint
         _publish(output_dir, restore_dir, None)
         ray.get(controller.refresh.remote(str(output_dir / WEIGHTS_DIR), start))
@@ -147,31 +136,31 @@ def grpo_loop(config: dict) -> None:
         mine = sorted({i for m in range(minibatches) for i in order[m * G + rank * local : m * G + (rank + 1) * local]})
         old = {}
         if minibatches > 1:
-            values = _token_logps(model, [examples[i] for i in mine], learner.micro_batch_size, pad_id, device, None)
+            values = _token_logps(backend.model, [examples[i] for i in mine], learner.micro_batch_size, pad_id, device, precision)
             old = dict(zip(mine, values))
         ref = {}
         if reference is not None:
-            ref = dict(zip(mine, _token_logps(reference, [examples[i] for i in mine], learner.micro_batch_size, pad_id, device, None)))
+            ref = dict(zip(mine, _token_logps(reference, [examples[i] for i in mine], learner.micro_batch_size, pad_id, device, precision)))
         for m in range(minibatches):
             ids = order[m * G : (m + 1) * G]
             normalizer = float(sum(response_tokens[i] for i in ids))  # every worker's tokens of this mini-batch
             local_ids = ids[rank * local : (rank + 1) * local]
             micro_batches = [local_ids[i : i + learner.micro_batch_size] for i in range(0, local, learner.micro_batch_size)]
             step_metrics = StepMetrics()
-            lr = trained.scheduler.get_last_lr()[0]
+            lr = backend.scheduler.get_last_lr()[0]
             for j, rows in enumerate(micro_batches):
-                batch, _ = collate([examples[i] for i in rows], "labelled", pad_id)
-                labels, mask = (t.to(device) for t in shifted_targets(batch))
-                with grad_sync(model, last=j == len(micro_batches) - 1):
-                    logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
+                batch, _ = collate([examples[i] for i in rows], "labelled", pad_id, device)
+                labels, mask = shifted_targets(batch)
+                with backend.micro_batch(last=j == len(micro_batches) - 1):
+                    logits = backend.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
                     logp = token_logprobs(logits, labels, mask)
                     old_logp = _place([old[i] for i in rows], mask) if old else logp.detach()
                     ref_logp = _place([ref[i] for i in rows], mask) if ref else None
                     adv = torch.tensor([advantages[i] for i in rows], device=device, dtype=torch.float32)
                     out = objective(TokenBatch(logp, old_logp, mask, adv, ref_logp), normalizer=normalizer, **params)
-                    backward(model, out.loss, learner, world)
+                    backend.backward(out.loss)
                 step_metrics.add(out.metrics, float(mask.sum()), float(batch.attention_mask.sum()))
-            grad_norm = optimizer_step(model, trained.optimizer, trained.scheduler, learner)
+            grad_norm = backend.step()
             metrics = step_metrics.reduce()
             optimizer_steps = step * minibatches + m + 1
             now = time.perf_counter()
@@ -193,14 +182,14 @@ def grpo_loop(config: dict) -> None:
                   f"{stats['groups_all_wrong']:.0%} / all right {stats['groups_all_correct']:.0%}, loss {metrics['loss']:.4f}, "
                   f"grad norm {metrics['grad_norm']:.3f}", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
-            save_hf(Path(tmp), unwrapped, learner, setup.policy_path, rank)
+            save_hf(Path(tmp), backend, setup.policy_path)
             if rank == 0:
                 _publish(output_dir, Path(tmp), step + 1 if snapshot else None)
                 ray.get(controller.refresh.remote(str(output_dir / WEIGHTS_DIR), step + 1))
         save = (step + 1) % learner.checkpoint_every == 0 or step + 1 == grpo.steps
         if save:
             with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(Path(tmp), model, unwrapped, trained.optimizer, trained.scheduler, (step + 1) * minibatches, learner, setup, rank)
+                save_checkpoint(Path(tmp), backend, (step + 1) * minibatches, setup)
                 has_files = any(Path(tmp).iterdir())
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if has_files else None)
         else:
@@ -211,8 +200,6 @@ def grpo_loop(config: dict) -> None:
 
 def _publish(output_dir: Path, model_dir: Path, snapshot_step: int | None) -> None:
     """Replace weights/ with the model files of `model_dir` (atomic rename); keep a snapshot if asked."""
-    from fpa_ray.learner.loop import STATE_DIR
-
     staging = output_dir / f"{WEIGHTS_DIR}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(model_dir, staging, ignore=shutil.ignore_patterns(STATE_DIR))

@@ -1,4 +1,9 @@
-"""One objective evaluation on a tokenised micro-batch: the unit that Ray Train workers repeat."""
+"""One optimizer step of the offline learner, and the objective evaluation on one micro-batch that it repeats.
+
+`train_step` is what every Ray Train worker runs per step (and what the distributed invariance tests
+run on a plain gloo group): KTO's z0 over the whole global batch first, then forward and backward per
+micro-batch through the backend, one optimizer step, the metrics reduced over all workers.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +13,39 @@ import torch
 from torch import nn
 
 from fpa_ray.config import FPAConfig
-from fpa_ray.learner.forward import TokenizedBatch, forward_stats, mismatched_batch, objective_batch, shifted_targets
+from fpa_ray.learner.data import Example, Kind, collate, mismatched_examples
+from fpa_ray.learner.forward import TokenizedBatch, forward_stats, objective_batch, shifted_targets
 from fpa_ray.objectives import LabelledBatch, Objective, ObjectiveOutput, kto_reference_point, masked_sum, token_logprobs
 
 
+def _all_gather(values: torch.Tensor) -> torch.Tensor:
+    """Every worker's equal-length 1-D tensor, concatenated in rank order."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    parts = [torch.empty_like(values) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, values.contiguous())
+    return torch.cat(parts)
+
+
 @torch.no_grad()
-def kl_reference(model: nn.Module, ref_model: nn.Module, batch: TokenizedBatch, chunk_size: int | None) -> torch.Tensor:
-    """KTO's z0 on this micro-batch's mismatched (prompt, response) pairs."""
-    kl_rows = mismatched_batch(batch)
-    labels, mask = shifted_targets(kl_rows)
-    logp = []
-    for net in (model, ref_model):
-        logits = net(input_ids=kl_rows.input_ids, attention_mask=kl_rows.attention_mask).logits
-        logp.append(masked_sum(token_logprobs(logits, labels, mask, chunk_size), mask))
-    return kto_reference_point(*logp)
+def global_kl_reference(backend, ref_model: nn.Module, rows: list[Example], micro_batch_size: int, pad_id: int, max_length: int,
+                 chunk_size: int | None) -> torch.Tensor:
+    """KTO's z0 over a whole global batch of `rows` (each worker forwards its slice of the KL rows, all gather)."""
+    kl_rows = mismatched_examples(rows, max_length)
+    local = len(kl_rows) // backend.world
+    mine = kl_rows[backend.rank * local : (backend.rank + 1) * local]
+    device = backend.device
+    logp, ref_logp = [], []
+    for start in range(0, len(mine), micro_batch_size):
+        batch, _ = collate(mine[start : start + micro_batch_size], "labelled", pad_id, device)
+        labels, mask = shifted_targets(batch)
+        with backend.precision.autocast(device):
+            for net, out in ((backend.model, logp), (ref_model, ref_logp)):
+                logits = net(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                out.append(masked_sum(token_logprobs(logits, labels, mask, chunk_size), mask))
+    return kto_reference_point(_all_gather(torch.cat(logp)), _all_gather(torch.cat(ref_logp)))
 
 
 def objective_loss(
@@ -33,11 +57,98 @@ def objective_loss(
     fpa: FPAConfig,
     normalizer: float | None = None,
     ref_logp: torch.Tensor | None = None,
+    kl_reference: torch.Tensor | None = None,
 ) -> ObjectiveOutput:
-    """Forward the policy (and reference), then apply `objective`, with FPA when `fpa.enabled`."""
+    """Forward the policy (and reference), then apply `objective`, with FPA when `fpa.enabled`.
+
+    `kl_reference`: KTO's z0, estimated once per optimizer step over the global batch (`global_kl_reference`).
+    """
     stats = forward_stats(objective, model, ref_model, batch, fpa, ref_logp)
     inputs = objective_batch(objective, stats, batch.correct)
     if objective.needs_kl_reference:
-        inputs = LabelledBatch(inputs.samples, inputs.correct, kl_reference(model, ref_model, batch, fpa.chunk_size))
+        if kl_reference is None:
+            raise ValueError(f"objective {objective.name!r} needs kl_reference (z0) estimated over the global batch")
+        inputs = LabelledBatch(inputs.samples, inputs.correct, kl_reference.to(stats.logp.device))
     apply_to = fpa.apply_to if fpa.enabled else "both"
     return objective(inputs, apply_to=apply_to, normalizer=normalizer, **params)
+
+
+def train_step(
+    backend,
+    objective: Objective,
+    params: dict[str, Any],
+    reference: nn.Module | None,
+    examples: list[Example],
+    global_ids: list[int],
+    kind: Kind,
+    pad_id: int,
+    fpa: FPAConfig,
+    micro_batch_size: int,
+    max_length: int,
+    precomputed: bool,
+) -> dict[str, float]:
+    """One optimizer step on global batch `global_ids`: this worker trains its contiguous slice."""
+    G, rank, world = len(global_ids), backend.rank, backend.world
+    local = G // world
+    mine = global_ids[rank * local : (rank + 1) * local]
+    z0 = None
+    if objective.needs_kl_reference:
+        z0 = global_kl_reference(backend, reference, [examples[i] for i in global_ids], micro_batch_size, pad_id, max_length, fpa.chunk_size)
+    micro_batches = [mine[i : i + micro_batch_size] for i in range(0, local, micro_batch_size)]
+    step_metrics = StepMetrics()
+    for j, ids in enumerate(micro_batches):
+        batch, ref_logp = collate([examples[i] for i in ids], kind, pad_id, backend.device)
+        with backend.micro_batch(last=j == len(micro_batches) - 1):
+            out = objective_loss(objective, params, backend.model, reference, batch, fpa, normalizer=G,
+                                 ref_logp=ref_logp if precomputed else None, kl_reference=z0)
+            backend.backward(out.loss)
+        step_metrics.add(out.metrics, float(out.metrics["num_units"]), float(batch.attention_mask.sum()))
+    grad_norm = backend.step()
+    metrics = step_metrics.reduce()
+    metrics["grad_norm"] = grad_norm
+    if z0 is not None:
+        metrics["kl_reference"] = float(z0)
+    return metrics
+
+
+class StepMetrics:
+    """Unit-weighted means of one optimizer step's metrics over every micro-batch of every worker.
+
+    A metric can be missing from a micro-batch (a labelled batch with no incorrect sample has no
+    C_l), so each key is weighted by the units of the micro-batches that report it, and the workers
+    exchange their sums as objects: an all-reduce of one tensor per worker would pair different keys
+    (and, with different lengths, kill the process group) whenever their key sets differ.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+        self.units = 0.0
+        self.tokens = 0.0
+
+    def add(self, metrics: dict, units: float, tokens: float) -> None:
+        for key, value in metrics.items():
+            if key != "num_units":
+                self.sums[key] = self.sums.get(key, 0.0) + float(value) * units
+                self.weights[key] = self.weights.get(key, 0.0) + units
+        self.units += units
+        self.tokens += tokens
+
+    def reduce(self) -> dict[str, float]:
+        """The means over all workers, with `num_units` and `tokens` summed (every worker must call it)."""
+        import torch.distributed as dist
+
+        parts = [(self.sums, self.weights, self.units, self.tokens)]
+        if dist.is_available() and dist.is_initialized():
+            parts = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, (self.sums, self.weights, self.units, self.tokens))
+        sums: dict[str, float] = {}
+        weights: dict[str, float] = {}
+        for part_sums, part_weights, _, _ in parts:
+            for key, value in part_sums.items():
+                sums[key] = sums.get(key, 0.0) + value
+                weights[key] = weights.get(key, 0.0) + part_weights[key]
+        result = {key: sums[key] / weights[key] for key in sorted(sums) if weights[key] > 0}
+        result["num_units"] = sum(part[2] for part in parts)
+        result["tokens"] = sum(part[3] for part in parts)
+        return result

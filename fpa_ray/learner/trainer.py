@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fpa_ray.config import FPAConfig, LearnerConfig, ObjectiveConfig
-from fpa_ray.learner.loop import STATE_DIR, LearnerSetup, train_loop
+from fpa_ray.learner.backends import STATE_DIR
+from fpa_ray.learner.loop import LearnerSetup, train_loop
 
 TORCH_EXTENSIONS_DIR = Path(os.environ.get("FPA_RAY_CACHE", Path.home() / ".cache" / "fpa_ray")) / "torch_extensions"
 

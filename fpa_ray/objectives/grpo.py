@@ -2,6 +2,10 @@
 
 Not an FPA objective: its coefficients come from sampled advantages, not from pi. The optional KL
 penalty uses the k3 estimator exp(d) - d - 1 with d = log pi_ref - log pi (DeepSeekMath).
+Once a rollout makes several optimizer steps the ratio can grow far from 1, and for a negative
+advantage the PPO minimum then takes the unclipped rho A, unbounded: the dual clip (verl's
+`clip_ratio_c`, Ye et al. 2020) caps that loss at -clip_ratio_c A, and the log-ratio is clamped to
+[-20, 20] before exp so it cannot overflow.
 """
 
 from __future__ import annotations
@@ -32,14 +36,16 @@ def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
 
 @register_objective("grpo", batch=TokenBatch, needs_reference=False)
 def grpo(
-    batch: TokenBatch, *, clip_eps: float = 0.2, clip_eps_high: float | None = None, kl_coef: float = 0.0
+    batch: TokenBatch, *, clip_eps: float = 0.2, clip_eps_high: float | None = None, clip_ratio_c: float | None = 3.0, kl_coef: float = 0.0
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-token -min(rho A, clip(rho, 1 - eps, 1 + eps_high) A) + kl_coef k3(pi_ref || pi)."""
+    """Per-token -min(rho A, clip(rho, 1 - eps, 1 + eps_high) A), capped at -clip_ratio_c A where A < 0, + kl_coef k3(pi_ref || pi)."""
     if kl_coef > 0 and batch.ref_logp is None:
         raise ValueError("objective 'grpo' with kl_coef > 0 needs ref_logp")
+    if clip_ratio_c is not None and not clip_ratio_c > 1:
+        raise ValueError(f"clip_ratio_c must be > 1 (the dual clip's lower bound on -rho A), got {clip_ratio_c}")
     mask = batch.mask
     # Padding may hold any value; zero it before exp so it cannot overflow into the masked sum.
-    log_ratio = torch.where(mask, batch.logp - batch.old_logp, 0.0)
+    log_ratio = torch.where(mask, batch.logp - batch.old_logp, 0.0).clamp(-20.0, 20.0)
     ratio = torch.exp(log_ratio)
     advantages = batch.advantages.unsqueeze(1)
     high = clip_eps if clip_eps_high is None else clip_eps_high
@@ -47,6 +53,11 @@ def grpo(
     clipped = ratio.clamp(1 - clip_eps, 1 + high) * advantages
     per_token = -torch.minimum(unclipped, clipped)
     metrics = {"clip_fraction": _masked_mean((clipped < unclipped).float(), mask), "ratio": _masked_mean(ratio, mask)}
+    if clip_ratio_c is not None:
+        negative = (advantages < 0).expand_as(per_token)
+        capped = -clip_ratio_c * advantages
+        metrics["dual_clip_fraction"] = _masked_mean((negative & (per_token > capped)).float(), mask)
+        per_token = torch.where(negative, torch.minimum(per_token, capped), per_token)
     if batch.ref_logp is not None:
         delta = torch.where(mask, batch.ref_logp - batch.logp, 0.0)
         kl = torch.exp(delta) - delta - 1

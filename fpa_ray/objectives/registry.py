@@ -124,7 +124,7 @@ class Objective:
         else:
             loss = unit.sum() / normalizer
 
-        metrics = {"loss": unit.mean().detach(), "num_units": torch.tensor(float(count)), **extra}
+        metrics = {"loss": unit.mean().detach(), "num_units": torch.tensor(float(count), device=unit.device), **extra}
         metrics.update(self._sequence_metrics(batch, used, current if fpa else None))
         return ObjectiveOutput(loss, metrics)
 

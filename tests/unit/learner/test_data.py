@@ -76,3 +76,26 @@ def test_batch_sizes_must_divide():
     with pytest.raises(ValueError, match=r"global_batch_size \(10\) must be a multiple of num_workers x micro_batch_size \(8\)"):
         LearnerConfig(global_batch_size=10, num_workers=2, micro_batch_size=4)
     assert LearnerConfig(global_batch_size=16, num_workers=2, micro_batch_size=4).accumulation_steps == 2
+
+
+def test_a_text_response_gets_eos_only_where_it_does_not_end_in_one():
+    from fpa_ray.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer(["x = 1 + 2 = 3", "the answer is 3"], vocab_size=300)
+    eos = tokenizer.eos_token_id
+    plain = tokenizer("x = 3", add_special_tokens=False)["input_ids"]
+    without, ending = ({"prompt": "the answer", "completion": text, "label": True} for text in ("x = 3", "x = 3" + tokenizer.eos_token))
+    assert prepare_row(without, 0, "labelled", 64, tokenizer).responses[0] == (*plain, eos)  # TRL's rule: appended when missing
+    assert prepare_row(ending, 1, "labelled", 64, tokenizer).responses[0] == (*plain, eos), "an EOS already there must not be doubled"
+    assert prepare_row(without, 0, "labelled", 64, tokenizer).prompt[-1] != eos
+
+
+def test_mismatched_examples_pair_each_prompt_with_the_next_rows_response_over_the_global_batch():
+    from fpa_ray.learner.data import Example, mismatched_examples
+
+    rows = [Example((i, i), ((10 + i, 20 + i, 30 + i),), label=i % 2 == 0) for i in range(4)]
+    kl = mismatched_examples(rows, max_length=4)
+    assert [e.prompt for e in kl] == [r.prompt for r in rows]
+    assert [e.responses[0] for e in kl] == [(11, 21), (12, 22), (13, 23), (10, 20)]  # cut to fit max_length
+    with pytest.raises(ValueError, match="at least 2 rows per global batch"):
+        mismatched_examples(rows[:1], max_length=4)

@@ -7,7 +7,7 @@ import torch
 
 from fpa_ray.config import FPAConfig
 from fpa_ray.demo import fpa_objectives, run_demo, synthetic_pairs
-from fpa_ray.learner.forward import TokenizedBatch, forward_stats, mismatched_batch, objective_batch, shifted_targets
+from fpa_ray.learner.forward import TokenizedBatch, forward_stats, objective_batch, shifted_targets
 from fpa_ray.learner.step import objective_loss
 from fpa_ray.objectives import get_objective
 from fpa_ray.tiny import qwen2_config, random_qwen2
@@ -56,7 +56,8 @@ def test_fpa_lambda_zero_gives_the_plain_parameter_gradient(models, batch, name)
 
     def grads(fpa):
         model = copy.deepcopy(policy)
-        objective_loss(get_objective(name), {}, model, reference, batch, fpa).loss.backward()
+        z0 = torch.tensor(0.3, dtype=torch.float64) if get_objective(name).needs_kl_reference else None
+        objective_loss(get_objective(name), {}, model, reference, batch, fpa, kl_reference=z0).loss.backward()
         return [p.grad.clone() for p in model.parameters()]
 
     plain = grads(FPAConfig(enabled=False))
@@ -65,16 +66,6 @@ def test_fpa_lambda_zero_gives_the_plain_parameter_gradient(models, batch, name)
     for a, b in zip(plain, zero):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
     assert any(not torch.allclose(a, b) for a, b in zip(plain, two)) == (name != "reinforce")
-
-
-def test_mismatched_batch_pairs_each_prompt_with_the_next_response(batch):
-    kl = mismatched_batch(batch)
-    for i in range(kl.input_ids.shape[0]):
-        j = (i + 1) % kl.input_ids.shape[0]
-        prompt = batch.input_ids[i][batch.attention_mask[i].bool() & ~batch.response_mask[i]]
-        response = batch.input_ids[j][batch.response_mask[j]]
-        assert torch.equal(kl.input_ids[i][kl.attention_mask[i].bool()], torch.cat([prompt, response]))
-        assert torch.equal(kl.input_ids[i][kl.response_mask[i]], response)
 
 
 def test_layout_errors(models, batch):
@@ -87,6 +78,8 @@ def test_layout_errors(models, batch):
         objective_batch(get_objective("offline_rl"), stats, None)
     with pytest.raises(ValueError, match="with FPA needs a reference model"):
         forward_stats(get_objective("simper"), policy, None, batch, FPAConfig(enabled=True))
+    with pytest.raises(ValueError, match=r"needs kl_reference \(z0\) estimated over the global batch"):
+        objective_loss(get_objective("kto"), {}, policy, reference, batch, FPAConfig())
     with pytest.raises(ValueError, match="response_mask must be bool"):
         TokenizedBatch(batch.input_ids, batch.attention_mask, batch.response_mask.long())
 

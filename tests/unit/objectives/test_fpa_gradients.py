@@ -1,5 +1,7 @@
 """The FPA rule (METHOD.md section 4) against autograd and against the hand-derived coefficients."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,6 +10,7 @@ from fpa_ray.objectives import (
     PairedBatch,
     SequenceStats,
     future_logprobs,
+    future_sequence_logprobs,
     get_objective,
     masked_sum,
     token_logprobs,
@@ -161,10 +164,18 @@ def test_end_to_end_from_logits_lambda_zero_equals_plain_dpo():
 
 
 def test_dpo_future_equals_weaker_kl_regularised_reward_in_sequence_mode():
-    """METHOD.md section 4: pi_hat ~ pi_ref exp((1+lam) r/beta), i.e. l_hat - l_ref = (1+lam)(l - l_ref)."""
-    batch = random_batch("dpo", lam=1.5)
-    for stats in batch.sequences().values():
-        torch.testing.assert_close(stats.future_logp - stats.ref_logp, 2.5 * (stats.logp.detach() - stats.ref_logp))
-    c_w, _ = _paired_coefficients("dpo", batch)
-    margin = (batch.chosen.logp - batch.chosen.ref_logp) - (batch.rejected.logp - batch.rejected.ref_logp)
-    torch.testing.assert_close(c_w, 0.5 * F.sigmoid(-0.5 * 2.5 * margin.detach()))
+    """METHOD.md section 4: in sequence mode l_hat - l_ref = (1+lam)(l - l_ref), so FPA-DPO's gradient is
+    DPO's with the margin inside the sigmoid scaled by 1 + lam (the KL-regularised optimum at beta / (1 + lam)).
+    The future log-probs come from the production function, the gradient from the production objective."""
+    lam, beta = 1.5, 0.5
+    plain = random_batch("dpo", lam=None)
+    batch = PairedBatch(*(dataclasses.replace(s, future_logp=future_sequence_logprobs(s.logp, s.ref_logp, lam)) for s in (plain.chosen, plain.rejected)))
+    out = get_objective("dpo")(batch, beta=beta)
+    g_w, g_l = torch.autograd.grad(out.loss, leaves(batch))
+    margin = ((batch.chosen.logp - batch.chosen.ref_logp) - (batch.rejected.logp - batch.rejected.ref_logp)).detach()
+    c = beta * F.sigmoid(-beta * (1 + lam) * margin)
+    n = margin.shape[0]
+    torch.testing.assert_close(g_w, -c / n, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(g_l, c / n, rtol=1e-10, atol=1e-14)
+    plain_out = get_objective("dpo")(plain, beta=beta)
+    assert not torch.allclose(torch.autograd.grad(plain_out.loss, leaves(plain))[0], g_w)  # FPA changed it

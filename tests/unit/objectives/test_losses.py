@@ -68,6 +68,24 @@ def test_grpo_clipped_value_and_token_level_normalisation():
     torch.testing.assert_close(grad, _t(0.0, -1 / 3, 0.0, 0.0).view(2, 2))
 
 
+def test_grpo_dual_clip_bounds_the_loss_of_a_negative_advantage_far_off_policy():
+    # After several optimizer steps on one rollout rho can be large; with A < 0 the PPO minimum takes
+    # -rho A, unbounded. The dual clip caps it at -clip_ratio_c A (verl's clip_ratio_c) with no gradient.
+    logp = torch.log(_t(10.0, 2.0, 1e12)).view(1, 3).requires_grad_()  # rho = 10, 2, 1e12 (log-ratio 27.6, clamped to 20)
+    batch = TokenBatch(logp, torch.zeros(1, 3, dtype=torch.float64), torch.ones(1, 3, dtype=torch.bool), _t(-1.0))
+    out = get_objective("grpo")(batch, clip_eps=0.2)
+    assert out.loss.item() == pytest.approx((3.0 + 2.0 + 3.0) / 3)  # capped at 3 = clip_ratio_c; rho = 2 stays
+    assert out.metrics["dual_clip_fraction"].item() == pytest.approx(2 / 3)
+    (grad,) = torch.autograd.grad(out.loss, logp)
+    torch.testing.assert_close(grad, _t(0.0, 2.0 / 3, 0.0).view(1, 3))  # only the uncapped token: -A rho / 3
+    unbounded = get_objective("grpo")(batch, clip_eps=0.2, clip_ratio_c=None)
+    assert unbounded.loss.item() == pytest.approx((10.0 + 2.0 + math.exp(20.0)) / 3)  # finite: the log-ratio is clamped
+    positive = TokenBatch(logp, batch.old_logp, batch.mask, _t(1.0))
+    assert get_objective("grpo")(positive, clip_eps=0.2).loss.item() == pytest.approx(-1.2)  # A > 0: the upper clip alone
+    with pytest.raises(ValueError, match="clip_ratio_c must be > 1"):
+        get_objective("grpo")(batch, clip_ratio_c=0.5)
+
+
 def test_grpo_kl_penalty_is_k3():
     logp = torch.log(_t(0.5)).view(1, 1).requires_grad_()
     ref = torch.log(_t(0.25)).view(1, 1)

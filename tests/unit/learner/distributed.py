@@ -1,0 +1,124 @@
+"""Run the learner's own optimizer step (fpa_ray.learner.step.train_step) on real gloo process groups,
+without Ray: the strategies, splits and precisions that Ray Train workers would run, in seconds.
+
+Each case is one fresh backend (DDP or DeepSpeed ZeRO-1/2/3) on a saved random tiny Qwen2, trained
+`steps` steps on a fixed global batch; rank 0 saves the metrics, the fp32 master-weight update and
+which entries ever received a gradient to `<out>/<key>.pt`. The reference is the policy with 4x sharper logits.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+VOCAB = 97
+GLOBAL_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str
+    objective: str
+    fpa: bool
+    world: int
+    accumulation: int
+    learner: dict = field(default_factory=dict)  # LearnerConfig fields beyond the split
+    steps: int = 1
+    params: dict = field(default_factory=dict)
+
+    @property
+    def micro_batch_size(self) -> int:
+        return GLOBAL_BATCH // (self.world * self.accumulation)
+
+
+def save_random_policy(directory: Path, sharpen: float = 1.0) -> Path:
+    """A random tiny Qwen2; `sharpen` scales its logits (the final norm), so a sharpened copy as the
+    reference gives random responses lower log-probs than the policy: l - l_ref > 0, KTO's z0 > 0."""
+    from fpa_ray.tiny import qwen2_config, random_qwen2
+
+    model = random_qwen2(qwen2_config(vocab_size=VOCAB, hidden_size=64, num_layers=2, num_kv_heads=1), seed=1)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(sharpen)
+    model.save_pretrained(directory)
+    return directory
+
+
+def examples(kind: str, count: int = GLOBAL_BATCH, seed: int = 0):
+    """Random rows of plausible shape: paired rows share a prefix and differ at the end; half the labelled rows are correct."""
+    from fpa_ray.learner.data import Example
+
+    generator = torch.Generator().manual_seed(seed)
+
+    def ids(low: int, high: int) -> list[int]:
+        length = int(torch.randint(low, high, (1,), generator=generator))
+        return torch.randint(1, VOCAB, (length,), generator=generator).tolist()
+
+    rows = []
+    for i in range(count):
+        prompt, shared = tuple(ids(3, 7)), ids(2, 6)
+        if kind == "paired":
+            rows.append(Example(prompt, (tuple(shared + ids(1, 5)), tuple(shared + ids(1, 5)))))
+        else:
+            rows.append(Example(prompt, (tuple(shared + ids(1, 5)),), label=i % 2 == 0))
+    return rows
+
+
+def _worker(rank: int, world: int, port: int, model_dir: str, reference_dir: str, cases: list[Case], out: str) -> None:
+    os.environ.update(DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    from fpa_ray.learner.trainer import TORCH_EXTENSIONS_DIR
+
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(TORCH_EXTENSIONS_DIR))
+    import torch.distributed as dist
+
+    from fpa_ray.config import FPAConfig, LearnerConfig
+    from fpa_ray.learner.backends import build_backend, load_reference
+    from fpa_ray.learner.loop import example_kind, global_order, needs_reference_model
+    from fpa_ray.learner.step import train_step
+    from fpa_ray.objectives import get_objective
+
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    device = torch.device("cpu")
+    try:
+        for case in cases:
+            torch.manual_seed(0)
+            learner = LearnerConfig(num_workers=world, global_batch_size=GLOBAL_BATCH, micro_batch_size=case.micro_batch_size, **case.learner)
+            fpa = FPAConfig(enabled=case.fpa, lam=1.0, chunk_size=3)
+            kind = example_kind(case.objective)
+            rows = examples(kind)
+            backend = build_backend(learner, model_dir, None, case.steps, device)
+            needs_reference = needs_reference_model(case.objective, fpa, False)
+            reference = load_reference(reference_dir, backend.precision, device) if needs_reference else None
+            before = backend.master_weights()
+            metrics = [
+                train_step(backend, get_objective(case.objective), case.params, reference, rows, global_order(len(rows), step, GLOBAL_BATCH, 0),
+                           kind, 0, fpa, learner.micro_batch_size, learner.max_length, precomputed=False)
+                for step in range(case.steps)
+            ]
+            after, received = backend.master_weights(), backend.received_gradient()
+            if rank == 0:
+                update = {name: after[name] - before[name] for name in after}
+                torch.save({"metrics": metrics, "update": update, "received": received}, Path(out) / f"{case.key}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_cases(cases: list[Case], model_dir: Path, reference_dir: Path, out: Path) -> dict[str, dict]:
+    """Every case, grouped into one process group per world size; returns key -> saved result.
+
+    The reference differs from the policy: with the same weights FPA's extrapolation and KTO's z0
+    would be 0 at the first step, and the checks would not see them."""
+    import torch.multiprocessing as mp
+
+    out.mkdir(parents=True, exist_ok=True)
+    for world in sorted({case.world for case in cases}):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        group = [case for case in cases if case.world == world]
+        mp.spawn(_worker, args=(world, port, str(model_dir), str(reference_dir), group, str(out)), nprocs=world, join=True)
+    return {case.key: torch.load(out / f"{case.key}.pt", weights_only=False) for case in cases}
