@@ -111,13 +111,26 @@ def train_step(
     return metrics
 
 
-class StepMetrics:
-    """Unit-weighted means of one optimizer step's metrics over every micro-batch of every worker.
+COUNTS = ("num_units", "num_chosen", "num_rejected")  # summed, not averaged
 
-    A metric can be missing from a micro-batch (a labelled batch with no incorrect sample has no
-    C_l), so each key is weighted by the units of the micro-batches that report it, and the workers
-    exchange their sums as objects: an all-reduce of one tensor per worker would pair different keys
-    (and, with different lengths, kill the process group) whenever their key sets differ.
+
+def _side(key: str) -> str | None:
+    """The side a per-side metric is a mean over (C_w, logp_chosen, ...: chosen; C_l, ...: rejected)."""
+    if key.startswith("C_w") or key.endswith("_chosen"):
+        return "chosen"
+    if key.startswith("C_l") or key.endswith("_rejected"):
+        return "rejected"
+    return None
+
+
+class StepMetrics:
+    """Means of one optimizer step's metrics over every micro-batch of every worker, as over one batch.
+
+    Each key is weighted by the rows it is a mean over: a per-side metric (C_w, logp_chosen, ...) by the
+    micro-batch's rows of that side (a labelled micro-batch holds any share of correct samples, and
+    one with no incorrect sample has no C_l), any other by its units. The workers exchange their sums
+    as objects: an all-reduce of one tensor per worker would pair different keys (and, with different
+    lengths, kill the process group) whenever their key sets differ.
     """
 
     def __init__(self) -> None:
@@ -128,9 +141,15 @@ class StepMetrics:
 
     def add(self, metrics: dict, units: float, tokens: float) -> None:
         for key, value in metrics.items():
-            if key != "num_units":
-                self.sums[key] = self.sums.get(key, 0.0) + float(value) * units
-                self.weights[key] = self.weights.get(key, 0.0) + units
+            if key in COUNTS:
+                if key != "num_units":  # that one is `units`
+                    self.sums[key] = self.sums.get(key, 0.0) + float(value)
+                    self.weights[key] = 1.0
+                continue
+            side = _side(key)
+            weight = float(metrics[f"num_{side}"]) if side and f"num_{side}" in metrics else units
+            self.sums[key] = self.sums.get(key, 0.0) + float(value) * weight
+            self.weights[key] = self.weights.get(key, 0.0) + weight
         self.units += units
         self.tokens += tokens
 
@@ -148,7 +167,8 @@ class StepMetrics:
             for key, value in part_sums.items():
                 sums[key] = sums.get(key, 0.0) + value
                 weights[key] = weights.get(key, 0.0) + part_weights[key]
-        result = {key: sums[key] / weights[key] for key in sorted(sums) if weights[key] > 0}
+        result = {key: sums[key] / weights[key] for key in sorted(sums) if weights[key] > 0 and key not in COUNTS}
+        result.update({key: sums[key] for key in COUNTS if key in sums})
         result["num_units"] = sum(part[2] for part in parts)
         result["tokens"] = sum(part[3] for part in parts)
         return result

@@ -163,7 +163,8 @@ class Objective:
         if current is not None:
             columns["C_w_current", "C_l_current"] = sign * torch.cat([current[n] for n in sequences])
             columns["future_logp_chosen", "future_logp_rejected"] = torch.cat([s.future_logp for s in sequences.values()])
-        metrics: dict[str, Tensor] = {}
+        # Side counts, so means over micro-batches can weight each side's metrics by its own rows.
+        metrics: dict[str, Tensor] = {"num_chosen": role.sum().float(), "num_rejected": (~role).sum().float()}
         for (key_w, key_l), values in columns.items():
             for key, where in ((key_w, role), (key_l, ~role)):
                 if where.any():  # an all-correct labelled batch has no rejected side

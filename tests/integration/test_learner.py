@@ -14,8 +14,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from fpa_ray.config import FPAConfig, LearnerConfig, ObjectiveConfig
+from fpa_ray.learner.data import collate
+from fpa_ray.learner.forward import shifted_targets
 from fpa_ray.learner.reference import add_reference_logprobs
 from fpa_ray.learner.trainer import TrainStage
+from fpa_ray.objectives import get_objective, masked_sum, token_logprobs
 
 from .offline_rows import labelled_rows, pair_rows
 from .test_vllm_load import VLLM_ENV
@@ -68,32 +71,37 @@ def test_dpo_and_fpa_dpo_reduce_their_loss(ray_cluster, rows, tiny_policy, tmp_p
     assert (result.checkpoint / "model.safetensors").is_file() and (result.checkpoint / "tokenizer.json").is_file()
 
 
-def test_first_step_is_the_same_for_any_workers_and_accumulation(ray_cluster, rows, tiny_policy, tmp_path):
+STRATEGIES = {"ddp": {}, "zero2": {"strategy": "deepspeed", "zero_stage": 2}, "zero3": {"strategy": "deepspeed", "zero_stage": 3}}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_cluster, rows, tiny_policy, tmp_path_factory):
+    """Each strategy's run of 3 epochs with 2 accumulation steps, start to end (computed once, on first use)."""
     runs = {}
-    for workers, micro in ((1, 8), (1, 4), (2, 4), (2, 2)):
-        result = _train(ray_cluster, rows, tiny_policy, tmp_path / f"w{workers}m{micro}", fpa=True, num_workers=workers, micro_batch_size=micro, max_steps=1)
-        runs[workers, micro] = (result.metrics[0], _weights(result.checkpoint))
-    (base_metrics, base_weights) = runs[1, 8]
-    for (metrics, weights) in runs.values():
-        assert metrics["grad_norm"] == pytest.approx(base_metrics["grad_norm"], rel=1e-5)
-        assert metrics["loss"] == pytest.approx(base_metrics["loss"], rel=1e-6)
-        assert metrics["C_l"] == pytest.approx(base_metrics["C_l"], rel=1e-6)
-        _assert_same_weights(weights, base_weights)
-    assert not torch.equal(base_weights["model.norm.weight"], _weights(tiny_policy)["model.norm.weight"])  # it trained
+
+    def run(strategy):
+        if strategy not in runs:
+            out = tmp_path_factory.mktemp(f"uninterrupted-{strategy}")
+            runs[strategy] = _train(ray_cluster, rows, tiny_policy, out, fpa=True, epochs=3, micro_batch_size=2, **STRATEGIES[strategy])
+        return runs[strategy]
+
+    return run
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_zero_matches_ddp(ray_cluster, rows, tiny_policy, tmp_path, stage):
-    ddp = _train(ray_cluster, rows, tiny_policy, tmp_path / "ddp", fpa=True, max_steps=3)
-    zero = _train(ray_cluster, rows, tiny_policy, tmp_path / "zero", fpa=True, max_steps=3, strategy="deepspeed", zero_stage=stage)
+def test_deepspeed_zero_with_accumulation_matches_ddp(uninterrupted, stage):
+    """Ray Train workers, 2 workers x 2 accumulation steps: ZeRO takes DDP's steps (the DeepSpeed engine never enters no_sync)."""
+    ddp, zero = uninterrupted("ddp"), uninterrupted(f"zero{stage}")
     assert [m["loss"] for m in zero.metrics] == pytest.approx([m["loss"] for m in ddp.metrics], rel=1e-5)
+    assert [m["grad_norm"] for m in zero.metrics] == pytest.approx([m["grad_norm"] for m in ddp.metrics], rel=1e-4)
     _assert_same_weights(_weights(ddp.checkpoint), _weights(zero.checkpoint))
 
 
-def test_a_killed_worker_resumes_from_its_checkpoint_to_the_same_weights(ray_cluster, rows, tiny_policy, tmp_path):
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_a_killed_worker_resumes_from_its_checkpoint_to_the_same_weights(ray_cluster, rows, tiny_policy, tmp_path, uninterrupted, strategy):
     from ray.util.state import list_actors
 
-    clean = _train(ray_cluster, rows, tiny_policy, tmp_path / "clean", fpa=True, epochs=3)
+    clean = uninterrupted(strategy)
     out = tmp_path / "killed"
     killed = []
 
@@ -109,7 +117,7 @@ def test_a_killed_worker_resumes_from_its_checkpoint_to_the_same_weights(ray_clu
 
     killer = threading.Thread(target=kill_after_first_checkpoint)
     killer.start()
-    resumed = _train(ray_cluster, rows, tiny_policy, out, fpa=True, epochs=3)
+    resumed = _train(ray_cluster, rows, tiny_policy, out, fpa=True, epochs=3, micro_batch_size=2, **STRATEGIES[strategy])
     killer.join()
     assert killed, "the run ended before a worker could be killed"
     assert [m["step"] for m in resumed.metrics] == list(range(1, 10))  # each step logged once
@@ -120,17 +128,48 @@ def test_a_killed_worker_resumes_from_its_checkpoint_to_the_same_weights(ray_clu
 
 def test_precomputed_reference_trains_like_the_online_one(ray_cluster, rows, tiny_policy, tmp_path):
     online = _train(ray_cluster, rows[:24], tiny_policy, tmp_path / "online", max_steps=3)
-    dataset = add_reference_logprobs(ray_cluster.data.from_items(rows[:24]), tiny_policy, "paired", max_length=512)
+    learner = LearnerConfig(num_workers=2, global_batch_size=8, micro_batch_size=4)
+    dataset = add_reference_logprobs(ray_cluster.data.from_items(rows[:24]), tiny_policy, "paired", learner)
     assert all(r["ref_chosen_logp"] is not None for r in dataset.take_all())
     precomputed = _train(ray_cluster, None, tiny_policy, tmp_path / "pre", max_steps=3, dataset=dataset, reference="precomputed")
     assert [m["loss"] for m in precomputed.metrics] == pytest.approx([m["loss"] for m in online.metrics], rel=1e-5)
 
 
 @pytest.mark.parametrize("objective", ["kto", "offline_rl"])
-def test_labelled_objectives_train(ray_cluster, tiny_policy, tmp_path, objective):
-    result = _train(ray_cluster, labelled_rows(tiny_policy, 16), tiny_policy, tmp_path / objective, objective=objective, fpa=True, epochs=2)
-    assert len(result.metrics) == 4 and all(torch.isfinite(torch.tensor(m["loss"])) for m in result.metrics)
-    assert {"C_w", "C_l"} <= result.metrics[0].keys()
+def test_labelled_objectives_train_correct_samples_up_and_incorrect_ones_down(ray_cluster, tiny_policy, tmp_path, objective):
+    """The Ray Train run's first step is the Ray-free train_step's on the same batch, and after 3 epochs the
+    policy puts more log-probability on the correct completions and less on the incorrect ones."""
+    from transformers import AutoTokenizer
+
+    from fpa_ray.learner.backends import DDPBackend, load_reference
+    from fpa_ray.learner.data import prepare_examples
+    from fpa_ray.learner.loop import global_order
+    from fpa_ray.learner.step import train_step
+
+    rows = labelled_rows(tiny_policy, 16)
+    result = _train(ray_cluster, rows, tiny_policy, tmp_path / objective, objective=objective, fpa=True, epochs=3)
+    assert len(result.metrics) == 6 and {"C_w", "C_l", "C_l_current"} <= result.metrics[0].keys()
+    assert ("kl_reference" in result.metrics[0]) == (objective == "kto")
+
+    learner = LearnerConfig(num_workers=1, global_batch_size=8, micro_batch_size=8, lr=1e-4)
+    examples = prepare_examples(rows, "labelled", learner.max_length).examples
+    backend = DDPBackend(learner, str(tiny_policy), None, 1, torch.device("cpu"))
+    reference = load_reference(str(tiny_policy), backend.precision, torch.device("cpu"))
+    first = train_step(backend, get_objective(objective), {}, reference, examples, global_order(len(examples), 0, 8, 0), "labelled",
+                       AutoTokenizer.from_pretrained(tiny_policy).pad_token_id, FPAConfig(enabled=True, lam=1.0), 8, learner.max_length, False)
+    for key in ("loss", "grad_norm", "C_w", "C_l", "logp_chosen", "logp_rejected"):
+        assert result.metrics[0][key] == pytest.approx(first[key], rel=1e-5), key
+
+    def mean_logp(policy, label):
+        model = AutoModelForCausalLM.from_pretrained(policy).eval()
+        batch, _ = collate([e for e in examples if e.label is label], "labelled", 0)
+        labels, mask = shifted_targets(batch)
+        with torch.no_grad():
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return float((masked_sum(token_logprobs(logits, labels, mask), mask) / mask.sum(-1)).mean())
+
+    assert mean_logp(result.checkpoint, True) > mean_logp(tiny_policy, True)
+    assert mean_logp(result.checkpoint, False) < mean_logp(tiny_policy, False)
 
 
 def test_a_trained_checkpoint_loads_in_vllm_and_transformers(ray_cluster, rows, tiny_policy, tmp_path):

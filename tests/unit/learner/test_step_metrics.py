@@ -44,3 +44,13 @@ def test_a_single_process_needs_no_group():
     for values, units, tokens in MICRO_BATCHES[1]:
         metrics.add(values, units, tokens)
     assert metrics.reduce() == pytest.approx({"loss": 1.0, "C_w": 0.7, "C_l": 0.6, "num_units": 8, "tokens": 16})
+
+
+def test_per_side_metrics_are_means_over_that_sides_rows():
+    # Two labelled micro-batches of 4 samples: 3 correct (C_w 0.1, logp_chosen -2) and 1 correct (C_w 0.5, logp_chosen -6).
+    metrics = StepMetrics()
+    metrics.add({"loss": 1.0, "C_w": 0.1, "logp_chosen": -2.0, "C_l": 0.4, "num_units": 4, "num_chosen": 3, "num_rejected": 1}, 4, 10)
+    metrics.add({"loss": 3.0, "C_w": 0.5, "logp_chosen": -6.0, "C_l": 0.2, "num_units": 4, "num_chosen": 1, "num_rejected": 3}, 4, 10)
+    reduced = metrics.reduce()
+    assert reduced == pytest.approx({"loss": 2.0, "C_w": 0.2, "logp_chosen": -3.0, "C_l": 0.25, "num_units": 8, "num_chosen": 4,
+                                     "num_rejected": 4, "tokens": 20})

