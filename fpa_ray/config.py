@@ -315,6 +315,12 @@ class RunConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _kto_needs_two_rows_per_step(self) -> RunConfig:
+        if get_objective(self.objective.name).needs_kl_reference and self.learner.global_batch_size < 2:
+            raise ValueError("learner.global_batch_size: KTO's z0 pairs each prompt with another row's response and needs at least 2 rows per step")
+        return self
+
+    @model_validator(mode="after")
     def _grpo_batches_divide(self) -> RunConfig:
         if self.objective.name != "grpo":
             return self

@@ -106,12 +106,13 @@ class DDPBackend:
         return float(grad_norm)
 
     def master_weights(self) -> dict[str, torch.Tensor]:
-        """fp32 copies of the weights the optimizer updates (the same on every rank)."""
-        return {name: p.detach().float().cpu().clone() for name, p in self.unwrapped.named_parameters()}
+        """fp32 copies of the weights the optimizer updates (the same on every rank), on the model's device."""
+        return {name: p.detach().float().clone() for name, p in self.unwrapped.named_parameters()}
 
     def received_gradient(self) -> dict[str, torch.Tensor]:
-        """Entries whose gradient was ever non-zero (Adam's second moment > 0)."""
-        return {name: self.optimizer.state[p]["exp_avg_sq"].cpu() > 0 for name, p in self.unwrapped.named_parameters()}
+        """Entries whose gradient AdamW could act on (see `above_adam_eps`)."""
+        return {name: above_adam_eps(self.optimizer.state[p]["exp_avg_sq"], self.learner, self.scheduler.last_epoch)
+                for name, p in self.unwrapped.named_parameters()}
 
     def gathered(self):
         return contextlib.nullcontext()
@@ -172,13 +173,14 @@ class DeepSpeedBackend:
         """The fp32 master weights the optimizer updates, gathered whole (every rank must call it)."""
         from deepspeed.utils import safe_get_full_fp32_param
 
-        return {name: safe_get_full_fp32_param(p).detach().float().cpu().clone() for name, p in self.unwrapped.named_parameters()}
+        return {name: safe_get_full_fp32_param(p).detach().float().clone() for name, p in self.unwrapped.named_parameters()}
 
     def received_gradient(self) -> dict[str, torch.Tensor]:
-        """Entries whose gradient was ever non-zero (Adam's second moment > 0; every rank must call it)."""
+        """Entries whose gradient AdamW could act on (see `above_adam_eps`; every rank must call it)."""
         from deepspeed.utils import safe_get_full_optimizer_state
 
-        return {name: safe_get_full_optimizer_state(p, "exp_avg_sq").cpu() > 0 for name, p in self.unwrapped.named_parameters()}
+        return {name: above_adam_eps(safe_get_full_optimizer_state(p, "exp_avg_sq"), self.learner, self.scheduler.last_epoch)
+                for name, p in self.unwrapped.named_parameters()}
 
     def gathered(self):
         """Full parameters for saving: ZeRO-3 gathers them on every rank."""
@@ -192,6 +194,14 @@ class DeepSpeedBackend:
         self.model.save_checkpoint(str(state_dir / "deepspeed"), tag="state")  # every rank writes its partition
         if self.rank == 0:
             torch.save(state, state_dir / "state.pt")
+
+
+def above_adam_eps(exp_avg_sq: torch.Tensor, learner: LearnerConfig, steps: int, eps: float = 1e-8) -> torch.Tensor:
+    """Entries whose bias-corrected RMS gradient exceeds AdamW's eps. Below it AdamW's update is
+    lr * |g| / eps, which can be under an fp32 weight's resolution: such an entry got a gradient too
+    small to move it, in any precision, so checks of mixed precision leave it out."""
+    correction = 1 - learner.adam_betas[1] ** max(1, steps)
+    return (exp_avg_sq.detach().float() / correction).sqrt() > eps
 
 
 Backend = DDPBackend | DeepSpeedBackend

@@ -25,15 +25,16 @@ import yaml
 
 from fpa_ray.config import CONFIG_DIR, RunConfig, load_config
 from fpa_ray.pipelines.offline import OfflinePipeline
-from tests.integration.small_run import SMALL
+from tests.integration.small_run import GRPO_SMALL, SMALL
 
 pytestmark = pytest.mark.slow
 
 TINY_RECIPES = {"tiny-cpu": "test_offline_pipeline.py, test_job_submit.py", "tiny-cpu-grpo": "test_job_submit.py"}
 GPU_RECIPES = sorted(path.stem for path in CONFIG_DIR.glob("*.yaml") if path.stem not in TINY_RECIPES)
 WORKERS = 2
-# The session's warm start of the tiny policy (small_run.SMALL), shared with the other pipeline tests.
-TINY_POLICY = ["policy.name_or_path=tiny", *(o for o in SMALL if o.startswith("policy.sft."))]
+# The tiny policy on the easier task, warm-started as the GRPO job of test_job_submit (one cached warm
+# start for both): ~7% pass@1, so a few dozen prompts give enough mixed groups for pairs.
+TINY_POLICY = ["policy.name_or_path=tiny", *(o for o in SMALL + GRPO_SMALL if o.startswith(("policy.sft.", "data.synthetic")))]
 
 
 def cpu_overrides(recipe: RunConfig) -> list[str]:
@@ -42,7 +43,7 @@ def cpu_overrides(recipe: RunConfig) -> list[str]:
     micro = learner.micro_batch_size
     overrides = [
         *TINY_POLICY,  # no hub weights here: the tiny Qwen2 warm-started on the synthetic task
-        "data.train={name: synthetic, split: train, limit: 48}",  # no hub datasets; a few dozen prompts
+        "data.train={name: synthetic, split: train, limit: 64}",  # no hub datasets; a few dozen prompts
         "data.eval=[{name: synthetic, split: test, limit: 16}]",
         "data.template=tiny-chat",  # the template the tiny policy was trained on (qwen25-math-cot is unit-tested)
         "sampler.max_new_tokens=48", "sampler.max_model_len=512", "evaluation.max_new_tokens=48",  # the tiny task's lengths
@@ -57,7 +58,7 @@ def cpu_overrides(recipe: RunConfig) -> list[str]:
         # 2 rollout steps with the recipe's optimizer steps per rollout (prompts x n / global batch).
         prompts = recipe.grpo.prompts_per_step * recipe.sampler.n // learner.global_batch_size
         prompts = prompts * WORKERS * micro * learner.accumulation_steps // recipe.sampler.n
-        overrides += ["grpo.steps=2", f"grpo.prompts_per_step={prompts}", "data.train={name: synthetic, split: train, limit: 64}"]
+        overrides += ["grpo.steps=2", f"grpo.prompts_per_step={prompts}"]
     else:
         overrides.append("learner.max_steps=4")  # a few optimizer steps: the round's data holds more
     return overrides

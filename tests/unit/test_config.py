@@ -111,3 +111,8 @@ def test_verifier_section():
         load_config("tiny-cpu", ["verifier.grader=sympy"])
     with pytest.raises(ConfigError, match=r"verifier.max_failure_share: Input should be less than or equal to 1"):
         load_config("tiny-cpu", ["verifier.max_failure_share=1.5"])
+
+
+def test_kto_needs_two_rows_per_step_for_its_mismatched_pairs():
+    with pytest.raises(ConfigError, match="KTO's z0 pairs each prompt with another row's response"):
+        load_config("tiny-cpu", ["objective.name=kto", "learner.global_batch_size=1", "learner.micro_batch_size=1", "learner.num_workers=1"])

@@ -2,8 +2,8 @@
 without Ray: the strategies, splits and precisions that Ray Train workers would run, in seconds.
 
 Each case is one fresh backend (DDP or DeepSpeed ZeRO-1/2/3) on a saved random tiny Qwen2, trained
-`steps` steps on a fixed global batch; rank 0 saves the metrics, the fp32 master-weight update and
-which entries ever received a gradient to `<out>/<key>.pt`. The reference is the policy with 4x sharper logits.
+`steps` steps on a fixed global batch; rank 0 saves the metrics, the fp32 master-weight update, which
+entries moved at some step and which ever received a gradient to `<out>/<key>.pt`. The reference is the policy with 4x sharper logits.
 """
 
 from __future__ import annotations
@@ -93,16 +93,20 @@ def _worker(rank: int, world: int, port: int, model_dir: str, reference_dir: str
             backend = build_backend(learner, model_dir, None, case.steps, device)
             needs_reference = needs_reference_model(case.objective, fpa, False)
             reference = load_reference(reference_dir, backend.precision, device) if needs_reference else None
-            before = backend.master_weights()
-            metrics = [
-                train_step(backend, get_objective(case.objective), case.params, reference, rows, global_order(len(rows), step, GLOBAL_BATCH, 0),
-                           kind, 0, fpa, learner.micro_batch_size, learner.max_length, precomputed=False)
-                for step in range(case.steps)
-            ]
-            after, received = backend.master_weights(), backend.received_gradient()
+            before = previous = backend.master_weights()
+            moved = {name: torch.zeros_like(w, dtype=torch.bool) for name, w in before.items()}  # at some step
+            metrics = []
+            for step in range(case.steps):
+                metrics.append(train_step(backend, get_objective(case.objective), case.params, reference, rows,
+                                          global_order(len(rows), step, GLOBAL_BATCH, 0), kind, 0, fpa, learner.micro_batch_size,
+                                          learner.max_length, precomputed=False))
+                current = backend.master_weights()
+                moved = {name: moved[name] | (current[name] != previous[name]) for name in moved}
+                previous = current
+            received = backend.received_gradient()
             if rank == 0:
-                update = {name: after[name] - before[name] for name in after}
-                torch.save({"metrics": metrics, "update": update, "received": received}, Path(out) / f"{case.key}.pt")
+                update = {name: previous[name] - before[name] for name in before}
+                torch.save({"metrics": metrics, "update": update, "moved": moved, "received": received}, Path(out) / f"{case.key}.pt")
     finally:
         dist.destroy_process_group()
 

@@ -4,7 +4,8 @@
    1 worker x 1 micro-batch, whatever the split into 1 or 2 workers x 1, 2 or 4 accumulation steps
    (down to micro-batches of one row), for every objective with and without FPA. Adam's first
    update is about lr * sign(g), so the gradient's size is checked through the pre-clip norm.
-2. bf16 keeps fp32 master weights: 5 steps at lr 5e-7 move every entry that received a gradient.
+2. bf16 keeps fp32 master weights: in 5 steps at lr 5e-7 every entry that received a gradient (RMS
+   above AdamW's eps) moved. bf16 weights without a master copy moved 1.2% of them.
 """
 
 import pytest
@@ -72,8 +73,8 @@ def test_first_step_is_the_same_for_every_strategy_worker_count_and_accumulation
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_bf16_training_moves_every_parameter_that_received_a_gradient(results, strategy):
     result = results[_key("rpo", True, strategy, 2, 2, "bf16")]
-    received = torch.cat([r.flatten() for r in result["received"].values()])
-    moved = torch.cat([(u != 0).flatten() for u in result["update"].values()])
-    assert received.float().mean() > 0.999  # almost every entry gets a gradient
+    received = torch.cat([r.flatten() for r in result["received"].values()])  # RMS gradient above AdamW's eps
+    moved = torch.cat([m.flatten() for m in result["moved"].values()])  # at some step: a later step may move it back
+    assert received.float().mean() > 0.99  # almost every entry gets a gradient
     assert bool(moved[received].all()), f"{int((~moved[received]).sum())} of {int(received.sum())} entries with a gradient did not move"
     assert all(m["grad_norm"] > 0 for m in result["metrics"])

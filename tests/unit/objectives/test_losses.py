@@ -123,6 +123,9 @@ def _split_paired(batch, parts):
 @pytest.mark.parametrize("lam", [None, 1.0])
 @pytest.mark.parametrize("name", FPA_OBJECTIVES)
 def test_gradient_accumulation_and_workers_do_not_change_the_gradient(name, lam):
+    """The pure objectives' half of the contract: given the same inputs, micro-batches sum to the full
+    batch. For KTO that includes one z0 for all of them; that production estimates it once per global
+    batch (not per micro-batch) is tested on the learner's own step in tests/unit/learner/test_distributed_step.py."""
     batch = random_batch(name, size=7, lam=lam)
     objective = get_objective(name)
     full = torch.autograd.grad(objective(batch).loss, leaves(batch))

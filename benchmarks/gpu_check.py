@@ -1,0 +1,231 @@
+"""GPU check: the objectives and the learner step of the GPU recipes on one GPU, without Ray or vLLM.
+
+    python3 -m pip install --no-index --no-deps --target /tmp/pydeps .gpu-wheels/*.whl
+    PYTHONPATH=/tmp/pydeps:. python3 benchmarks/gpu_check.py --out $OUT      # on the lent GPU machine
+    python benchmarks/gpu_check.py --device cpu --tiny                       # smoke test of this script
+
+On a Qwen2.5-1.5B-shaped random model in bf16 with the real 151,936-token vocabulary, through the
+learner's own code (fpa_ray.learner.backends + fpa_ray.learner.step.train_step, the functions each Ray
+Train worker runs):
+1. every objective, with and without exact FPA (chunk_size 16, as the recipes), on the DDP backend
+   (one process: fp32 master weights, bf16 autocast): finite loss, non-zero gradient, and at lr 5e-7
+   every weight entry that received a gradient moved after 5 steps;
+2. DeepSpeed ZeRO-2 and ZeRO-3 on one GPU with 4 accumulation steps (the recipes' 64 / (8 x 2)),
+   bf16 mode, FPA-RPO and FPA-KTO (KTO's z0 on the GPU): the same checks on DeepSpeed's fp32 masters;
+3. step time and peak memory of each, and the FPA / plain step-time ratio.
+It prints one line per check and a JSON summary (also written to --out), and exits non-zero on any
+failure. What it does not cover: Ray, vLLM, the verifier, several GPUs (those run on the CPU suite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fpa_ray.config import FPAConfig, LearnerConfig  # noqa: E402
+from fpa_ray.learner.backends import build_backend, load_reference, precision_for  # noqa: E402
+from fpa_ray.learner.data import Example  # noqa: E402
+from fpa_ray.learner.loop import example_kind, global_order, needs_reference_model  # noqa: E402
+from fpa_ray.learner.step import train_step  # noqa: E402
+from fpa_ray.objectives import get_objective  # noqa: E402
+from fpa_ray.tiny import QWEN2_VOCAB, qwen2_config  # noqa: E402
+
+OBJECTIVES = ["dpo", "rpo", "kto", "simper", "offline_rl"]
+LR = 5e-7
+GLOBAL_BATCH, MICRO = 8, 2  # one process: 4 accumulation steps
+
+
+def _model_config(tiny: bool):
+    if tiny:
+        return qwen2_config(vocab_size=512, hidden_size=64, num_layers=2, num_kv_heads=1)
+    # Qwen2.5-1.5B: hidden 1536, 28 layers, 12 heads of 128, 2 KV heads, MLP 8960, tied embeddings.
+    return qwen2_config(vocab_size=QWEN2_VOCAB, hidden_size=1536, num_layers=28, head_dim=128, num_kv_heads=2, intermediate_size=8960,
+                        max_position_embeddings=4096)
+
+
+def save_random_model(directory: Path, tiny: bool, device: torch.device, sharpen: float = 1.0) -> Path:
+    """A random model in bf16 (built on the device: a 1.5B init on the host takes minutes)."""
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    with device:
+        model = Qwen2ForCausalLM(_model_config(tiny)).to(torch.bfloat16)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(sharpen)  # the reference: sharper logits, so l - l_ref and z0 are not 0
+    model.save_pretrained(directory)
+    del model
+    return directory
+
+
+def examples(kind: str, vocab: int, prompt_len: int, response_len: int, count: int = GLOBAL_BATCH) -> list[Example]:
+    """Pairs sharing all but their last 16 tokens, or labelled rows (half correct)."""
+    generator = torch.Generator().manual_seed(1)
+    rows = []
+    for i in range(count):
+        prompt = tuple(torch.randint(1, vocab, (prompt_len,), generator=generator).tolist())
+        shared = torch.randint(1, vocab, (response_len - 16,), generator=generator).tolist()
+        chosen, rejected = (tuple(shared + torch.randint(1, vocab, (16,), generator=generator).tolist()) for _ in range(2))
+        rows.append(Example(prompt, (chosen, rejected)) if kind == "paired" else Example(prompt, (chosen,), label=i % 2 == 0))
+    return rows
+
+
+def init_process_group(device: torch.device) -> None:
+    """A one-process group (NCCL on GPUs, gloo on CPU): DeepSpeed needs one even on a single device."""
+    import torch.distributed as dist
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+
+
+class Check:
+    """Runs one case and records its figures; a failure is recorded and the script goes on."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.results = device, []
+
+    def run(self, name: str, case) -> dict | None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        try:
+            figures = case()
+            result = {"check": name, "ok": True, **figures}
+        except Exception as error:  # noqa: BLE001 - every failure is reported, then the script exits non-zero
+            result = {"check": name, "ok": False, "error": f"{type(error).__name__}: {error}", "trace": traceback.format_exc(limit=6)}
+        result["wall_s"] = round(time.perf_counter() - start, 2)
+        if self.device.type == "cuda":
+            result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        self.results.append(result)
+        shown = {k: v for k, v in result.items() if k not in ("check", "trace")}
+        print(f"[{'ok' if result['ok'] else 'FAIL'}] {name}: {json.dumps(shown)}", flush=True)
+        return result if result["ok"] else None
+
+
+def train(backend, reference, objective: str, fpa: FPAConfig, rows: list[Example], steps: int) -> dict:
+    """`steps` optimizer steps of train_step; figures: losses, gradient norms, seconds per step, movement."""
+    previous = backend.master_weights()
+    moved = {name: torch.zeros_like(w, dtype=torch.bool) for name, w in previous.items()}  # at some step: a later one may move it back
+    metrics, times = [], []
+    for step in range(steps):
+        _sync(backend.device)
+        start = time.perf_counter()
+        metrics.append(train_step(backend, get_objective(objective), {}, reference, rows, global_order(len(rows), step, GLOBAL_BATCH, 0),
+                                  example_kind(objective), 0, fpa, MICRO, 4096, precomputed=False))
+        _sync(backend.device)
+        times.append(time.perf_counter() - start)
+        current = backend.master_weights()
+        moved = {name: moved[name] | (current[name] != previous[name]) for name in moved}
+        previous = current
+    received = backend.received_gradient()  # RMS gradient above AdamW's eps
+    got = sum(int(r.sum()) for r in received.values())
+    stuck = sum(int((r & ~moved[k]).sum()) for k, r in received.items())
+    total = sum(r.numel() for r in received.values())
+    losses = [m["loss"] for m in metrics]
+    if not all(torch.isfinite(torch.tensor(losses))):
+        raise AssertionError(f"non-finite loss {losses}")
+    if not all(m["grad_norm"] > 0 for m in metrics):
+        raise AssertionError(f"zero gradient norm {[m['grad_norm'] for m in metrics]}")
+    if got < 0.9 * total or stuck:
+        raise AssertionError(f"{stuck} of {got} entries with a gradient did not move ({got} of {total} received one)")
+    return {"loss": losses[0], "grad_norm": metrics[0]["grad_norm"], "kl_reference": metrics[0].get("kl_reference"),
+            "s_per_step": round(sum(times[1:]) / max(1, len(times) - 1), 4), "moved": f"{got - stuck}/{got}"}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _release(*objects) -> None:
+    import gc
+
+    del objects
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--tiny", action="store_true", help="a small model and short rows (the CPU smoke test)")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--out", default=None, help="directory for gpu_check.json")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    else:
+        torch.cuda.set_device(device.index or 0)
+    vocab = 512 if args.tiny else QWEN2_VOCAB
+    prompt_len, response_len = (8, 24) if args.tiny else (128, 384)
+    rows = {kind: examples(kind, vocab, prompt_len, response_len) for kind in ("paired", "labelled")}
+    init_process_group(device)
+    check = Check(device)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        policy = str(save_random_model(Path(tmp) / "policy", args.tiny, device))
+        reference_path = str(save_random_model(Path(tmp) / "reference", args.tiny, device, sharpen=2.0))
+        environment = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "vocab": vocab,
+                       "tokens_per_row": prompt_len + response_len}
+        learner = LearnerConfig(num_workers=1, global_batch_size=GLOBAL_BATCH, micro_batch_size=MICRO, lr=LR, precision="bf16", warmup_steps=0,
+                                lr_schedule="constant", max_length=4096)
+        reference = load_reference(reference_path, precision_for(learner, device), device)
+        step_times = {}
+
+        def fresh(config, objective, fpa):
+            """A new backend per case, so 'received a gradient' and 'moved' describe this case alone."""
+            backend = build_backend(config, policy, None, args.steps, device)
+            environment.setdefault("parameters", sum(p.numel() for p in backend.unwrapped.parameters()))  # ZeRO-3 partitions hide them
+            uses = reference if needs_reference_model(objective, fpa, False) else None
+            try:
+                return train(backend, uses, objective, fpa, rows[example_kind(objective)], args.steps)
+            finally:
+                if hasattr(backend.model, "destroy"):
+                    backend.model.destroy()
+                _release(backend)
+
+        for objective in OBJECTIVES:
+            for fpa in (FPAConfig(enabled=False), FPAConfig(enabled=True, lam=1.0, mode="exact", chunk_size=16)):
+                label = f"ddp-bf16 (one process) {objective}{' + FPA exact' if fpa.enabled else ''}"
+                result = check.run(label, lambda o=objective, f=fpa: fresh(learner, o, f))
+                if result:
+                    step_times[objective, fpa.enabled] = result["s_per_step"]
+        ratios = {o: round(step_times[o, True] / step_times[o, False], 3) for o in OBJECTIVES if (o, True) in step_times and (o, False) in step_times}
+        print(f"FPA / plain step time (DDP bf16, chunk 16): {json.dumps(ratios)}", flush=True)
+
+        for stage in (2, 3):
+            zero = learner.model_copy(update={"strategy": "deepspeed", "zero_stage": stage})
+            for objective in ("rpo", "kto"):
+                fpa = FPAConfig(enabled=True, lam=1.0, mode="exact", chunk_size=16)
+                check.run(f"zero{stage}-bf16 accumulation {zero.accumulation_steps} {objective} + FPA exact",
+                          lambda z=zero, o=objective, f=fpa: fresh(z, o, f))
+    failed = [r["check"] for r in check.results if not r["ok"]]
+    summary = {"environment": environment, "results": check.results, "fpa_over_plain": ratios, "failed": failed,
+               "wall_s": round(time.perf_counter() - started, 1)}
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "gpu_check.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if k != "results"}), flush=True)
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""benchmarks/gpu_check.py, the script a lent GPU machine runs, smoke-tested on CPU with a tiny model."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
+
+
+def test_gpu_check_runs_every_case_and_reports_figures_on_cpu(tmp_path):
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--steps", "2", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, env=env)
+    summary = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert run.returncode == 0, [r for r in summary["results"] if not r["ok"]] or run.stderr[-3000:]
+    checks = [r["check"] for r in summary["results"]]
+    assert len(checks) == 14 and summary["failed"] == []
+    assert sum("zero3" in c for c in checks) == 2 and sum("kto" in c for c in checks) == 4
+    for result in summary["results"]:
+        moved, received = map(int, result["moved"].split("/"))
+        assert moved == received > 0 and result["grad_norm"] > 0 and result["s_per_step"] > 0
+    assert set(summary["fpa_over_plain"]) == {"dpo", "rpo", "kto", "simper", "offline_rl"}
