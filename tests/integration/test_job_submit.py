@@ -14,12 +14,16 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import psutil
 import pytest
 
 from fpa_ray.cluster import LOCAL_RAY_ENV
+from fpa_ray.config import load_config
+from fpa_ray.evaluation import score
 from fpa_ray.main import main
 from fpa_ray.metrics import SPECS
+from fpa_ray.pipelines.offline import OfflinePipeline, StageInputsChanged
 from tests.integration.small_run import GRPO_SMALL, SMALL
 
 pytestmark = pytest.mark.slow
@@ -80,8 +84,12 @@ def offline_job(head, tmp_path_factory):
     dashboard, _, env = head
     runs = tmp_path_factory.mktemp("jobs")
     started = time.time()
-    submit = _submit(env, dashboard, "run", "name=submitted", f"output_dir={runs}", *SMALL)
+    submit = _submit(env, dashboard, "run", *_offline_overrides(runs))
     return submit, runs / "submitted", started
+
+
+def _offline_overrides(runs) -> list[str]:
+    return ["name=submitted", f"output_dir={runs}", *SMALL, "learner.snapshot_every=2"]
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +121,58 @@ def test_ray_job_submit_runs_the_main_job(offline_job):
         assert progress in output, progress  # the job's logs stream back with its progress
     report = run / "report.md"
     assert report.exists() and report.stat().st_mtime > started
+
+
+def test_the_submitted_run_is_complete_consistent_and_reused(offline_job, ray_cluster, cache):
+    """The main job's run directory, end to end: report, accuracy curve, manifests, ledger, then a rerun that reuses every stage."""
+    submit, run, _ = offline_job
+    assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
+    logs: list[str] = []
+    config = load_config("tiny-cpu", _offline_overrides(run.parent))
+    report = run / "report.md"
+    text = report.read_text()
+    assert "| start |" in text and "| round 1 step 2 |" in text and "| after round 1 |" in text and "CPU-hours" in text
+
+    # The accuracy curve: the start costs nothing, the snapshot part of the training, the end all of it.
+    points = json.loads((run / "curve.json").read_text())["points"]
+    assert [p["point"] for p in points] == ["start", "round 1 step 2", "after round 1"]
+    ledger = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
+    training = sum(e["cpu_seconds"] for e in ledger if e["stage"] in ("generate", "verify", "build", "train")) / 3600
+    assert points[0]["cpu_hours"] == 0 < points[1]["cpu_hours"] < points[2]["cpu_hours"] == pytest.approx(training)
+
+    samples = json.loads((run / "round_1" / "samples" / "manifest.json").read_text())
+    verified = json.loads((run / "round_1" / "verified" / "manifest.json").read_text())
+    dataset = json.loads((run / "round_1" / "dataset" / "manifest.json").read_text())
+    assert samples["rows"] == 64 * 8 and samples["complete"]
+    assert verified["checks"] == 512 == sum(verified["by_status"].values())
+    counts = dataset["counts"]
+    assert counts["prompts"] == 64 == counts.get("prompts_all_correct", 0) + counts.get("prompts_all_incorrect", 0) + counts["prompts_mixed"]
+    assert dataset["rows"] == counts["pairs"] <= min(4 * counts["prompts_mixed"], counts["pairs_possible"])
+    frame = pd.read_parquet(run / "round_1" / "dataset" / "data.parquet")
+    assert len(frame) == dataset["rows"] and {"prompt", "chosen", "rejected", "chosen_token_ids"} <= set(frame.columns)
+    assert dataset["policy"] and dataset["sampling"]["n"] == 8 and dataset["graders"][0].startswith("math_verify==")
+
+    for round_index in (0, 1):  # accuracy numbers come from the verifier's own rows
+        manifest = json.loads((run / f"eval_{round_index}" / "manifest.json").read_text())
+        recomputed = score(pd.read_parquet(run / f"eval_{round_index}" / "verified" / "data"))
+        assert manifest["score"]["pass_at_1"] == pytest.approx(recomputed["pass_at_1"]) and recomputed["problems"] == 16
+        assert f"{recomputed['pass_at_1']:.1%}" in text
+
+    assert {e["stage"] for e in ledger} >= {"warmstart", "generate", "verify", "build", "train", "eval_generate", "eval_verify"}
+    for entry in ledger:
+        assert entry["wall_s"] > 0 and entry["cpu_seconds"] == pytest.approx(entry["cpus"] * entry["wall_s"]) and entry["completed"]
+    assert (run / "config.yaml").read_text() == config.to_yaml()
+
+    # The same run again: every stage is reused, nothing is recomputed.
+    logs.clear()
+    OfflinePipeline(config, log=logs.append).run()
+    reused = {line.split("]")[0].strip("[") for line in logs if "done earlier: reusing it" in line}
+    assert reused == {"eval_0", "round_1/samples", "round_1/verified", "round_1/dataset", "round_1/train", "eval_1_step_2", "eval_1"}
+    assert not any(line.startswith("[train] ") and "steps" in line for line in logs)
+
+    changed = load_config("tiny-cpu", [*_offline_overrides(run.parent), "fpa.lam=1"])  # the default is 2
+    with pytest.raises(StageInputsChanged, match="was made with another config"):
+        OfflinePipeline(changed, log=logs.append).run()
 
 
 def test_the_dashboard_shows_the_grpo_job_its_named_actors_and_metrics(grpo_job):
