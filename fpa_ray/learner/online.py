@@ -26,7 +26,7 @@ from fpa_ray.config import GRPOConfig, LearnerConfig, ObjectiveConfig
 from fpa_ray.learner.backends import STATE_DIR, build_backend, load_reference
 from fpa_ray.learner.data import Example, collate
 from fpa_ray.learner.forward import shifted_targets
-from fpa_ray.learner.loop import MetricsWriter, global_order, restored_checkpoint, save_checkpoint, save_hf
+from fpa_ray.learner.loop import MetricsWriter, global_order, report, restored_checkpoint, save_hf
 from fpa_ray.learner.step import StepMetrics
 from fpa_ray.objectives import TokenBatch, get_objective, token_logprobs
 
@@ -186,14 +186,7 @@ def grpo_loop(config: dict) -> None:
             if rank == 0:
                 _publish(output_dir, Path(tmp), step + 1 if snapshot else None)
                 ray.get(controller.refresh.remote(str(output_dir / WEIGHTS_DIR), step + 1))
-        save = (step + 1) % learner.checkpoint_every == 0 or step + 1 == grpo.steps
-        if save:
-            with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(Path(tmp), backend, (step + 1) * minibatches, setup)
-                has_files = any(Path(tmp).iterdir())
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if has_files else None)
-        else:
-            ray.train.report(metrics)
+        report(backend, metrics, (step + 1) * minibatches, (step + 1) % learner.checkpoint_every == 0 or step + 1 == grpo.steps, setup)
     if writer is not None:
         writer.close()
 
