@@ -160,30 +160,43 @@ def warm_start(
         if (final / "warmstart.json").is_file():
             result = WarmStartResult.model_validate_json((final / "warmstart.json").read_text())
             return result.model_copy(update={"path": final, "cached": True})
-        start = time.perf_counter()
-        work = root / f"{key}.partial"
-        shutil.rmtree(work, ignore_errors=True)
-        log(f"Building the tiny policy ({key}) and warm-starting it with SFT: {sft.steps} steps of {sft.batch_size}")
-        transformers.utils.logging.disable_progress_bar()
-        train = generate(task, "train", sft.train_problems, seed=seed)
-        build_tiny_policy(work, model, (f"{p.prompt}\n{p.solution}" for p in train[: sft.tokenizer_problems]), seed=seed)
-        final_loss = train_sft(work, train, sft, seed, log)
-        test = generate(task, "test", sft.eval_problems, seed=seed)
-        log(f"  evaluating on {len(test)} held-out problems ({sft.eval_samples} samples at T={sft.eval_temperature}, and greedy)")
-        pass_at_1 = synthetic_accuracy(work, test, sft.eval_samples, sft.eval_temperature, sft.max_new_tokens, seed)
-        greedy = synthetic_accuracy(work, test, 1, 0.0, sft.max_new_tokens, seed)
-        result = WarmStartResult(
-            path=final,
-            cached=False,
-            seconds=time.perf_counter() - start,
-            final_loss=final_loss,
-            pass_at_1=pass_at_1,
-            greedy_accuracy=greedy,
-        )
-        (work / "warmstart.json").write_text(result.model_dump_json(indent=2))
-        (work / "warmstart_settings.json").write_text(
-            json.dumps({"model": model.model_dump(), "sft": sft.model_dump(), "task": task.model_dump(), "seed": seed}, indent=2)
-        )
-        work.rename(final)
-        log(f"  warm start done in {result.seconds:.0f}s: pass@1 {pass_at_1:.1%} at T={sft.eval_temperature}, greedy {greedy:.1%}")
-        return result
+        # The warm start holds, and is charged for, the whole machine; a `ray job submit` driver would
+        # otherwise train on one thread (Ray's job supervisor passes it OMP_NUM_THREADS=1).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count() or threads)
+        try:
+            return _train_and_save(root, key, final, model, sft, task, seed, log)
+        finally:
+            torch.set_num_threads(threads)
+
+
+def _train_and_save(root: Path, key: str, final: Path, model: TinyModelConfig, sft: SFTConfig, task: SyntheticTaskConfig, seed: int,
+                    log) -> WarmStartResult:
+    """Build, SFT and evaluate the tiny policy in `<key>.partial`, then move it to `final`."""
+    start = time.perf_counter()
+    work = root / f"{key}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    log(f"Building the tiny policy ({key}) and warm-starting it with SFT: {sft.steps} steps of {sft.batch_size}")
+    transformers.utils.logging.disable_progress_bar()
+    train = generate(task, "train", sft.train_problems, seed=seed)
+    build_tiny_policy(work, model, (f"{p.prompt}\n{p.solution}" for p in train[: sft.tokenizer_problems]), seed=seed)
+    final_loss = train_sft(work, train, sft, seed, log)
+    test = generate(task, "test", sft.eval_problems, seed=seed)
+    log(f"  evaluating on {len(test)} held-out problems ({sft.eval_samples} samples at T={sft.eval_temperature}, and greedy)")
+    pass_at_1 = synthetic_accuracy(work, test, sft.eval_samples, sft.eval_temperature, sft.max_new_tokens, seed)
+    greedy = synthetic_accuracy(work, test, 1, 0.0, sft.max_new_tokens, seed)
+    result = WarmStartResult(
+        path=final,
+        cached=False,
+        seconds=time.perf_counter() - start,
+        final_loss=final_loss,
+        pass_at_1=pass_at_1,
+        greedy_accuracy=greedy,
+    )
+    (work / "warmstart.json").write_text(result.model_dump_json(indent=2))
+    (work / "warmstart_settings.json").write_text(
+        json.dumps({"model": model.model_dump(), "sft": sft.model_dump(), "task": task.model_dump(), "seed": seed}, indent=2)
+    )
+    work.rename(final)
+    log(f"  warm start done in {result.seconds:.0f}s: pass@1 {pass_at_1:.1%} at T={sft.eval_temperature}, greedy {greedy:.1%}")
+    return result

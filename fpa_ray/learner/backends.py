@@ -132,6 +132,11 @@ class DeepSpeedBackend:
         self.learner, self.device = learner, device
         self.precision = precision_for(learner, device)
         self.rank, self.world = _world()
+        if device.type == "cpu":
+            # DeepSpeed's CPU communication backend JIT-compiles a shared-memory all-reduce at its first
+            # init (63 s on this 2-core machine, per extensions directory) that only inference tensor
+            # parallelism calls (inference_all_reduce); ZeRO's collectives go through torch.distributed.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=self.precision.param_dtype).to(device)
         optimizer, scheduler = build_optimizer(policy, learner, total_steps)
         # DeepSpeed steps the schedule at its accumulation boundaries, once per optimizer step.

@@ -45,6 +45,8 @@ class TrainStage:
         self.learner, self.objective, self.fpa, self.seed = learner, objective, fpa, seed
 
     def run(self, dataset, policy: Path, reference: Path, output_dir: Path, name: str = "train", run: str | None = None) -> TrainResult:
+        # Every worker reads all rows (loop.py picks its slice): read them once into the object store.
+        dataset = dataset.materialize()
         rows = dataset.count()
         if rows < self.learner.global_batch_size:  # fail here, not once per worker restart
             raise ValueError(f"the dataset has {rows} rows, fewer than learner.global_batch_size={self.learner.global_batch_size}")

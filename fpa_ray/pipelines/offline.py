@@ -194,8 +194,7 @@ class OfflinePipeline:
         return stage_dir
 
     def train(self, round_index: int, dataset_dir: Path, policy: Path) -> Path:
-        import ray
-
+        from fpa_ray.datasets import read_parquet
         from fpa_ray.learner.trainer import TrainStage
 
         config = self.config
@@ -210,7 +209,7 @@ class OfflinePipeline:
         self.log(f"[train] {config.objective.name}{' + FPA' if config.fpa.enabled else ''} on {dataset_dir / 'data.parquet'}")
         with self.ledger.stage("train", round_index, cpus=learner.num_workers * learner.cpus_per_worker, gpus=learner.num_workers * learner.gpus_per_worker):
             result = TrainStage(learner, config.objective, config.fpa, config.seed).run(
-                ray.data.read_parquet(str(dataset_dir / "data.parquet")), policy, policy, stage_dir, name=f"{config.name}-round{round_index}",
+                read_parquet(dataset_dir / "data.parquet"), policy, policy, stage_dir, name=f"{config.name}-round{round_index}",
                 run=config.name,
             )
         last = result.metrics[-1]

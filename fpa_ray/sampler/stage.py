@@ -216,10 +216,10 @@ def _write_json(path: Path, payload: dict) -> None:
 
 def read_samples(output_dir: Path):
     """The samples of a finished generate stage as a Ray Dataset (shard order)."""
-    import ray
+    from fpa_ray.datasets import read_parquet
 
     manifest = json.loads((output_dir / "manifest.json").read_text())
     if not manifest.get("complete"):
         raise SamplerError(f"{output_dir} is incomplete: rerun the generate stage to finish it")
-    return ray.data.read_parquet([str(shard_path(output_dir, int(s))) for s in sorted(manifest["shards"], key=int)])
+    return read_parquet([shard_path(output_dir, int(s)) for s in sorted(manifest["shards"], key=int)])
 

@@ -54,6 +54,10 @@ def _check(grader: str, gold: str, predicted: str, timeout_s: float) -> tuple[st
     return status, detail, time.perf_counter() - started
 
 
+def _ready() -> None:
+    """A no-op task: scheduling it starts the pool's workers."""
+
+
 def _start_worker(memory_limit_mb: int | None) -> None:
     for grader in GRADERS:  # import and warm up here, not inside the first timed check
         _check(grader, "1", "1", 5.0)
@@ -82,6 +86,9 @@ class GradingPool:
             initializer=_start_worker,
             initargs=(memory_limit_mb,),
         )
+        # pebble starts its workers at the first schedule: start them now, so that an actor's pools
+        # (grader and cross grader) spawn and import side by side instead of one after the other.
+        self._pool.schedule(_ready)
 
     def grade(self, pairs: Sequence[tuple[str | bytes, str | bytes]]) -> list[Verdict]:
         """One verdict per (gold, response) pair, in order; never raises for a bad response."""

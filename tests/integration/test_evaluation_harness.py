@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
@@ -65,13 +66,40 @@ def _lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_benchmarks_scored_cross_graded_and_reused(ray_cluster, benchmark_policy, benchmark_files, tmp_path):
-    config = load_config("tiny-cpu", _overrides(tmp_path, benchmark_files))
+@pytest.fixture(scope="module")
+def evaluated(ray_cluster, benchmark_policy, benchmark_files, tmp_path_factory):
+    """`evaluate --benchmarks` as a user runs it: SIGKILLed once math500 is scored, then run again to the end."""
+    tmp_path = tmp_path_factory.mktemp("evaluate")
+    overrides = _overrides(tmp_path, benchmark_files)
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "fpa_ray.main", "evaluate", "--checkpoint", str(benchmark_policy), "--benchmarks", "math500,gsm8k_local",
+               *overrides]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    root = tmp_path / "runs" / "evaluations"
+    deadline = time.time() + 600
+    while time.time() < deadline and first.poll() is None and not list(root.glob("*/math500/*/score.json")):
+        time.sleep(0.2)
+    assert first.poll() is None, first.stdout.read()[-3000:]
+    os.kill(first.pid, signal.SIGKILL)  # math500 finished; gsm8k_local not yet
+    first.wait()
+    finished = {p: p.stat().st_mtime_ns for p in root.glob("*/math500/*/**/*") if p.is_file()}
+    unfinished = list(root.glob("*/gsm8k_local/*/score.json")) + list(root.glob("*/summary.json"))
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    return SimpleNamespace(tmp_path=tmp_path, overrides=overrides, env=env, command=command, root=root, finished=finished,
+                           unfinished=unfinished, second=second)
+
+
+def test_benchmarks_scored_cross_graded_and_reused(evaluated, benchmark_policy, benchmark_files):
+    # The same evaluation once more, in this process: both benchmarks reused, nothing recomputed.
+    config = load_config("tiny-cpu", evaluated.overrides)
+    written = {p: p.stat().st_mtime_ns for p in evaluated.root.rglob("score.json")}
     logs = []
-    summary_path = BenchmarkEvaluation(config, log=logs.append).run(benchmark_policy, ["math500", "gsm8k_local"])
+    summary_path = BenchmarkEvaluation(config, log=logs.append).run(benchmark_policy, ["gsm8k_local", "math500"])
+    assert sum("reusing" in line for line in logs) == 2 and len(written) == 2
+    assert {p: p.stat().st_mtime_ns for p in evaluated.root.rglob("score.json")} == written
     summary = json.loads(summary_path.read_text())
     assert set(summary["benchmarks"]) == {"math500", "gsm8k_local"}  # summary.json keys are sorted
-
     scores = {}
     for label, problems in (("math500", 12), ("gsm8k_local", 12)):
         row = summary["benchmarks"][label]
@@ -116,39 +144,18 @@ def test_benchmarks_scored_cross_graded_and_reused(ray_cluster, benchmark_policy
     assert overall["pass_at_1"] == pytest.approx((math500["pass_at_1"] + gsm8k["pass_at_1"]) / 2) and overall["problems"] == 24
     assert "| math500 | 12 |" in summary_path.with_suffix(".md").read_text()
     entries = [json.loads(line) for line in (summary_path.parent / "ledger.jsonl").read_text().splitlines()]
+    # Each benchmark generated and verified once over the two processes: the killed one's work was kept.
     assert Counter(e["stage"] for e in entries) == {"eval_generate": 2, "eval_verify": 2}
 
-    # The same evaluation again: reused, nothing recomputed; another k is a new key.
-    written = {p: p.stat().st_mtime_ns for p in summary_path.parent.rglob("score.json")}
-    logs.clear()
-    BenchmarkEvaluation(config, log=logs.append).run(benchmark_policy, ["gsm8k_local", "math500"])
-    assert sum("reusing" in line for line in logs) == 2
-    assert {p: p.stat().st_mtime_ns for p in summary_path.parent.rglob("score.json")} == written
-    assert len((summary_path.parent / "ledger.jsonl").read_text().splitlines()) == 4
-    other = BenchmarkEvaluation(load_config("tiny-cpu", _overrides(tmp_path, benchmark_files, k=2)), log=logs.append)
+    other = BenchmarkEvaluation(load_config("tiny-cpu", _overrides(evaluated.tmp_path, benchmark_files, k=2)), log=logs.append)
     assert other.result_dir(summary_path.parent, config.data.eval[0]) != BenchmarkEvaluation(config).result_dir(summary_path.parent, config.data.eval[0])
 
 
-def test_an_interrupted_evaluation_resumes_and_compares_with_a_baseline(ray_cluster, benchmark_policy, benchmark_files, tmp_path):
-    overrides = _overrides(tmp_path, benchmark_files, k=2)
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "fpa_ray.main", "evaluate", "--checkpoint", str(benchmark_policy), "--benchmarks", "math500,gsm8k_local",
-               *overrides]
-    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    root = tmp_path / "runs" / "evaluations"
-    deadline = time.time() + 600
-    while time.time() < deadline and first.poll() is None and not list(root.glob("*/math500/*/score.json")):
-        time.sleep(0.2)
-    assert first.poll() is None, first.stdout.read()[-3000:]
-    os.kill(first.pid, signal.SIGKILL)  # math500 finished; gsm8k_local not yet
-    first.wait()
-    finished = {p: p.stat().st_mtime_ns for p in root.glob("*/math500/*/**/*") if p.is_file()}
-    assert not list(root.glob("*/gsm8k_local/*/score.json")) and not list(root.glob("*/summary.json"))
-
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "[evaluate] math500: reusing" in second.stdout and "[evaluate] gsm8k_local: 12 problems x 2 samples" in second.stdout
-    assert {p: p.stat().st_mtime_ns for p in finished} == finished
+def test_an_interrupted_evaluation_resumes_and_compares_with_a_baseline(evaluated):
+    second, root, command, env, tmp_path = evaluated.second, evaluated.root, evaluated.command, evaluated.env, evaluated.tmp_path
+    assert not evaluated.unfinished  # the kill landed between the two benchmarks
+    assert "[evaluate] math500: reusing" in second.stdout and f"[evaluate] gsm8k_local: 12 problems x {K} samples" in second.stdout
+    assert {p: p.stat().st_mtime_ns for p in evaluated.finished} == evaluated.finished
     summary_path = next(root.glob("*/summary.json"))
     summary = json.loads(summary_path.read_text())
     assert summary["benchmarks"]["gsm8k_local"]["problems"] == 12
@@ -162,6 +169,7 @@ def test_an_interrupted_evaluation_resumes_and_compares_with_a_baseline(ray_clus
         "math500": (12, 0, 0), "gsm8k_local": (12, 0, 0)}
     assert "Total Gain" in (tmp_path / "vs" / "summary.md").read_text()
 
+    overrides = evaluated.overrides
     bad = subprocess.run([*command[:-len(overrides) - 2], "--benchmarks", "math500,nope", *overrides], env=env, capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "benchmark 'nope'" in bad.stderr

@@ -1,6 +1,7 @@
 """`ray job submit` to a locally started head (`ray start --head`, dashboard on 127.0.0.1): the
-offline main job, and the GRPO job read back through the dashboard's HTTP API and the node's
-Prometheus metrics endpoint; the GRPO run's own records, and `compare` of the two runs."""
+offline main job, its driver killed mid-round and the same job submitted again, which resumes; the
+GRPO job read back through the dashboard's HTTP API and the node's Prometheus metrics endpoint; the
+GRPO run's own records, and `compare` of the two runs."""
 
 import json
 import os
@@ -80,12 +81,29 @@ def _submit(env, dashboard, *command, wait=True):
 
 @pytest.fixture(scope="module")
 def offline_job(head, tmp_path_factory):
-    """The offline main job, submitted and waited for: (its streamed output, its run directory, submit time)."""
+    """The offline main job, its driver SIGKILLed once round 1's samples are written, then submitted
+    again and waited for: the first attempt's logs and shard files, and the second's streamed output."""
     dashboard, _, env = head
     runs = tmp_path_factory.mktemp("jobs")
+    run = runs / "submitted"
     started = time.time()
+    first = _submit(env, dashboard, "run", *_offline_overrides(runs), wait=False)
+    job_id = re.search(r"(raysubmit_\w+)", first.stdout + first.stderr).group(1)
+    samples = run / "round_1" / "samples" / "manifest.json"
+    deadline = time.time() + 900
+    while time.time() < deadline and not (samples.exists() and json.loads(samples.read_text()).get("complete")):
+        assert _get(f"{dashboard}/api/jobs/{job_id}")["status"] in ("PENDING", "RUNNING"), _get(f"{dashboard}/api/jobs/{job_id}/logs")["logs"][-3000:]
+        time.sleep(0.2)
+    drivers = [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[1:3] == ["-m", "fpa_ray.main"]
+               and f"output_dir={runs}" in p.info["cmdline"]]
+    assert len(drivers) == 1, drivers
+    drivers[0].kill()  # mid-round: generation done, verification under way or next
+    while _get(f"{dashboard}/api/jobs/{job_id}")["status"] not in ("FAILED", "STOPPED", "SUCCEEDED"):
+        time.sleep(0.5)
+    killed = {"status": _get(f"{dashboard}/api/jobs/{job_id}")["status"], "logs": _get(f"{dashboard}/api/jobs/{job_id}/logs")["logs"],
+              "shards": {p: p.stat().st_mtime_ns for p in (run / "round_1" / "samples").glob("shard-*.parquet")}}
     submit = _submit(env, dashboard, "run", *_offline_overrides(runs))
-    return submit, runs / "submitted", started
+    return submit, run, started, killed
 
 
 def _offline_overrides(runs) -> list[str]:
@@ -112,20 +130,24 @@ def grpo_job(head, tmp_path_factory):
     return {"status": status, "logs": logs, "metrics": seen, "actors": actors, "run": runs / "grpo-job"}
 
 
-def test_ray_job_submit_runs_the_main_job(offline_job):
-    submit, run, started = offline_job
+def test_a_killed_job_resubmitted_resumes_without_redoing_finished_stages(offline_job):
+    submit, run, started, killed = offline_job
+    assert killed["status"] == "FAILED", killed["logs"][-3000:]
     output = submit.stdout + submit.stderr
     assert submit.returncode == 0, output[-4000:]
     assert "succeeded" in output
     for progress in ("[warmstart]", "[generate]", "[verify]", "[build]", "[train]", "[evaluate]"):
-        assert progress in output, progress  # the job's logs stream back with its progress
+        assert progress in killed["logs"] + output, progress  # the jobs' logs stream back with their progress
+    assert "[round_1/samples] done earlier: reusing it" in output and "[eval_0] done earlier: reusing it" in output
+    assert "[generate]" not in output
+    assert len(killed["shards"]) == 4 and all(p.stat().st_mtime_ns == m for p, m in killed["shards"].items())
     report = run / "report.md"
-    assert report.exists() and report.stat().st_mtime > started
+    assert report.exists() and report.stat().st_mtime > started and "after round 1" in report.read_text()
 
 
 def test_the_submitted_run_is_complete_consistent_and_reused(offline_job, ray_cluster, cache):
     """The main job's run directory, end to end: report, accuracy curve, manifests, ledger, then a rerun that reuses every stage."""
-    submit, run, _ = offline_job
+    submit, run, _, _ = offline_job
     assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
     logs: list[str] = []
     config = load_config("tiny-cpu", _offline_overrides(run.parent))

@@ -56,27 +56,12 @@ def rows(tiny_policy):
     return good + bad
 
 
-@pytest.mark.parametrize("fpa", [False, True], ids=["dpo", "fpa-dpo"])
-def test_dpo_and_fpa_dpo_reduce_their_loss(ray_cluster, rows, tiny_policy, tmp_path, fpa):
-    result = _train(ray_cluster, rows, tiny_policy, tmp_path / "run", fpa=fpa, epochs=3)
-    losses = [m["loss"] for m in result.metrics]
-    assert [m["step"] for m in result.metrics] == list(range(1, 10))  # 25 kept rows // 8 = 3 steps x 3 epochs
-    assert losses[-1] < losses[0] - 0.02
-    first = result.metrics[0]
-    assert first["rows_identical_pair"] == 1 and first["rows_empty_response"] == 1 and first["rows_truncated"] == 1
-    for key in ("C_w", "C_l", "logp_chosen", "logp_rejected", "reward_margin", "grad_norm", "lr", "tokens_per_s"):
-        assert key in first
-    assert ("C_l_current" in first) == fpa
-    assert (tmp_path / "run" / "metrics.jsonl").is_file() and any((tmp_path / "run" / "tensorboard").iterdir())
-    assert (result.checkpoint / "model.safetensors").is_file() and (result.checkpoint / "tokenizer.json").is_file()
-
-
 STRATEGIES = {"ddp": {}, "zero2": {"strategy": "deepspeed", "zero_stage": 2}, "zero3": {"strategy": "deepspeed", "zero_stage": 3}}
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(ray_cluster, rows, tiny_policy, tmp_path_factory):
-    """Each strategy's run of 3 epochs with 2 accumulation steps, start to end (computed once, on first use)."""
+    """Each strategy's FPA-DPO run of 3 epochs with 2 accumulation steps, start to end (computed once, on first use)."""
     runs = {}
 
     def run(strategy):
@@ -86,6 +71,23 @@ def uninterrupted(ray_cluster, rows, tiny_policy, tmp_path_factory):
         return runs[strategy]
 
     return run
+
+
+@pytest.mark.parametrize("fpa", [False, True], ids=["dpo", "fpa-dpo"])
+def test_dpo_and_fpa_dpo_reduce_their_loss(ray_cluster, rows, tiny_policy, tmp_path, uninterrupted, fpa):
+    # FPA-DPO: the DDP run the strategy and resume tests compare against (2 accumulation steps).
+    result = uninterrupted("ddp") if fpa else _train(ray_cluster, rows, tiny_policy, tmp_path / "run", epochs=3)
+    run = result.checkpoint.parent
+    losses = [m["loss"] for m in result.metrics]
+    assert [m["step"] for m in result.metrics] == list(range(1, 10))  # 25 kept rows // 8 = 3 steps x 3 epochs
+    assert losses[-1] < losses[0] - 0.02
+    first = result.metrics[0]
+    assert first["rows_identical_pair"] == 1 and first["rows_empty_response"] == 1 and first["rows_truncated"] == 1
+    for key in ("C_w", "C_l", "logp_chosen", "logp_rejected", "reward_margin", "grad_norm", "lr", "tokens_per_s"):
+        assert key in first
+    assert ("C_l_current" in first) == fpa
+    assert (run / "metrics.jsonl").is_file() and any((run / "tensorboard").iterdir())
+    assert (result.checkpoint / "model.safetensors").is_file() and (result.checkpoint / "tokenizer.json").is_file()
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -172,8 +174,8 @@ def test_labelled_objectives_train_correct_samples_up_and_incorrect_ones_down(ra
     assert mean_logp(result.checkpoint, False) < mean_logp(tiny_policy, False)
 
 
-def test_a_trained_checkpoint_loads_in_vllm_and_transformers(ray_cluster, rows, tiny_policy, tmp_path):
-    result = _train(ray_cluster, rows, tiny_policy, tmp_path / "run", max_steps=2)
+def test_a_trained_checkpoint_loads_in_vllm_and_transformers(uninterrupted):
+    result = uninterrupted("ddp")
     script = Path(__file__).with_name("vllm_load_check.py")
     check = subprocess.run([sys.executable, str(script), str(result.checkpoint)], capture_output=True, text=True, timeout=600,
                            env={**os.environ, **VLLM_ENV})

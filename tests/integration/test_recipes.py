@@ -12,8 +12,8 @@ file of one objective differ only in the model and token budgets, both replaced)
 directory, and runs whose generation inputs are identical (policy, prompts, sampler, verifier,
 evaluation, seed) start from copies of the first one's finished eval_0 and round_1 samples and
 verdicts, which the pipeline checks against its own inputs before reusing.
-The two tiny recipes run in full elsewhere: tiny-cpu in test_offline_pipeline and test_job_submit
-(`ray job submit`), tiny-cpu-grpo in test_job_submit.
+The two tiny recipes run in full elsewhere, as `ray job submit` jobs: tiny-cpu and tiny-cpu-grpo in
+test_job_submit.
 """
 
 import hashlib
@@ -29,7 +29,7 @@ from tests.integration.small_run import GRPO_SMALL, SMALL
 
 pytestmark = pytest.mark.slow
 
-TINY_RECIPES = {"tiny-cpu": "test_offline_pipeline.py, test_job_submit.py", "tiny-cpu-grpo": "test_job_submit.py"}
+TINY_RECIPES = {"tiny-cpu": "test_job_submit.py", "tiny-cpu-grpo": "test_job_submit.py"}
 GPU_RECIPES = sorted(path.stem for path in CONFIG_DIR.glob("*.yaml") if path.stem not in TINY_RECIPES)
 WORKERS = 2
 # The tiny policy on the easier task, warm-started as the GRPO job of test_job_submit (one cached warm

@@ -2,7 +2,9 @@
 
 import json
 import math
+import os
 
+import torch
 from transformers import AutoModelForCausalLM
 
 from fpa_ray.data.synthetic import SyntheticTaskConfig
@@ -17,7 +19,19 @@ SFT = SFTConfig(
 
 def test_warm_start_trains_once_then_reuses_the_cache(tmp_path):
     logs: list[str] = []
-    first = warm_start(TinyModelConfig(), SFT, SyntheticTaskConfig(), seed=0, cache_dir=tmp_path, log=logs.append)
+    threads: set[int] = set()
+
+    def log(line):  # called from inside the SFT loop
+        logs.append(line)
+        threads.add(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a `ray job submit` driver starts (OMP_NUM_THREADS=1 from Ray's job supervisor)
+    try:
+        first = warm_start(TinyModelConfig(), SFT, SyntheticTaskConfig(), seed=0, cache_dir=tmp_path, log=log)
+        assert threads == {os.cpu_count()} and torch.get_num_threads() == 1  # the machine it is charged for, then restored
+    finally:
+        torch.set_num_threads(before)
     assert not first.cached and first.path.is_dir() and first.path.parent == tmp_path / "tiny-policy"
     assert first.final_loss < math.log(TinyModelConfig().tokenizer_vocab) - 1  # learned beyond uniform guessing
     assert 0.0 <= first.pass_at_1 <= 1.0 and 0.0 <= first.greedy_accuracy <= 1.0
