@@ -98,7 +98,8 @@ def offline_job(head, tmp_path_factory):
                and f"output_dir={runs}" in p.info["cmdline"]]
     assert len(drivers) == 1, drivers
     drivers[0].kill()  # mid-round: generation done, verification under way or next
-    while _get(f"{dashboard}/api/jobs/{job_id}")["status"] not in ("FAILED", "STOPPED", "SUCCEEDED"):
+    deadline = time.time() + 120
+    while time.time() < deadline and _get(f"{dashboard}/api/jobs/{job_id}")["status"] in ("PENDING", "RUNNING"):
         time.sleep(0.5)
     killed = {"status": _get(f"{dashboard}/api/jobs/{job_id}")["status"], "logs": _get(f"{dashboard}/api/jobs/{job_id}/logs")["logs"],
               "shards": {p: p.stat().st_mtime_ns for p in (run / "round_1" / "samples").glob("shard-*.parquet")}}
