@@ -2,8 +2,10 @@
 
 Synchronous on-policy GRPO. Rank 0 asks the rollout controller (a Ray actor that owns the sampler
 and verifier pools) for rollout step s, broadcasts it to the other ranks, every rank trains on its
-slice, then rank 0 writes the new weights and has the controller refresh the samplers before it
-asks for step s + 1. A rollout of P prompts x G samples is split into P*G / global_batch_size
+slice, then the new weights go to the samplers before rank 0 asks for step s + 1: rank 0 puts the
+full tensors (ZeRO-3 gathers them on every rank) in the Ray object store and the controller loads
+them into the live engines, or, with `grpo.weight_sync=disk`, rank 0 writes a weights directory
+that the samplers read. Either way the learner's log-probs of the probe go along, for the check. A rollout of P prompts x G samples is split into P*G / global_batch_size
 optimizer steps (mini-batches, seeded order); with more than one, the log-probs of the policy
 that sampled are recomputed by the learner before the first update, so the clipped ratio is
 measured in one engine (vLLM and the learner differ by ~1e-5 nats, measured in issue 5).
@@ -29,6 +31,7 @@ from fpa_ray.learner.forward import shifted_targets
 from fpa_ray.learner.loop import MetricsWriter, global_order, report, restored_checkpoint, save_hf
 from fpa_ray.learner.step import StepMetrics
 from fpa_ray.objectives import TokenBatch, get_objective, token_logprobs
+from fpa_ray.sampler.refresh import probe_ids
 
 WEIGHTS_DIR = "weights"  # the latest policy, what the samplers load
 SNAPSHOTS_DIR = "snapshots"  # step_<k>: policies kept for evaluation
@@ -122,9 +125,8 @@ def grpo_loop(config: dict) -> None:
         reference = load_reference(setup.reference_path, precision, device)
     output_dir = Path(setup.output_dir)
     writer = MetricsWriter(output_dir, backend.start_step) if rank == 0 else None
-    if rank == 0 and restore_dir is not None:  # the samplers may hold newer weights than the checkpoint
-        _publish(output_dir, restore_dir, None)
-        ray.get(controller.refresh.remote(str(output_dir / WEIGHTS_DIR), start))
+    if restore_dir is not None:  # the samplers may hold newer weights than the checkpoint
+        _send_weights(backend, controller, setup, tokenizer, start, device)
 
     local = G // world
     for step in range(start, grpo.steps):
@@ -181,18 +183,43 @@ def grpo_loop(config: dict) -> None:
             print(f"[grpo] step {step + 1}/{grpo.steps}: reward {stats['reward_mean']:.3f}, groups all wrong "
                   f"{stats['groups_all_wrong']:.0%} / all right {stats['groups_all_correct']:.0%}, loss {metrics['loss']:.4f}, "
                   f"grad norm {metrics['grad_norm']:.3f}", flush=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            save_hf(Path(tmp), backend, setup.policy_path)
-            if rank == 0:
-                _publish(output_dir, Path(tmp), step + 1 if snapshot else None)
-                ray.get(controller.refresh.remote(str(output_dir / WEIGHTS_DIR), step + 1))
+        if snapshot:
+            save_hf(output_dir / SNAPSHOTS_DIR / f"step_{step + 1}", backend, setup.policy_path)
+        _send_weights(backend, controller, setup, tokenizer, step + 1, device)
         report(backend, metrics, (step + 1) * minibatches, (step + 1) % learner.checkpoint_every == 0 or step + 1 == grpo.steps, setup)
     if writer is not None:
         writer.close()
 
 
-def _publish(output_dir: Path, model_dir: Path, snapshot_step: int | None) -> None:
-    """Replace weights/ with the model files of `model_dir` (atomic rename); keep a snapshot if asked."""
+def _probe_logprobs(backend, tokenizer, device) -> list[float]:
+    """The learner's log-probs of the probe continuation, in its training precision (every rank runs
+    the forward: ZeRO-3 gathers each layer's parameters inside it)."""
+    prompt, continuation = probe_ids(tokenizer)
+    example = Example(tuple(prompt), (tuple(continuation),), label=False)
+    return _token_logps(backend.model, [example], 1, tokenizer.pad_token_id, device, backend.precision)[0].float().tolist()
+
+
+def _send_weights(backend, controller, setup: OnlineSetup, tokenizer, step: int, device) -> None:
+    """The policy after `step` into the live samplers (every rank calls this)."""
+    import ray
+
+    grpo, output_dir, rank = setup.grpo, Path(setup.output_dir), backend.rank
+    if grpo.weight_sync == "disk":
+        with tempfile.TemporaryDirectory() as tmp:
+            save_hf(Path(tmp), backend, setup.policy_path)
+            if rank == 0:
+                _publish(output_dir, Path(tmp))
+                ray.get(controller.refresh.remote(str(output_dir / WEIGHTS_DIR), step))
+        return
+    expected = _probe_logprobs(backend, tokenizer, device) if grpo.refresh_probe else None
+    with backend.gathered():  # put while gathered: ZeRO-3 frees the full tensors on leaving
+        weights = ray.put({name: tensor.detach().cpu() for name, tensor in backend.unwrapped.state_dict().items()}) if rank == 0 else None
+    if rank == 0:
+        ray.get(controller.sync.remote([weights], step, expected))
+
+
+def _publish(output_dir: Path, model_dir: Path) -> None:
+    """Replace weights/ with the model files of `model_dir` (atomic rename)."""
     staging = output_dir / f"{WEIGHTS_DIR}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(model_dir, staging, ignore=shutil.ignore_patterns(STATE_DIR))
@@ -202,7 +229,3 @@ def _publish(output_dir: Path, model_dir: Path, snapshot_step: int | None) -> No
         (output_dir / WEIGHTS_DIR).rename(previous)
     staging.rename(output_dir / WEIGHTS_DIR)
     shutil.rmtree(previous, ignore_errors=True)
-    if snapshot_step is not None:
-        target = output_dir / SNAPSHOTS_DIR / f"step_{snapshot_step}"
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(output_dir / WEIGHTS_DIR, target)

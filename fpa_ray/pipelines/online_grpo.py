@@ -1,9 +1,11 @@
 """The online RLVR baseline: GRPO on the same cluster, built from the offline pipeline's parts.
 
-Parts: the sampler pool (RolloutWorker actors whose engines stay alive and are refreshed after
-every update), the verifier pool (VerifierActor actors), the learner group (Ray Train workers
-running `grpo_loop`), and a RolloutController actor between them that serves rollouts to the
-learner's rank 0 and refreshes the samplers.
+Parts: the sampler pool (RolloutWorker actors whose engines stay alive and take the new weights
+in place after every update), the verifier pool (VerifierActor actors), the learner group (Ray
+Train workers running `grpo_loop`), and a RolloutController actor between them that serves
+rollouts to the learner's rank 0 and hands the learner's weights to the samplers: through the Ray
+object store (`grpo.weight_sync=object_store`, no checkpoint on disk) or a weights directory
+(`disk`).
 
 Accounting, the same Ledger as the offline pipeline: the three pools are held for the whole loop,
 so every phase (startup, generate, verify, train, weight sync) is charged all of their resources
@@ -52,7 +54,9 @@ class RolloutController:
         self.config, self.prompts, self.run_dir = config, prompts, Path(run_dir)
         self.ledger = Ledger(self.run_dir / "ledger.jsonl", run=config.name)
         self.held = held_resources(config)
-        self.checkpoint = self.policy_id = str(policy)  # what the samplers hold now
+        self.checkpoint = self.policy_id = str(policy)  # what the samplers hold now (or start from, with `latest`)
+        self.latest = None  # (object ref, learner's probe log-probs) of the last in-place sync, if any
+        self.probe_gap: float | None = None  # of the last sync, reported with the next rollout
         self.samplers: list = []
         self.verifiers: list = []
         self.restarts = 0
@@ -79,6 +83,16 @@ class RolloutController:
             ray.remote(VerifierActor).options(name=f"{prefix}-verifier-{i}", num_cpus=verifier.workers_per_actor).remote(verifier)
             for i in range(verifier.num_actors)
         ]
+        if self.latest is not None:  # restarted after a sync: back to the latest weights, probed
+            self._sync_samplers()
+
+    def _sync_samplers(self) -> list[float | None]:
+        import ray
+
+        weights, expected = self.latest
+        grpo = self.config.grpo
+        return ray.get([w.sync.remote(weights, expected if grpo.refresh_probe and i == 0 else None, grpo.probe_tolerance)
+                        for i, w in enumerate(self.samplers)])
 
     def _with_restart(self, work):
         """Run `work()`; if a pool actor died under it, restart the pools once and run it again."""
@@ -145,6 +159,7 @@ class RolloutController:
             "reward_mean": float(rewards.mean()), "groups_all_correct": float((groups.min(1).values == 1).float().mean()),
             "groups_all_wrong": float((groups.max(1).values == 0).float().mean()), "response_tokens": sum(lengths) / len(lengths),
             "generate_s": generate_s, "verify_s": self._charge("grpo_verify", step, following="grpo_train"),
+            **({"sync_probe_gap": self.probe_gap} if self.probe_gap is not None else {}),
         }
         return {
             "prompt_token_ids": table.column("prompt_token_ids").to_pylist(),
@@ -153,17 +168,28 @@ class RolloutController:
             "stats": stats,
         }
 
+    def sync(self, weights: list, step: int, expected: list[float]) -> float | None:
+        """Load the learner's tensors into every sampler in place (probe on the first); charged as weight sync.
+
+        `weights` holds one object-store reference, in a list so that Ray hands the reference over
+        instead of the tensors; it is kept so that a restarted sampler comes back on these weights.
+        """
+        self.latest, self.policy_id = (weights[0], expected), f"{self.run_dir / ONLINE_DIR}@step{step}"
+        self.probe_gap = self._with_restart(self._sync_samplers)[0]
+        self._charge("grpo_sync", step, following="grpo_train")
+        return self.probe_gap
+
     def refresh(self, checkpoint: str, step: int) -> float | None:
-        """Load the learner's new weights into every sampler (probe on the first); charged as weight sync."""
+        """Load a checkpoint directory into every sampler (probe on the first); charged as weight sync."""
         import ray
 
         grpo = self.config.grpo
-        self.checkpoint, self.policy_id = checkpoint, f"{checkpoint}@step{step}"
-        gaps = self._with_restart(
+        self.checkpoint, self.policy_id, self.latest = checkpoint, f"{checkpoint}@step{step}", None
+        self.probe_gap = self._with_restart(
             lambda: ray.get([w.refresh.remote(checkpoint, grpo.refresh_probe and i == 0, grpo.probe_tolerance) for i, w in enumerate(self.samplers)])
-        )
+        )[0]
         self._charge("grpo_sync", step, following="grpo_train")  # until the next rollout: the checkpoint
-        return gaps[0]
+        return self.probe_gap
 
     def finish(self) -> None:
         """Charge the tail (the last checkpoint, the worker group's shutdown) and stop the pools."""

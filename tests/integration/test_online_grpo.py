@@ -1,4 +1,4 @@
-"""The online GRPO pool on the session's real local Ray cluster: rollouts and the refresh round trip.
+"""The online GRPO pool on the session's real local Ray cluster: rollouts and the weight-sync round trip.
 
 A whole GRPO run and `compare` are tested on the job submitted in test_job_submit.py."""
 
@@ -8,18 +8,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from fpa_ray.config import load_config
 from fpa_ray.data.sources import load_prompts
 from fpa_ray.pipelines.online_grpo import RolloutController
-from fpa_ray.sampler.refresh import learner_logprobs
+from fpa_ray.sampler.refresh import learner_logprobs, probe_ids
 
 pytestmark = pytest.mark.slow
 
 
-def _perturbed_copy(policy: Path, destination: Path) -> Path:
-    """The policy with noise on every weight: a 'next policy' the samplers must pick up."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _perturbed_copy(policy: Path, destination: Path):
+    """The policy with noise on every weight: a 'next policy' the samplers must pick up (saved, and the model)."""
+    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
     generator = torch.Generator().manual_seed(0)
@@ -27,11 +28,10 @@ def _perturbed_copy(policy: Path, destination: Path) -> Path:
         for parameter in model.parameters():
             parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
     model.save_pretrained(destination)
-    AutoTokenizer.from_pretrained(policy).save_pretrained(destination)
-    return destination
+    return destination, model
 
 
-def test_rollout_advantages_and_a_refresh_round_trip_on_the_real_pools(ray_cluster, tiny_policy, tmp_path):
+def test_rollout_advantages_and_an_in_place_sync_round_trip_on_the_real_pools(ray_cluster, tiny_policy, tmp_path):
     config = load_config("tiny-cpu-grpo", [f"output_dir={tmp_path}", "sampler.n=4", "grpo.prompts_per_step=6", "learner.global_batch_size=8", "learner.micro_batch_size=4",
                                            "sampler.max_new_tokens=48", "verifier.max_failure_share=1.0"])  # the noisy policy babbles
     prompts = load_prompts(config.data.train, config.data.synthetic, config.seed).rows[:24]
@@ -49,10 +49,12 @@ def test_rollout_advantages_and_a_refresh_round_trip_on_the_real_pools(ray_clust
         assert rollout["advantages"][start : start + 4] == pytest.approx(expected.tolist(), abs=1e-5)
     assert rollout["stats"]["reward_mean"] == pytest.approx(table["reward"].mean())
 
-    # Refresh to another policy: the probe passes, and the next rollout is sampled from the new weights,
-    # even when the sampler actor is killed before it: the pool restarts on the latest weights.
-    new_policy = _perturbed_copy(tiny_policy, tmp_path / "next")
-    gap = ray_cluster.get(controller.refresh.remote(str(new_policy), 1))
+    # The learner's next weights through the object store, as grpo_loop sends them: the probe passes, and
+    # the next rollout is sampled from the new weights, even when the sampler actor is killed before it:
+    # the pool restarts and is synced to the latest weights again.
+    new_policy, model = _perturbed_copy(tiny_policy, tmp_path / "next")
+    expected = learner_logprobs(new_policy, *probe_ids(AutoTokenizer.from_pretrained(tiny_policy)))
+    gap = ray_cluster.get(controller.sync.remote([ray_cluster.put(model.state_dict())], 1, expected))
     assert gap is not None and gap < 1e-3
     ray_cluster.kill(ray_cluster.get_actor(f"{config.name}-sampler-0"))
     ray_cluster.get(controller.rollout.remote(1))
@@ -61,11 +63,14 @@ def test_rollout_advantages_and_a_refresh_round_trip_on_the_real_pools(ray_clust
     sampled = after["response_logprobs"]  # T=1, top_p=1: the sampling distribution is the model's
     assert max(abs(a - b) for a, b in zip(sampled, learner_logprobs(new_policy, prompt, response))) < 1e-3
     assert max(abs(a - b) for a, b in zip(sampled, learner_logprobs(tiny_policy, prompt, response))) > 1e-2
+    # The disk fallback (grpo.weight_sync=disk, and a learner restored from its checkpoint): back to the start.
+    assert ray_cluster.get(controller.refresh.remote(str(tiny_policy), 2)) < 1e-3
+    assert ray_cluster.get(ray_cluster.get_actor(f"{config.name}-r1-sampler-0").gap.remote(str(new_policy))) > 1e-2
 
     ray_cluster.get(controller.finish.remote())
     ledger = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
     # Each phase is charged from the end of the one before (here the test's own pause counts as training).
     assert [e["stage"] for e in ledger] == ["grpo_startup", "grpo_generate", "grpo_verify", "grpo_sync",
-                                            "grpo_train", "grpo_generate", "grpo_verify", "grpo_shutdown"]
+                                            "grpo_train", "grpo_generate", "grpo_verify", "grpo_sync", "grpo_shutdown"]
     assert all(e["cpus"] == 4 for e in ledger)  # what the loop holds: 1 sampler + 1 verifier + 2 learner CPUs
     ray_cluster.kill(controller)

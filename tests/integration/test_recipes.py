@@ -165,3 +165,7 @@ def test_grpo_recipe_runs_two_steps_with_its_own_settings(ray_cluster, recipe_ru
     metrics = [json.loads(line) for line in (run / "online" / "metrics.jsonl").read_text().splitlines()]
     assert [m["rollout_step"] for m in metrics] == [1] * 4 + [2] * 4  # 4 optimizer steps per rollout, as shipped
     assert all("dual_clip_fraction" in m for m in metrics)
+    # Step 1's weights reached the samplers in place (object store, ZeRO-3 gathered), probed in bf16.
+    assert shipped.grpo.weight_sync == "object_store" and shipped.grpo.refresh_probe
+    assert all(0 < m["sync_probe_gap"] < shipped.grpo.probe_tolerance for m in metrics if m["rollout_step"] == 2)
+    assert not (run / "online" / "weights").exists()  # no checkpoint on disk on the hot path

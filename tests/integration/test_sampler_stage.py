@@ -4,7 +4,6 @@ import os
 import shutil
 import signal
 from collections import Counter
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -119,28 +118,28 @@ def test_bad_checkpoints_and_prompts_give_clear_errors(ray_cluster, prompts, tin
         short.run(prompts[:1], tiny_policy, tmp_path / "out2")
 
 
-def test_weight_refresh_reaches_the_live_vllm_engine(ray_cluster, tiny_policy, tmp_path):
-    from transformers import AutoModelForCausalLM
+def test_new_weights_reach_the_live_vllm_engine_in_place(ray_cluster, tiny_policy, tmp_path):
+    """From the object store (sync) and from a directory (refresh) into the same actor, process and
+    LLM object: the probe follows the learner's weights each time and leaves the previous ones."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    updated = tmp_path / "updated"
-    shutil.copytree(tiny_policy, updated)
-    model = AutoModelForCausalLM.from_pretrained(updated)
+    from fpa_ray.sampler.refresh import learner_logprobs, probe_ids
+    from fpa_ray.sampler.rollout import start_rollout_workers
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_policy, dtype=torch.float32)
     with torch.no_grad():
         for param in model.parameters():
-            param.add_(0.05 * torch.randn_like(param))
+            param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(0)))
+    updated = tmp_path / "updated"
     model.save_pretrained(updated)
+    expected = learner_logprobs(updated, *probe_ids(AutoTokenizer.from_pretrained(tiny_policy)))
 
-    @ray_cluster.remote(num_cpus=1, runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}})
-    def refresh_in_an_actor_process(old: str, new: str):
-        from fpa_ray.sampler.engines import make_engine
-        from fpa_ray.sampler.refresh import probe_gap, refresh_weights
-
-        engine = make_engine(Path(old), SamplerConfig(engine="vllm", dtype="float32", max_num_seqs=8))
-        before = probe_gap(engine, Path(new))
-        gap = refresh_weights(engine, Path(new))
-        return before, gap, probe_gap(engine, Path(old))
-
-    before, after, against_old = ray_cluster.get(refresh_in_an_actor_process.remote(str(tiny_policy), str(updated)))
-    assert before > 1e-2  # the probe sees stale weights
-    assert after < 1e-3  # and the refreshed ones
-    assert against_old > 1e-2
+    [worker] = start_rollout_workers(tiny_policy, _config(num_actors=1, max_num_seqs=8), "tiny-chat", "in-place")
+    identity = ray_cluster.get(worker.engine_identity.remote())
+    assert ray_cluster.get(worker.gap.remote(str(updated))) > 1e-2  # the probe sees the old weights
+    assert ray_cluster.get(worker.sync.remote(ray_cluster.put(model.state_dict()), expected, 1e-3)) < 1e-3
+    assert ray_cluster.get(worker.gap.remote(str(tiny_policy))) > 1e-2
+    assert ray_cluster.get(worker.refresh.remote(str(tiny_policy), True, 1e-3)) < 1e-3  # and back, from the directory
+    assert ray_cluster.get(worker.gap.remote(str(updated))) > 1e-2
+    assert ray_cluster.get(worker.engine_identity.remote()) == identity  # no restart, no new LLM
+    ray_cluster.kill(worker)

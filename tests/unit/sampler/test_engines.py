@@ -96,8 +96,8 @@ def test_bad_checkpoints_are_named(tmp_path, checkpoint):
         make_engine(broken, SamplerConfig(engine="hf"))
 
 
-def test_hf_refresh_loads_new_weights_and_the_probe_catches_a_refresh_that_did_not_take(checkpoint, tmp_path, monkeypatch):
-    from fpa_ray.sampler.refresh import probe_gap, refresh_weights
+def test_hf_refresh_and_sync_load_new_weights_and_the_probe_catches_one_that_did_not_take(checkpoint, tmp_path, monkeypatch):
+    from fpa_ray.sampler.refresh import learner_logprobs, probe_gap, probe_ids, refresh_weights, sync_weights
 
     updated = tmp_path / "updated"
     model = AutoModelForCausalLM.from_pretrained(checkpoint)
@@ -109,6 +109,15 @@ def test_hf_refresh_loads_new_weights_and_the_probe_catches_a_refresh_that_did_n
     assert probe_gap(engine, updated) > 1e-2
     assert refresh_weights(engine, updated) < 1e-4
     stale = HFEngine(checkpoint, SamplerConfig(engine="hf", dtype="float32"))
-    monkeypatch.setattr(stale, "load_weights", lambda path: None)  # a refresh that silently kept the old weights
-    with pytest.raises(SamplerError, match=r"the refresh did not take"):
+    monkeypatch.setattr(stale, "update_weights", lambda weights: None)  # a load that silently kept the old weights
+    with pytest.raises(SamplerError, match=r"the sync did not take"):
         refresh_weights(stale, updated)
+
+    # In memory: the learner's tensors and its probe log-probs on them, no directory.
+    expected = learner_logprobs(updated, *probe_ids(engine.tokenizer))
+    fresh = HFEngine(checkpoint, SamplerConfig(engine="hf", dtype="float32"))
+    assert sync_weights(fresh, model.state_dict().items(), expected) < 1e-4
+    with pytest.raises(SamplerError, match=r"differ from the learner's by .* the sync did not take"):
+        sync_weights(stale, model.state_dict().items(), expected)
+    with pytest.raises(SamplerError, match=r"do not fit the live model: missing \['model.norm.weight'\]"):
+        fresh.update_weights([(k, v) for k, v in model.state_dict().items() if k != "model.norm.weight"])
