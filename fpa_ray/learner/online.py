@@ -5,9 +5,9 @@ and verifier pools) for rollout step s, broadcasts it to the other ranks, every 
 slice, then the new weights go to the samplers before rank 0 asks for step s + 1: rank 0 puts the
 full tensors (ZeRO-3 gathers them on every rank) in the Ray object store and the controller loads
 them into the live engines, or, with `grpo.weight_sync=disk`, rank 0 writes a weights directory
-that the samplers read. Either way the learner's log-probs of the probe go along, for the check. A rollout of P prompts x G samples is split into P*G / global_batch_size
-optimizer steps (mini-batches, seeded order); with more than one, the log-probs of the policy
-that sampled are recomputed by the learner before the first update, so the clipped ratio is
+that the samplers read. Either way the learner's log-probs of the probe go along, for the check.
+A rollout of P prompts x G samples is split into P*G / global_batch_size optimizer steps
+(mini-batches, seeded order); with more than one, the log-probs of the policy that sampled are recomputed by the learner before the first update, so the clipped ratio is
 measured in one engine (vLLM and the learner differ by ~1e-5 nats, measured in issue 5).
 Token-level normalisation: each mini-batch's loss is divided by its response-token count over
 all workers (fpa_ray.objectives' contract).
