@@ -108,52 +108,79 @@ class OfflinePipeline:
     def generate(
         self, round_index, policy: Path, sampler: SamplerConfig | None = None, prompts=None, stage_dir=None, stage="generate", seed=None
     ) -> Path:
-        from fpa_ray.sampler.stage import GenerateStage
+        stage_dir = stage_dir or self.run_dir / f"round_{round_index}" / "samples"
+        return self.generate_many(round_index, [(policy, stage_dir)], sampler, prompts, stage, seed)[0]
+
+    def generate_many(self, round_label, parts: list[tuple[Path, Path]], sampler: SamplerConfig | None = None, prompts=None,
+                      stage="generate", seed=None) -> list[Path]:
+        """Sample every (policy, stage directory) of `parts` in one stage: one actor pool, new weights in place."""
+        from fpa_ray.sampler.stage import GenerateStage, Target
 
         config = self.config
         sampler = sampler or config.sampler
-        stage_dir = stage_dir or self.run_dir / f"round_{round_index}" / "samples"
         prompts = prompts if prompts is not None else self._prompts([config.data.train])
-        done = json.loads((stage_dir / "manifest.json").read_text()) if (stage_dir / "manifest.json").exists() else None
-        if done and done.get("complete"):
-            self.log(f"[{stage_dir.relative_to(self.run_dir)}] done earlier: reusing it")
-            return stage_dir
-        self.log(f"[{stage}] {len(prompts)} prompts x {sampler.n} samples from {policy}")
-        resources = {"cpus": sampler.num_actors * sampler.cpus_per_actor, "gpus": sampler.num_actors * sampler.gpus_per_actor}
-        before = sum(shard["rows"] for shard in (done or {}).get("shards", {}).values())  # a resumed stage's finished shards
-        with self.ledger.stage(stage, round_index, **resources):
-            manifest = GenerateStage(sampler, config.data.template, config.seed + round_index if seed is None else seed).run(
-                prompts, policy, stage_dir, on_shard_done=lambda s, d, t: self.log(f"  [{stage}] shard {d}/{t} written"),
-                name=f"{config.name}-{stage}-{round_index}",
-            )
-        metrics.samples_generated(config.name, stage, manifest["rows"] - before)
-        self.log(f"[{stage}] {manifest['rows']} samples")
-        return stage_dir
+        manifests = {d: json.loads((d / "manifest.json").read_text()) if (d / "manifest.json").exists() else {} for _, d in parts}
+        for _, stage_dir in parts:
+            if manifests[stage_dir].get("complete"):
+                self.log(f"[{stage_dir.relative_to(self.run_dir)}] done earlier: reusing it")
+        todo = [(policy, d) for policy, d in parts if not manifests[d].get("complete")]
+        if todo:
+            for policy, _ in todo:
+                self.log(f"[{stage}] {len(prompts)} prompts x {sampler.n} samples from {policy}")
+            resources = {"cpus": sampler.num_actors * sampler.cpus_per_actor, "gpus": sampler.num_actors * sampler.gpus_per_actor}
+            before = sum(shard["rows"] for _, d in todo for shard in manifests[d].get("shards", {}).values())  # a resumed stage's finished shards
+            with self.ledger.stage(stage, round_label, **resources):
+                done = GenerateStage(sampler, config.data.template, config.seed + round_label if seed is None else seed).run_many(
+                    prompts, [Target(policy, d) for policy, d in todo],
+                    on_shard_done=lambda t, s, d, n: self.log(f"  [{stage}] {todo[t][1].relative_to(self.run_dir)}: shard {d}/{n} written"),
+                    name=f"{config.name}-{stage}-{round_label}",
+                )
+            metrics.samples_generated(config.name, stage, sum(m["rows"] for m in done) - before)
+            self.log(f"[{stage}] {' + '.join(str(m['rows']) for m in done)} samples")
+        return [d for _, d in parts]
 
     def verify(self, round_index: int, samples_dir: Path, stage_dir: Path | None = None, stage="verify") -> Path:
+        stage_dir = stage_dir or self.run_dir / f"round_{round_index}" / "verified"
+        return self.verify_many(round_index, [(samples_dir, stage_dir)], stage)[0]
+
+    def verify_many(self, round_label, parts: list[tuple[Path, Path]], stage="verify") -> list[Path]:
+        """Grade every (samples directory, stage directory) of `parts` in one stage: one verifier pool."""
+        import pyarrow as pa
+
         from fpa_ray.sampler.stage import read_samples
         from fpa_ray.verifier.graders import grader_version
         from fpa_ray.verifier.stage import VerificationReport, VerifyStage
 
         verifier = self.config.verifier
-        stage_dir = stage_dir or self.run_dir / f"round_{round_index}" / "verified"
-        inputs = {"samples": _digest(samples_dir / "manifest.json"), "verifier": verifier.model_dump()}
-        if self._done(stage_dir, inputs):
-            return stage_dir
-        shutil.rmtree(stage_dir, ignore_errors=True)
-        with self.ledger.stage(stage, round_index, cpus=verifier.num_actors * verifier.workers_per_actor):
-            verified = VerifyStage(verifier)(read_samples(samples_dir), name=f"{self.config.name}-{stage}-{round_index}").materialize()
-            verified.write_parquet(str(stage_dir / "data"))
-            report = VerificationReport.from_dataset(verified)
-        metrics.verdicts(self.config.name, report.by_status)
-        self.log(f"[{stage}] {report.summary()}")
-        write_json(stage_dir / "manifest.json", {
-            "kind": "verified", "inputs": inputs, "complete": True, "checks": report.checks, "by_status": report.by_status,
-            "p50_seconds": report.p50_seconds, "p99_seconds": report.p99_seconds,
-            "graders": [grader_version(g) for g in (verifier.grader, verifier.cross_grader) if g],
-        })
-        report.raise_if_unhealthy(verifier.max_failure_share)
-        return stage_dir
+        inputs = {d: {"samples": _digest(samples / "manifest.json"), "verifier": verifier.model_dump()} for samples, d in parts}
+        todo = [(samples, d) for samples, d in parts if not self._done(d, inputs[d])]
+        if not todo:
+            return [d for _, d in parts]
+        reports = {}
+        with self.ledger.stage(stage, round_label, cpus=verifier.num_actors * verifier.workers_per_actor):
+            datasets = [read_samples(samples) for samples, _ in todo]
+            if len(todo) > 1:  # one pool for all: tag each part's rows, split them again after grading
+                datasets = [ds.map_batches(lambda t, i=i: t.append_column("part", pa.array([i] * t.num_rows, pa.int32())),
+                                           batch_format="pyarrow") for i, ds in enumerate(datasets)]
+            verified = VerifyStage(verifier)(datasets[0].union(*datasets[1:]) if len(todo) > 1 else datasets[0],
+                                             name=f"{self.config.name}-{stage}-{round_label}").materialize()
+            for i, (_, stage_dir) in enumerate(todo):
+                part = verified.filter(expr=f"part == {i}").drop_columns(["part"]).materialize() if len(todo) > 1 else verified
+                shutil.rmtree(stage_dir, ignore_errors=True)
+                part.write_parquet(str(stage_dir / "data"))
+                reports[stage_dir] = VerificationReport.from_dataset(part)
+        for _, stage_dir in todo:
+            report = reports[stage_dir]
+            metrics.verdicts(self.config.name, report.by_status)
+            self.log(f"[{stage}] {report.summary()}")
+            write_json(stage_dir / "manifest.json", {
+                "kind": "verified", "inputs": inputs[stage_dir], "complete": True, "checks": report.checks, "by_status": report.by_status,
+                "p50_seconds": report.p50_seconds, "p99_seconds": report.p99_seconds,
+                "graders": [grader_version(g) for g in (verifier.grader, verifier.cross_grader) if g],
+            })
+        for _, stage_dir in todo:
+            reports[stage_dir].raise_if_unhealthy(verifier.max_failure_share)
+        return [d for _, d in parts]
 
     def build(self, round_index: int, verified_dir: Path) -> Path:
         import pandas as pd
@@ -219,26 +246,39 @@ class OfflinePipeline:
 
     def evaluate(self, label, policy: Path) -> dict:
         """Score `policy` into `eval_<label>/`; every evaluation of a run samples with the same seeds."""
+        return self.evaluate_many([(label, policy)])[0]
+
+    def evaluate_many(self, evaluations: list[tuple[object, Path]]) -> list[dict]:
+        """Score each (label, policy) into `eval_<label>/`, those still to do in one generate and one verify stage."""
         config = self.config
         evaluation = config.evaluation
-        stage_dir = self.run_dir / f"eval_{label}"
-        inputs = {"policy": str(policy), "evaluation": evaluation.model_dump(), "eval": [s.model_dump() for s in config.data.eval], "verifier": config.verifier.model_dump()}
-        done = self._done(stage_dir, inputs)
-        if done:
-            return done["score"]
-        sampler = config.sampler.model_copy(update={
-            "n": evaluation.samples, "temperature": evaluation.temperature, "top_p": evaluation.top_p, "max_new_tokens": evaluation.max_new_tokens,
-            "engine": evaluation.engine,
-        })
-        prompts = self._prompts(config.data.eval)
-        samples_dir = self.generate(label, policy, sampler, prompts, stage_dir / "samples", stage="eval_generate", seed=config.seed)
-        verified_dir = self.verify(label, samples_dir, stage_dir / "verified", stage="eval_verify")
-        import pandas as pd
+        scores, todo = {}, []
+        for label, policy in evaluations:
+            stage_dir = self.run_dir / f"eval_{label}"
+            inputs = {"policy": str(policy), "evaluation": evaluation.model_dump(), "eval": [s.model_dump() for s in config.data.eval],
+                      "verifier": config.verifier.model_dump()}
+            done = self._done(stage_dir, inputs)
+            if done:
+                scores[label] = done["score"]
+            else:
+                todo.append((label, policy, stage_dir, inputs))
+        if todo:
+            sampler = config.sampler.model_copy(update={
+                "n": evaluation.samples, "temperature": evaluation.temperature, "top_p": evaluation.top_p,
+                "max_new_tokens": evaluation.max_new_tokens, "engine": evaluation.engine,
+            })
+            labels = todo[0][0] if len(todo) == 1 else ",".join(str(label) for label, *_ in todo)  # the ledger's round
+            samples = self.generate_many(labels, [(policy, d / "samples") for _, policy, d, _ in todo], sampler, self._prompts(config.data.eval),
+                                         stage="eval_generate", seed=config.seed)
+            verified = self.verify_many(labels, [(s, d / "verified") for s, (_, _, d, _) in zip(samples, todo)], stage="eval_verify")
+            import pandas as pd
 
-        result = score(pd.read_parquet(verified_dir / "data"))
-        self.log(f"[evaluate] {policy}: pass@1 {result['pass_at_1']:.1%} over {result['problems']} problems x {result['samples_per_problem']}")
-        write_json(stage_dir / "manifest.json", {"kind": "evaluation", "inputs": inputs, "complete": True, "score": result})
-        return result
+            for (label, policy, stage_dir, inputs), verified_dir in zip(todo, verified):
+                result = score(pd.read_parquet(verified_dir / "data"))
+                self.log(f"[evaluate] {policy}: pass@1 {result['pass_at_1']:.1%} over {result['problems']} problems x {result['samples_per_problem']}")
+                write_json(stage_dir / "manifest.json", {"kind": "evaluation", "inputs": inputs, "complete": True, "score": result})
+                scores[label] = result
+        return [scores[label] for label, _ in evaluations]
 
     def point(self, label: str, result: dict, time_s: float) -> dict:
         """One point of the accuracy curve: a score and the training resources charged before `time_s`."""
@@ -248,18 +288,18 @@ class OfflinePipeline:
                 "cpu_hours": cost["cpu_seconds"] / 3600, "gpu_hours": cost["gpu_seconds"] / 3600}
 
     def round_points(self, round_index: int, policy: Path) -> list[dict]:
-        """The round's snapshots (learner.snapshot_every) and its final policy, each evaluated."""
+        """The round's snapshots (learner.snapshot_every) and its final policy, evaluated together."""
         train_dir = self.run_dir / f"round_{round_index}" / "train"
         metrics = {m["step"]: m for m in map(json.loads, (train_dir / "metrics.jsonl").read_text().splitlines()) if "time" in m}
-        points = []
+        points = []  # (point label, evaluation label, policy, moment)
         for snapshot in sorted((train_dir / SNAPSHOTS_DIR).glob("step_*"), key=lambda p: int(p.name.split("_")[1])):
             step = int(snapshot.name.split("_")[1])
             if step in metrics and step != max(metrics):
-                label = f"round {round_index} step {step}"
-                points.append(self.point(label, self.evaluate(f"{round_index}_step_{step}", snapshot), metrics[step]["time"]))
+                points.append((f"round {round_index} step {step}", f"{round_index}_step_{step}", snapshot, metrics[step]["time"]))
         trained = [e["end"] for e in self.ledger.entries() if e["stage"] == "train" and e["round"] == round_index and e["completed"]]
-        points.append(self.point(f"after round {round_index}", self.evaluate(round_index, policy), max(trained, default=float("inf"))))
-        return points
+        points.append((f"after round {round_index}", round_index, policy, max(trained, default=float("inf"))))
+        results = self.evaluate_many([(label, path) for _, label, path, _ in points])
+        return [self.point(name, result, moment) for (name, _, _, moment), result in zip(points, results)]
 
     def policy_before(self, round_index: int) -> Path:
         """The policy a round starts from: the warm start for round 1, else the previous round's."""

@@ -11,8 +11,9 @@ Accounting, the same Ledger as the offline pipeline: the three pools are held fo
 so every phase (startup, generate, verify, train, weight sync) is charged all of their resources
 x its wall time. Phases tile the loop (each runs from the end of the previous one), so the
 ledger's sum is the loop's wall time x the resources held. Policies are snapshotted every
-`grpo.eval_every` steps and evaluated after training with the offline pipeline's evaluation:
-both pipelines are scored by the same code, and evaluation is not charged to training.
+`grpo.eval_every` steps and evaluated after training, with the start, by the offline pipeline's
+evaluation (all in one sampler pool, each policy's weights loaded in place): both pipelines are
+scored by the same code, and evaluation is not charged to training.
 """
 
 from __future__ import annotations
@@ -255,10 +256,13 @@ class OnlineGRPOPipeline(OfflinePipeline):
                 f"G={config.sampler.n}, lr {config.learner.lr}, seed {config.seed}")
 
     def run(self) -> Path:
+        """Train, then evaluate the start and every snapshot together: one sampler and one verifier pool."""
         self.prepare()
         policy = self.initial_policy()
-        points = [self.point("start", self.evaluate(0, policy), time_s=0.0)]
-        for step, snapshot in self.train_online(policy):
+        snapshots = self.train_online(policy)
+        results = self.evaluate_many([(0, policy), *((f"step_{step}", snapshot) for step, snapshot in snapshots)])
+        points = [self.point("start", results[0], time_s=0.0)]
+        for (step, _), result in zip(snapshots, results[1:]):
             sync = [e for e in self.ledger.entries() if e["stage"] == "grpo_sync" and e["round"] == step]
-            points.append(self.point(f"step {step}", self.evaluate(f"step_{step}", snapshot), time_s=sync[-1]["end"]))
+            points.append(self.point(f"step {step}", result, time_s=sync[-1]["end"]))
         return self.write_report(points)

@@ -22,11 +22,11 @@ class RolloutWorker(SamplerActor):
     """One engine; `rollout` returns the generate stage's rows instead of writing shards."""
 
     def __init__(self, checkpoint: str, config: SamplerConfig, template: str):
-        super().__init__(checkpoint, config, template, policy_id=str(checkpoint), seed=0, output_dir="")
+        super().__init__([(str(checkpoint), "", str(checkpoint))], config, template, seed=0)
 
     def rollout(self, prompts: list[PromptRow], seed: int, policy_id: str) -> pa.Table:
-        self.seed, self.policy_id = seed, policy_id
-        return self._generate(prompts)
+        self.seed = seed
+        return self._generate(prompts, policy_id)
 
     def refresh(self, checkpoint: str, probe: bool, tolerance: float) -> float | None:
         """Load `checkpoint`; with `probe`, also check the engine against the learner (the gap, else None)."""

