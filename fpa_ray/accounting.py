@@ -41,12 +41,14 @@ class Ledger:
             metrics.stage_active(self.run, stage, False)
             self.charge(stage, round_index, start, time.time(), cpus, gpus, completed=ok)
 
-    def charge(self, stage: str, round_index, start: float, end: float, cpus: float, gpus: float = 0.0, completed: bool = True) -> None:
-        """One entry: `cpus` and `gpus` held from `start` to `end` (UNIX seconds)."""
+    def charge(self, stage: str, round_index, start: float, end: float, cpus: float, gpus: float = 0.0, completed: bool = True,
+               samples: int | None = None) -> None:
+        """One entry: `cpus` and `gpus` held from `start` to `end` (UNIX seconds); `samples`: how many a
+        generate phase made (the online loop's, so that samples its dynamic sampling discards are on record)."""
         entry = {
             "stage": stage, "round": round_index, "start": start, "end": end, "wall_s": end - start,
             "cpus": cpus, "gpus": gpus, "cpu_seconds": cpus * (end - start), "gpu_seconds": gpus * (end - start),
-            "node": platform.node(), "completed": completed,
+            "node": platform.node(), "completed": completed, **({} if samples is None else {"samples": samples}),
         }
         with self.path.open("a") as handle:
             handle.write(json.dumps(entry) + "\n")

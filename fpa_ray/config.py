@@ -259,6 +259,21 @@ class GRPOConfig(StrictModel):
     )
     refresh_probe: bool = Field(True, description="after each sync, check one sampler's log-probs against the learner's")
     probe_tolerance: float = Field(1e-3, gt=0, description="largest allowed log-prob gap of the sync probe")
+    # DAPO (Yu et al. 2025); its clip-higher is objective.params.clip_eps_high, its token-level loss is GRPO's here.
+    dynamic_sampling: bool = Field(
+        False,
+        description="DAPO's dynamic sampling: drop groups whose samples are all correct or all wrong (zero advantage) and sample "
+        "further batches of prompts_per_step prompts until prompts_per_step informative groups are left; the extra samples are "
+        "generated, verified and charged like the rest",
+    )
+    max_sampling_batches: int = Field(
+        4, ge=1, description="with dynamic_sampling: at most this many batches per step; still short of prompts_per_step informative groups, the run stops"
+    )
+    overlong_buffer: int | None = Field(
+        None, ge=1,
+        description="DAPO's soft overlong punishment: a response longer than sampler.max_new_tokens - overlong_buffer tokens loses "
+        "reward linearly, down to -1 at sampler.max_new_tokens (None: off)",
+    )
 
 
 class PolicyConfig(StrictModel):
@@ -331,6 +346,8 @@ class RunConfig(StrictModel):
             return self
         if self.sampler.n < 2:
             raise ValueError(f"sampler.n: GRPO normalises rewards within a group of samples and needs at least 2, got {self.sampler.n}")
+        if self.grpo.overlong_buffer is not None and self.grpo.overlong_buffer >= self.sampler.max_new_tokens:
+            raise ValueError(f"grpo.overlong_buffer ({self.grpo.overlong_buffer}) must be less than sampler.max_new_tokens ({self.sampler.max_new_tokens})")
         rows = self.grpo.prompts_per_step * self.sampler.n
         if rows % self.learner.global_batch_size:
             raise ValueError(

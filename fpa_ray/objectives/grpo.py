@@ -30,6 +30,20 @@ def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-6, scale:
     return centred.view(-1)
 
 
+def informative_groups(correct: Tensor, group_size: int) -> Tensor:
+    """One bool per group: some but not all of its samples are correct (DAPO's dynamic-sampling filter:
+    a group all right or all wrong has zero advantage everywhere and no gradient)."""
+    groups = correct.reshape(-1, group_size).bool()
+    return groups.any(dim=1) & ~groups.all(dim=1)
+
+
+def overlong_penalty(lengths: Tensor, max_tokens: int, buffer: int) -> Tensor:
+    """DAPO's soft overlong punishment: 0 up to max_tokens - buffer tokens, then linearly down to -1 at max_tokens."""
+    if not 0 < buffer < max_tokens:
+        raise ValueError(f"the overlong buffer must be in (0, max_tokens={max_tokens}), got {buffer}")
+    return ((max_tokens - buffer - lengths.float()) / buffer).clamp(-1.0, 0.0)
+
+
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return values[mask].mean().detach()
 

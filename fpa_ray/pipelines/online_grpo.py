@@ -48,6 +48,20 @@ def rollout_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
 
 
+def step_prompts(num_prompts: int, step: int, batch: int, count: int, seed: int, exclude: set[int] = frozenset()) -> list[int]:
+    """Prompt indices of sampling batch `batch` of `step`: batch 0 is the step's slice of the epoch's
+    permutation (global_order), a further one (dynamic sampling) `count` prompts not in `exclude`,
+    from a permutation of its own."""
+    import torch
+
+    from fpa_ray.learner.loop import global_order
+
+    if batch == 0:
+        return [i for i in global_order(num_prompts, step, count, seed) if i not in exclude]
+    permutation = torch.randperm(num_prompts, generator=torch.Generator().manual_seed(rollout_seed(seed, step) * 31 + batch))
+    return [i for i in permutation.tolist() if i not in exclude][:count]
+
+
 class RolloutController:
     """Ray actor: rollouts for the learner's rank 0, weight refreshes, and the loop's ledger entries."""
 
@@ -95,21 +109,21 @@ class RolloutController:
         return ray.get([w.sync.remote(weights, expected if grpo.refresh_probe and i == 0 else None, grpo.probe_tolerance)
                         for i, w in enumerate(self.samplers)])
 
-    def _with_restart(self, work):
-        """Run `work()`; if a pool actor died under it, restart the pools once and run it again."""
+    def _with_restart(self, work, *args):
+        """Run `work(*args)`; if a pool actor died under it, restart the pools once and run it again."""
         import ray
 
         try:
-            return work()
+            return work(*args)
         except ray.exceptions.RayActorError as error:
             print(f"[grpo] a pool actor died ({type(error).__name__}); restarting the pools on {self.checkpoint}", flush=True)
             self._start_pools()
-            return work()
+            return work(*args)
 
-    def _charge(self, stage: str, step: int | None, following: str | None) -> float:
+    def _charge(self, stage: str, step: int | None, following: str | None, samples: int | None = None) -> float:
         """Charge `stage` up to now; `following` is the phase that starts now (the dashboard's stage gauge)."""
         now = time.time()
-        self.ledger.charge(stage, step, self.mark, now, **self.held)
+        self.ledger.charge(stage, step, self.mark, now, **self.held, samples=samples)
         metrics.stage_active(self.config.name, stage, False)
         if following is not None:
             metrics.stage_active(self.config.name, following, True)
@@ -119,53 +133,93 @@ class RolloutController:
     def phase_done(self, stage: str, step: int) -> None:
         self._charge(stage, step, following="grpo_sync")
 
-    def rollout(self, step: int) -> dict:
-        """Prompts of `step`, G samples each from the current policy, verdicts and group advantages."""
+    def _generate(self, prompts: list[PromptRow], seed: int) -> pa.Table:
+        """G samples of each prompt, the prompts split across the sampler pool (rows in prompt order)."""
         import ray
+
+        parts = _split(prompts, len(self.samplers))
+        return pa.concat_tables(ray.get([w.rollout.remote(part, seed, self.policy_id) for w, part in zip(self.samplers, parts) if part]))
+
+    def _grade(self, table: pa.Table) -> pa.Table:
+        """The rows with their verdicts, graded across the verifier pool (order kept)."""
+        import ray
+
+        chunks = [table.slice(start, length) for start, length in _spans(table.num_rows, len(self.verifiers))]
+        return pa.concat_tables(ray.get([v.grade.remote(chunk) for v, chunk in zip(self.verifiers, chunks) if chunk.num_rows]))
+
+    def rollout(self, step: int) -> dict:
+        """Prompts of `step`, G samples each from the current policy, verdicts and group advantages.
+
+        With grpo.dynamic_sampling, groups all right or all wrong are dropped and further batches of
+        prompts (not yet drawn this step) are sampled until prompts_per_step informative groups are
+        left; every sampled row is kept on disk with `kept` saying whether it was trained on.
+        """
         import torch
 
-        from fpa_ray.learner.loop import global_order
-        from fpa_ray.objectives.grpo import group_advantages
+        from fpa_ray.objectives.grpo import group_advantages, informative_groups, overlong_penalty
         from fpa_ray.verifier.stage import VerificationReport
 
-        config = self.config
+        config, grpo, n = self.config, self.config.grpo, self.config.sampler.n
         # Before the first rollout: workers starting and loading models; later: checkpointing.
         self._charge("grpo_train" if self.started else "grpo_startup", step, following="grpo_generate")
         self.started = True
-        prompts_per_step = config.grpo.prompts_per_step
-        picked = [self.prompts[i] for i in global_order(len(self.prompts), step, prompts_per_step, config.seed)]
-        parts = _split(picked, len(self.samplers))
-        seed = rollout_seed(config.seed, step)
-        table = self._with_restart(
-            lambda: pa.concat_tables(ray.get([w.rollout.remote(part, seed, self.policy_id) for w, part in zip(self.samplers, parts) if part]))
-        )
-        generate_s = self._charge("grpo_generate", step, following="grpo_verify")
-        metrics.samples_generated(config.name, "grpo_generate", table.num_rows)
-        chunks = [table.slice(start, length) for start, length in _spans(table.num_rows, len(self.verifiers))]
-        table = self._with_restart(
-            lambda: pa.concat_tables(ray.get([v.grade.remote(chunk) for v, chunk in zip(self.verifiers, chunks) if chunk.num_rows]))
-        )
+        seed, drawn, tables, informative = rollout_seed(config.seed, step), [], [], 0
+        generate_s = verify_s = 0.0
+        for batch in range(grpo.max_sampling_batches if grpo.dynamic_sampling else 1):
+            indices = step_prompts(len(self.prompts), step, batch, grpo.prompts_per_step, config.seed, exclude=set(drawn))
+            drawn += indices
+            table = self._with_restart(self._generate, [self.prompts[i] for i in indices], seed)
+            generate_s += self._charge("grpo_generate", step, following="grpo_verify", samples=table.num_rows)
+            metrics.samples_generated(config.name, "grpo_generate", table.num_rows)
+            table = self._with_restart(self._grade, table)
+            tables.append(table.append_column("sampling_batch", pa.array([batch] * table.num_rows, pa.int32())))
+            informative += int(informative_groups(torch.tensor(table.column("reward").to_pylist()) == 1, n).sum())
+            more = grpo.dynamic_sampling and informative < grpo.prompts_per_step and len(drawn) < len(self.prompts)
+            verify_s += self._charge("grpo_verify", step, following="grpo_generate" if more else "grpo_train")
+            if not more:
+                break
+        table = pa.concat_tables(tables)
         rewards = torch.tensor(table.column("reward").to_pylist(), dtype=torch.float32)
-        advantages = group_advantages(rewards, config.sampler.n)
+        lengths = torch.tensor([len(t) for t in table.column("response_token_ids").to_pylist()])
+        shaped = rewards
+        if grpo.overlong_buffer is not None:
+            penalty = overlong_penalty(lengths, config.sampler.max_new_tokens, grpo.overlong_buffer)
+            table = table.append_column("overlong_penalty", pa.array(penalty.tolist(), pa.float32()))
+            shaped = rewards + penalty
+        advantages = group_advantages(shaped, n)
+        mixed = informative_groups(rewards == 1, n)
+        # Without dynamic sampling every group is trained; with it, the first prompts_per_step mixed ones.
+        kept_groups = (mixed & (mixed.cumsum(0) <= grpo.prompts_per_step)) if grpo.dynamic_sampling else torch.ones_like(mixed)
+        kept = kept_groups.repeat_interleave(n)
         table = table.append_column("advantage", pa.array(advantages.tolist(), pa.float32()))
+        table = table.append_column("kept", pa.array(kept.tolist(), pa.bool_()))
         directory = self.run_dir / ONLINE_DIR / "rollouts"
         directory.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, directory / f"step-{step:05d}.parquet")  # every rollout kept, a failing one too
         report = VerificationReport.from_columns(table.column("status").to_numpy(zero_copy_only=False), table.column("verify_seconds").to_numpy())
         metrics.verdicts(config.name, report.by_status)
         report.raise_if_unhealthy(config.verifier.max_failure_share)
-        groups = rewards.view(-1, config.sampler.n)
-        lengths = [len(t) for t in table.column("response_token_ids").to_pylist()]
+        if int(kept_groups.sum()) < grpo.prompts_per_step:
+            raise RuntimeError(
+                f"GRPO step {step}: dynamic sampling found {int(mixed.sum())} of the {grpo.prompts_per_step} groups it needs with both right "
+                f"and wrong answers, in {table.column('sampling_batch')[-1].as_py() + 1} batches of {grpo.prompts_per_step} prompts "
+                f"({len(drawn)} of {len(self.prompts)} prompts drawn): raise grpo.max_sampling_batches, or the prompts are all too easy or "
+                "too hard for this policy"
+            )
+        groups = rewards.view(-1, n)
         stats = {
             "reward_mean": float(rewards.mean()), "groups_all_correct": float((groups.min(1).values == 1).float().mean()),
-            "groups_all_wrong": float((groups.max(1).values == 0).float().mean()), "response_tokens": sum(lengths) / len(lengths),
-            "generate_s": generate_s, "verify_s": self._charge("grpo_verify", step, following="grpo_train"),
+            "groups_all_wrong": float((groups.max(1).values == 0).float().mean()), "response_tokens": float(lengths.float().mean()),
+            "generate_s": generate_s, "verify_s": verify_s, "samples_generated": float(table.num_rows),
+            "samples_discarded": float(table.num_rows - int(kept.sum())), "sampling_batches": float(len(tables)),
+            **({"overlong_penalty_mean": float((shaped - rewards).mean())} if grpo.overlong_buffer is not None else {}),
             **({"sync_probe_gap": self.probe_gap} if self.probe_gap is not None else {}),
         }
+        trained = table.filter(pa.array(kept.tolist()))
         return {
-            "prompt_token_ids": table.column("prompt_token_ids").to_pylist(),
-            "response_token_ids": table.column("response_token_ids").to_pylist(),
-            "advantages": advantages.tolist(),
+            "prompt_token_ids": trained.column("prompt_token_ids").to_pylist(),
+            "response_token_ids": trained.column("response_token_ids").to_pylist(),
+            "advantages": trained.column("advantage").to_pylist(),
             "stats": stats,
         }
 

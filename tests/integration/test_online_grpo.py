@@ -3,6 +3,8 @@
 A whole GRPO run and `compare` are tested on the job submitted in test_job_submit.py."""
 
 import json
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +14,7 @@ from transformers import AutoTokenizer
 
 from fpa_ray.config import load_config
 from fpa_ray.data.sources import load_prompts
-from fpa_ray.pipelines.online_grpo import RolloutController
+from fpa_ray.pipelines.online_grpo import RolloutController, rollout_seed, step_prompts
 from fpa_ray.sampler.refresh import learner_logprobs, probe_ids
 
 pytestmark = pytest.mark.slow
@@ -48,6 +50,7 @@ def test_rollout_advantages_and_an_in_place_sync_round_trip_on_the_real_pools(ra
         expected = (rewards - rewards.mean()) / (rewards.std(ddof=1) + 1e-6)
         assert rollout["advantages"][start : start + 4] == pytest.approx(expected.tolist(), abs=1e-5)
     assert rollout["stats"]["reward_mean"] == pytest.approx(table["reward"].mean())
+    _dynamic_sampling_trains_only_mixed_groups_and_counts_what_it_drops(ray_cluster, config, prompts, tiny_policy, tmp_path)
 
     # The learner's next weights through the object store, as grpo_loop sends them: the probe passes, and
     # the next rollout is sampled from the new weights, even when the sampler actor is killed before it:
@@ -74,3 +77,55 @@ def test_rollout_advantages_and_an_in_place_sync_round_trip_on_the_real_pools(ra
                                             "grpo_train", "grpo_generate", "grpo_verify", "grpo_sync", "grpo_shutdown"]
     assert all(e["cpus"] == 4 for e in ledger)  # what the loop holds: 1 sampler + 1 verifier + 2 learner CPUs
     ray_cluster.kill(controller)
+
+
+IMPOSSIBLE = "-7654321"  # a gold answer no sample gives: that prompt's group is all wrong
+
+
+def _dynamic_sampling_trains_only_mixed_groups_and_counts_what_it_drops(ray_cluster, config, prompts, policy, tmp_path):
+    """DAPO's dynamic sampling on real pools, with gold answers set from the samples the policy will draw
+    (seeded, so known in advance): the first batch is all wrong by construction, so further batches are
+    sampled until 2 groups with both verdicts are found; exactly those are trained, the rest is on record."""
+    from fpa_ray.verifier.extract import extract_answer
+
+    sampler = ray_cluster.get_actor(f"{config.name}-sampler-0")  # still on `policy`'s weights
+    samples = ray_cluster.get(sampler.rollout.remote(prompts, rollout_seed(config.seed, 0), "preview")).to_pandas()
+    n, wanted = config.sampler.n, 2
+    first = set(step_prompts(len(prompts), 0, 0, wanted, config.seed))
+    crafted = []
+    for index, prompt in enumerate(prompts):
+        answers = [extract_answer(r).answer for r in samples["response"][index * n : (index + 1) * n]]
+        integers = [a for a in answers if a is not None and re.fullmatch(r"-?\d+", a)]
+        clear = all(a is None or a in integers for a in answers)  # no answer math_verify might equate otherwise
+        mixed = index not in first and clear and integers and any(a is None or int(a) != int(integers[0]) for a in answers)
+        crafted.append(replace(prompt, answer=integers[0] if mixed else IMPOSSIBLE))
+    expected, drawn = [], []
+    for batch in range(len(prompts) // wanted):
+        picked = step_prompts(len(prompts), 0, batch, wanted, config.seed, exclude=set(drawn))
+        drawn += picked
+        expected += [i for i in picked if crafted[i].answer != IMPOSSIBLE]
+        if len(expected) >= wanted:
+            break
+    assert len(expected) >= wanted, "the policy's samples agree too often to build mixed groups"
+
+    dapo = config.model_copy(update={"name": "dapo", "grpo": config.grpo.model_copy(update={
+        "dynamic_sampling": True, "prompts_per_step": wanted, "max_sampling_batches": len(prompts) // wanted})})
+    run_dir = tmp_path / "dapo"
+    controller = ray_cluster.remote(RolloutController).remote(dapo, str(policy), crafted, str(run_dir))
+    rollout = ray_cluster.get(controller.rollout.remote(0))
+    ray_cluster.get(controller.finish.remote())
+    ray_cluster.kill(controller)
+    table = pd.read_parquet(run_dir / "online" / "rollouts" / "step-00000.parquet")
+    stats = rollout["stats"]
+    batches = table["sampling_batch"].max() + 1
+    assert batches == stats["sampling_batches"] > 1 and len(table) == stats["samples_generated"] == len(drawn) * n
+    kept = table[table["kept"]]
+    assert list(dict.fromkeys(kept["prompt_id"])) == [crafted[i].id for i in expected[:wanted]]
+    assert len(rollout["advantages"]) == len(kept) == wanted * n and stats["samples_discarded"] == len(table) - wanted * n
+    for _, group in kept.groupby("prompt_id"):  # never a group whose advantages are all zero
+        assert 0 < group["reward"].sum() < n and group["advantage"].abs().sum() > 0
+    assert rollout["advantages"] == pytest.approx(kept["advantage"].tolist())
+    ledger = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
+    generated = [e for e in ledger if e["stage"] == "grpo_generate"]  # every batch charged, with its samples
+    assert len(generated) == batches and sum(e["samples"] for e in generated) == len(table)
+    assert [e["stage"] for e in ledger[1:-1]] == ["grpo_generate", "grpo_verify"] * batches

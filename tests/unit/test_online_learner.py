@@ -3,7 +3,9 @@ import torch
 
 from fpa_ray.config import load_config
 from fpa_ray.learner.online import _place, rollout_examples
-from fpa_ray.pipelines.online_grpo import _spans, held_resources
+from fpa_ray.config import ConfigError
+from fpa_ray.learner.loop import global_order
+from fpa_ray.pipelines.online_grpo import _spans, held_resources, step_prompts
 
 
 def test_rollout_rows_are_cut_to_max_length_and_counted():
@@ -24,3 +26,22 @@ def test_work_is_split_evenly_and_held_resources_add_up():
     assert _spans(10, 3) == [(0, 4), (4, 3), (7, 3)] and _spans(2, 3) == [(0, 1), (1, 1), (2, 0)]
     config = load_config("tiny-cpu-grpo", ["sampler.num_actors=2", "sampler.gpus_per_actor=1", "learner.gpus_per_worker=1"])
     assert held_resources(config) == {"cpus": 2 + 1 + 2, "gpus": 2 + 2}
+
+
+def test_dynamic_sampling_draws_new_prompts_for_each_further_batch():
+    first = step_prompts(100, 3, 0, 8, seed=0)
+    assert first == global_order(100, 3, 8, 0)  # without dynamic sampling nothing changes
+    drawn = list(first)
+    for batch in (1, 2):
+        more = step_prompts(100, 3, batch, 8, seed=0, exclude=set(drawn))
+        assert len(more) == 8 and not set(more) & set(drawn) and more == step_prompts(100, 3, batch, 8, seed=0, exclude=set(drawn))
+        drawn += more
+    assert sorted(step_prompts(20, 3, 1, 8, seed=0, exclude=set(range(15)))) == [15, 16, 17, 18, 19]  # what is left
+
+
+def test_dapo_options_are_off_by_default_and_checked():
+    grpo = load_config("tiny-cpu-grpo").grpo
+    assert not grpo.dynamic_sampling and grpo.overlong_buffer is None
+    with pytest.raises(ConfigError, match=r"grpo.overlong_buffer \(64\) must be less than sampler.max_new_tokens \(64\)"):
+        load_config("tiny-cpu-grpo", ["grpo.overlong_buffer=64"])
+    assert load_config("tiny-cpu-grpo", ["grpo.overlong_buffer=16", "grpo.dynamic_sampling=true"]).grpo.overlong_buffer == 16

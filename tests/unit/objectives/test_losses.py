@@ -151,3 +151,22 @@ def test_grpo_token_normalisation_is_invariant_to_micro_batching():
     total = sum(objective(TokenBatch(logp[i], old[i], mask[i], adv[i]), normalizer=tokens).loss for i in (slice(0, 1), slice(1, 4)))
     (accumulated,) = torch.autograd.grad(total, logp)
     torch.testing.assert_close(accumulated, full, rtol=1e-12, atol=1e-15)
+
+
+def test_dynamic_sampling_keeps_only_groups_with_both_verdicts():
+    from fpa_ray.objectives.grpo import informative_groups
+
+    correct = torch.tensor([1, 1, 1, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1], dtype=torch.bool)  # 4 groups of 4
+    assert informative_groups(correct, 4).tolist() == [True, False, False, True]
+    # ... which are exactly the groups with a non-zero advantage somewhere.
+    nonzero = group_advantages(correct.float(), 4).view(4, 4).abs().sum(1) > 0
+    assert nonzero.tolist() == informative_groups(correct, 4).tolist()
+
+
+def test_soft_overlong_punishment_is_dapos():
+    from fpa_ray.objectives.grpo import overlong_penalty
+
+    lengths = torch.tensor([10, 60, 70, 80, 90, 100])
+    assert overlong_penalty(lengths, max_tokens=100, buffer=40).tolist() == pytest.approx([0.0, 0.0, -0.25, -0.5, -0.75, -1.0])
+    with pytest.raises(ValueError, match="overlong buffer"):
+        overlong_penalty(lengths, max_tokens=100, buffer=100)
