@@ -50,14 +50,14 @@ def rollout_seed(seed: int, step: int) -> int:
 
 def step_prompts(num_prompts: int, step: int, batch: int, count: int, seed: int, exclude: set[int] = frozenset()) -> list[int]:
     """Prompt indices of sampling batch `batch` of `step`: batch 0 is the step's slice of the epoch's
-    permutation (global_order), a further one (dynamic sampling) `count` prompts not in `exclude`,
-    from a permutation of its own."""
+    permutation (global_order), a further one (dynamic sampling) `count` prompts not in `exclude`
+    (those drawn earlier in the step), from a permutation of its own."""
     import torch
 
     from fpa_ray.learner.loop import global_order
 
     if batch == 0:
-        return [i for i in global_order(num_prompts, step, count, seed) if i not in exclude]
+        return global_order(num_prompts, step, count, seed)
     permutation = torch.randperm(num_prompts, generator=torch.Generator().manual_seed(rollout_seed(seed, step) * 31 + batch))
     return [i for i in permutation.tolist() if i not in exclude][:count]
 
@@ -202,7 +202,7 @@ class RolloutController:
         if int(kept_groups.sum()) < grpo.prompts_per_step:
             raise RuntimeError(
                 f"GRPO step {step}: dynamic sampling found {int(mixed.sum())} of the {grpo.prompts_per_step} groups it needs with both right "
-                f"and wrong answers, in {table.column('sampling_batch')[-1].as_py() + 1} batches of {grpo.prompts_per_step} prompts "
+                f"and wrong answers, in {len(tables)} batches of {grpo.prompts_per_step} prompts "
                 f"({len(drawn)} of {len(self.prompts)} prompts drawn): raise grpo.max_sampling_batches, or the prompts are all too easy or "
                 "too hard for this policy"
             )

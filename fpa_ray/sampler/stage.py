@@ -110,11 +110,11 @@ def engine_key(checkpoint: Path) -> str:
         path = checkpoint / name
         if not path.is_file():
             continue
-        text = path.read_text(errors="replace")
         if name.endswith(".json"):
-            data = json.loads(text)
-            text = json.dumps({k: v for k, v in data.items() if k not in LOADER_KEYS} if isinstance(data, dict) else data, sort_keys=True)
-        parts[name] = text
+            data = json.loads(path.read_text())
+            parts[name] = json.dumps({k: v for k, v in data.items() if k not in LOADER_KEYS} if isinstance(data, dict) else data, sort_keys=True)
+        else:  # merges, templates, sentencepiece models: byte for byte
+            parts[name] = hashlib.sha256(path.read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
