@@ -35,6 +35,21 @@ def test_last_boxed(text, expected):
         ("\\boxed{7} and later The answer is 8.", "7", "boxed"),
         ("nothing here", None, None),
         (b"\\boxed{5}\xff", "5", "boxed"),
+        # several boxes of one answer, as math-verify combines them
+        ("\\boxed{1}, \\boxed{2}, \\boxed{3}", "1, 2, 3", "boxed"),
+        ("are \\[ \\boxed{-2} \\quad \\text{and} \\quad \\boxed{1}. \\]", "-2, 1", "boxed"),
+        ("$x_1 = \\boxed{3}$, $x_2 = \\boxed{5}$", "3, 5", "boxed"),
+        ("\\boxed{(2,1)}, \\boxed{(1,2)} or \\boxed{(0,0)}", "(2,1), (1,2), (0,0)", "boxed"),
+        ("First \\boxed{1}, but correcting: \\boxed{2}", "2", "boxed"),  # words between: only the last
+        # Minerva's format outranks an earlier box; other lead-ins; unanchored math and numbers
+        ("so $\\boxed{200}$ ... Final Answer: The final answer is $10,455$. I hope it is correct.", "10,455", "answer_is"),
+        ("Final Answer: The volume of $V$ is 120. I hope", "120", "answer_is"),
+        ("The identity matrix is $ \\begin{pmatrix}1 & 0 \\\\ 0 & 1\\end{pmatrix} $.", "\\begin{pmatrix}1 & 0 \\\\ 0 & 1\\end{pmatrix}", "math"),
+        ("Answer $ \\frac{1}{2} \\$ = \\frac{10}{9} $", "\\frac{1}{2} \\$ = \\frac{10}{9}", "math"),
+        ("Answer \\[ \n 9 \n \\]", "9", "math"),
+        ("$$x = 1$$ Therefore the error increases by 100%.", "100%", "number"),
+        ("28 percent", "28 percent", "bare"),
+        ("unbalanced \\boxed{5", None, None),  # a broken box is not guessed around
     ],
 )
 def test_extract_answer(text, answer, method):
@@ -46,6 +61,9 @@ def test_extraction_is_linear_on_huge_inputs():
     import time
 
     start = time.perf_counter()
-    for text in ("x" * 1_000_000, "\\boxed{" * 100_000, "The answer is " * 50_000, "#### " * 100_000):
+    for text in (
+        "x" * 1_000_000, "\\boxed{" * 100_000, "The answer is " * 50_000, "#### " * 100_000, "\\[" * 300_000,
+        "$" * 500_000, "\\boxed{1}, " * 100_000, "Final answer is " * 50_000, "1, " * 300_000,
+    ):
         extract_answer(text)
     assert time.perf_counter() - start < 2.0
