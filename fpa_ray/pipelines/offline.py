@@ -175,7 +175,7 @@ class OfflinePipeline:
             self.log(f"[{stage}] {report.summary()}")
             write_json(stage_dir / "manifest.json", {
                 "kind": "verified", "inputs": inputs[stage_dir], "complete": True, "checks": report.checks, "by_status": report.by_status,
-                "p50_seconds": report.p50_seconds, "p99_seconds": report.p99_seconds,
+                "fallbacks": report.fallbacks, "p50_seconds": report.p50_seconds, "p99_seconds": report.p99_seconds,
                 "graders": [grader_version(g) for g in (verifier.grader, verifier.cross_grader) if g],
             })
         for _, stage_dir in todo:

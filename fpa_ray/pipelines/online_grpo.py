@@ -196,7 +196,11 @@ class RolloutController:
         directory = self.run_dir / ONLINE_DIR / "rollouts"
         directory.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, directory / f"step-{step:05d}.parquet")  # every rollout kept, a failing one too
-        report = VerificationReport.from_columns(table.column("status").to_numpy(zero_copy_only=False), table.column("verify_seconds").to_numpy())
+        report = VerificationReport.from_columns(
+            table.column("status").to_numpy(zero_copy_only=False),
+            table.column("verify_seconds").to_numpy(),
+            table.column("verify_detail").to_numpy(zero_copy_only=False),
+        )
         metrics.verdicts(config.name, report.by_status)
         report.raise_if_unhealthy(config.verifier.max_failure_share)
         if int(kept_groups.sum()) < grpo.prompts_per_step:

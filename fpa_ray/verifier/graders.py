@@ -8,7 +8,9 @@
   \\{...\\}. No sympy at all, so it cannot be tricked into evaluating anything.
 
 A grader returns True/False, or None when the prediction cannot be parsed; it raises
-GoldAnswerError when the gold answer itself cannot be parsed. Both run inside the grading pool's
+GoldAnswerError when the gold answer itself cannot be parsed, and LibraryError when the library
+behind it fails (math-verify raising inside itself): the pool then asks the FALLBACK grader and
+marks the verdict `fallback:` in its detail. Both run inside the grading pool's
 worker processes (pool.py), which enforce the time limit from outside.
 """
 
@@ -27,20 +29,66 @@ class GoldAnswerError(ValueError):
     """The reference answer could not be parsed: a data problem, reported as status `error`."""
 
 
+class LibraryError(RuntimeError):
+    """math-verify raised inside itself: not a verdict. The pool falls back to the other grader and counts it."""
+
+
+_SPACED_THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3}(?:(?:\s|\\[ ,;]|\{,\}|~)\d{3})+)(?![\d])")
+_GROUP_MARK = re.compile(r"\s|\\[ ,;]|\{,\}|~")
+
+
+def _math_verify_input(answer: str) -> str:
+    """An answer as math-verify parses it: one line (inline math stops at a line break), `1 000` as 1000."""
+    answer = " ".join(answer.split())
+    return _SPACED_THOUSANDS.sub(lambda match: _GROUP_MARK.sub("", match.group(1)), answer)
+
+
+def _right_hand_side(answer: str) -> str | None:
+    """What follows the last top-level `=` (`17 \\bmod 5 = 2` -> `2`), or None without one."""
+    depth, last = 0, None
+    for index, char in enumerate(answer):
+        if char in "({[":
+            depth += 1
+        elif char in ")}]":
+            depth -= 1
+        elif char == "=" and depth == 0 and answer[index - 1 : index] not in ("<", ">", "!", "\\"):
+            last = index
+    rest = answer[last + 1 :].strip() if last is not None else ""
+    return rest or None
+
+
 def grade_math_verify(gold: str, predicted: str, timeout_s: float) -> bool | None:
     from math_verify import LatexExtractionConfig, parse, verify
+    from math_verify.errors import TimeoutException
 
     config = [LatexExtractionConfig()]
     # math-verify's own signal-based limits run in the worker's main thread (whole seconds);
     # the pool's kill is the hard limit behind them.
     seconds = max(1, math.ceil(timeout_s))
-    gold_parsed = parse(f"${gold}$", extraction_config=config, parsing_timeout=seconds, raise_on_error=True)
-    if not gold_parsed:
-        raise GoldAnswerError(f"math-verify cannot parse the gold answer {gold[:200]!r}")
-    predicted_parsed = parse(f"${predicted}$", extraction_config=config, parsing_timeout=seconds, raise_on_error=True)
-    if not predicted_parsed:
-        return None
-    return bool(verify(gold_parsed, predicted_parsed, timeout_seconds=seconds, raise_on_error=True))
+
+    def parsed(answer: str):
+        return parse(f"${_math_verify_input(answer)}$", extraction_config=config, parsing_timeout=seconds, raise_on_error=True)
+
+    try:
+        gold_parsed = parsed(gold)
+        if not gold_parsed:  # the other grader may still read it; if neither can, the gold is the problem
+            raise LibraryError(f"math-verify cannot parse the gold answer {gold[:200]!r}")
+        candidates = [predicted]
+        right = _right_hand_side(predicted) if "=" not in gold else None
+        if right is not None:  # the answer as the right-hand side of an equation in the box
+            candidates.append(right)
+        verdict = None
+        for candidate in candidates:
+            predicted_parsed = parsed(candidate)
+            if predicted_parsed:
+                verdict = bool(verify(gold_parsed, predicted_parsed, timeout_seconds=seconds, raise_on_error=True))
+                if verdict:
+                    return True
+        return verdict
+    except (TimeoutException, LibraryError):
+        raise
+    except Exception as error:  # noqa: BLE001 - anything else is math-verify failing, not the answer
+        raise LibraryError(f"{type(error).__name__}: {str(error)[:200]}") from error
 
 
 # --- the normalising grader -------------------------------------------------------------------
@@ -181,12 +229,15 @@ def grade_normalized(gold: str, predicted: str, timeout_s: float) -> bool | None
 
 
 GRADERS: dict[str, Grader] = {"math_verify": grade_math_verify, "normalized": grade_normalized}
+FALLBACK = {"math_verify": "normalized"}  # who decides when a grader's library fails (LibraryError)
 
 
 def grader_version(name: str) -> str:
     """What to record in manifests: the grader and the version of the code behind it."""
+    from fpa_ray.verifier.extract import EXTRACTION_VERSION
+
     if name == "math_verify":
-        return f"math_verify=={metadata.version('math-verify')}"
+        return f"math_verify=={metadata.version('math-verify')}+extract{EXTRACTION_VERSION}"
     if name == "normalized":
-        return "normalized==1"
+        return f"normalized==2+extract{EXTRACTION_VERSION}"
     raise ValueError(f"unknown grader {name!r}; known: {', '.join(GRADERS)}")

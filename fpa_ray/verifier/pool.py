@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pebble import ProcessExpired, ProcessPool
 
 from fpa_ray.verifier.extract import extract_answer
-from fpa_ray.verifier.graders import GRADERS, GoldAnswerError
+from fpa_ray.verifier.graders import FALLBACK, GRADERS, GoldAnswerError, LibraryError
 
 STATUSES = ("correct", "incorrect", "unparseable", "timeout", "error")
 
@@ -42,9 +42,14 @@ def _check(grader: str, gold: str, predicted: str, timeout_s: float) -> tuple[st
     from math_verify.errors import TimeoutException  # a BaseException: `except Exception` misses it
 
     started = time.perf_counter()
+    detail = ""
     try:
-        result = GRADERS[grader](gold, predicted, timeout_s)
-        status, detail = ("unparseable" if result is None else "correct" if result else "incorrect"), ""
+        try:
+            result = GRADERS[grader](gold, predicted, timeout_s)
+        except LibraryError as error:  # the library failed, the answer did not: the other grader decides
+            detail = f"fallback: {FALLBACK[grader]} graded it; {grader} raised {error}"[:300]
+            result = GRADERS[FALLBACK[grader]](gold, predicted, timeout_s)
+        status = "unparseable" if result is None else "correct" if result else "incorrect"
     except TimeoutException:
         status, detail = "timeout", "math-verify's own time limit"
     except GoldAnswerError as error:

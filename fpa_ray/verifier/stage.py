@@ -96,20 +96,24 @@ class VerificationReport:
     by_status: dict[str, int] = field(default_factory=dict)
     p50_seconds: float = 0.0
     p99_seconds: float = 0.0
+    fallbacks: int = 0  # verdicts the fallback grader gave because the configured one's library raised
 
     @classmethod
-    def from_columns(cls, status: np.ndarray, seconds: np.ndarray) -> VerificationReport:
+    def from_columns(cls, status: np.ndarray, seconds: np.ndarray, detail: np.ndarray | None = None) -> VerificationReport:
         counts = {s: int((status == s).sum()) for s in STATUSES}
         unknown = set(status.tolist()) - set(STATUSES)
         if unknown:
             raise ValueError(f"unknown verdict status(es) {sorted(unknown)}")
         graded = seconds[status != "unparseable"] if (status != "unparseable").any() else np.zeros(1)
-        return cls(len(status), counts, float(np.percentile(graded, 50)), float(np.percentile(graded, 99)))
+        fallbacks = 0 if detail is None else sum(str(d).startswith("fallback:") for d in detail)
+        return cls(len(status), counts, float(np.percentile(graded, 50)), float(np.percentile(graded, 99)), fallbacks)
 
     @classmethod
     def from_dataset(cls, dataset) -> VerificationReport:
-        table = dataset.select_columns(["status", "verify_seconds"]).to_pandas()
-        return cls.from_columns(table["status"].to_numpy(dtype=object), table["verify_seconds"].to_numpy())
+        table = dataset.select_columns(["status", "verify_seconds", "verify_detail"]).to_pandas()
+        return cls.from_columns(
+            table["status"].to_numpy(dtype=object), table["verify_seconds"].to_numpy(), table["verify_detail"].to_numpy(dtype=object)
+        )
 
     @property
     def failure_share(self) -> float:
@@ -126,4 +130,7 @@ class VerificationReport:
 
     def summary(self) -> str:
         counts = ", ".join(f"{s} {n}" for s, n in self.by_status.items())
-        return f"{self.checks} checks: {counts}; p50 {1000 * self.p50_seconds:.1f} ms, p99 {1000 * self.p99_seconds:.1f} ms"
+        return (
+            f"{self.checks} checks: {counts}; {self.fallbacks} by the fallback grader; "
+            f"p50 {1000 * self.p50_seconds:.1f} ms, p99 {1000 * self.p99_seconds:.1f} ms"
+        )

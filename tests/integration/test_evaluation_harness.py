@@ -21,6 +21,7 @@ import pytest
 from fpa_ray.config import SFTConfig, SyntheticTaskConfig, TinyModelConfig, load_config
 from fpa_ray.data.synthetic import generate
 from fpa_ray.evaluation.harness import BenchmarkEvaluation
+from fpa_ray.verifier.graders import grader_version
 from fpa_ray.warmstart import warm_start
 
 K = 4
@@ -123,7 +124,7 @@ def test_benchmarks_scored_cross_graded_and_reused(evaluated, benchmark_policy, 
         assert row["failure_share"] == pytest.approx(sum(s["status"] in ("unparseable", "timeout", "error") for s in samples) / len(samples))
         assert row["mean_response_tokens"] == pytest.approx(sum(s["response_tokens"] for s in samples) / len(samples))
         assert max(s["response_tokens"] for s in samples) <= (40 if label == "math500" else 48)  # per-benchmark budget
-        assert row["graders"][0].startswith("math_verify==") and row["graders"][1] == "normalized==1"
+        assert row["graders"][0].startswith("math_verify==") and row["graders"][1] == grader_version("normalized")
         differing = _lines(result_dir / "disagreements.jsonl")
         assert row["disagreements"] == len(differing) == sum(s["reward"] != s["cross_reward"] for s in samples)
         for line in differing:

@@ -55,8 +55,44 @@ def test_normalisation_details():
 
 
 def test_grader_versions_are_recorded():
-    assert grader_version("math_verify").startswith("math_verify==0.9")
-    assert grader_version("normalized") == "normalized==1"
+    assert grader_version("math_verify").startswith("math_verify==0.9") and grader_version("math_verify").endswith("+extract2")
+    assert grader_version("normalized") == "normalized==2+extract2"
     with pytest.raises(ValueError, match="unknown grader"):
         grader_version("llm_judge")
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+@pytest.mark.parametrize(
+    ("gold", "response"),
+    [
+        ("\\{1,2,3\\}", "\\boxed{1}, \\boxed{2}, \\boxed{3}"),
+        ("(2,1),(1,2),(-1,-20),(-20,-1)", "\\[\\boxed{(1, 2)}, \\boxed{(2, 1)}, \\boxed{(-1, -20)}, \\boxed{(-20, -1)}\\]"),
+        ("1,-2", "\\( f(n) = n \\) are: \\[ \\boxed{-2} \\quad \\text{and} \\quad \\boxed{1}. \\]"),
+        ("x = 2, x = -3", "so $x_1 = \\boxed{2}$ and $x_2 = \\boxed{-3}$"),
+        ("1000", "\\boxed{1 000}"),
+        ("1000000", "\\boxed{1\\,000\\,000}"),
+        ("2", "\\boxed{17 \\bmod 5 = 2}"),
+        ("\\begin{pmatrix} 0 & 3 \\\\\n 0 & -1 \\end{pmatrix}", "\\boxed{\\begin{pmatrix} 0 & 3 \\\\ 0 & -1 \\end{pmatrix}}"),
+    ],
+)
+def test_answer_forms_math_verify_reads(gold, response):
+    """The classes where the grader lost to math-verify called directly: several boxes, `1 000`, an equation's
+    right-hand side, a gold answer spanning lines."""
+    extracted = extract_answer(response).answer
+    assert _check("math_verify", gold, extracted, 5.0)[0] == "correct", extracted
+
+
+def test_right_hand_side_and_thousands_do_not_invent_matches():
+    assert _check("math_verify", "2", "17 \\bmod 5 = 3", 5.0)[0] == "incorrect"
+    assert _check("math_verify", "1000", "1 001", 5.0)[0] == "incorrect"
+    assert _check("math_verify", "x = 2", "x = 3", 5.0)[0] == "incorrect"  # an equation gold compares whole
+    assert _check("math_verify", "\\{1,2,3\\}", extract_answer("\\boxed{1}, \\boxed{2}").answer, 5.0)[0] == "incorrect"
+
+
+def test_an_exception_inside_math_verify_falls_back_to_the_other_grader_and_is_marked():
+    # math-verify raises "Can't evaluate nan or zoo" on 12:00 when asked to raise: not a verdict on the answer.
+    status, detail, _ = _check("math_verify", "12:00", "12:00", 5.0)
+    assert status == "correct" and detail.startswith("fallback: normalized graded it; math_verify raised")
+    status, detail, _ = _check("math_verify", "12:00", "1:00", 5.0)
+    assert status == "incorrect" and detail.startswith("fallback:")
+    assert _check("math_verify", "5", "5", 5.0)[1] == ""  # no fallback where math-verify answered
