@@ -94,6 +94,16 @@ def _plain(name: str) -> Callable[[dict[str, Any]], str]:
 
 
 @dataclass(frozen=True)
+class Layout:
+    """Another column layout of the same benchmark, recognised by its prompt field."""
+
+    description: str
+    prompt_field: str
+    answer: Callable[[dict[str, Any]], str]
+    id_field: str | None
+
+
+@dataclass(frozen=True)
 class SourceSchema:
     name: str
     prompt_field: str
@@ -103,6 +113,7 @@ class SourceSchema:
     hub_config: str | None = None
     default_split: str = "test"
     notes: str = ""
+    alternate: Layout | None = None  # used for a row that lacks prompt_field and has the alternate's
 
 
 SCHEMAS: dict[str, SourceSchema] = {
@@ -113,7 +124,11 @@ SCHEMAS: dict[str, SourceSchema] = {
         SourceSchema("gsm8k", "question", _after_hashes, None, "openai/gsm8k", hub_config="main"),
         SourceSchema("aime24", "problem", _plain("answer"), "id", "HuggingFaceH4/aime_2024", default_split="train"),
         SourceSchema("amc23", "question", _plain("answer"), "id", "math-ai/amc23"),
-        SourceSchema("minerva_math", "question", _plain("answer"), None, "math-ai/minervamath"),
+        SourceSchema(
+            "minerva_math", "question", _plain("answer"), None, "math-ai/minervamath",
+            # Qwen2.5-Math's evaluation toolkit (evaluation/data/minerva_math/test.jsonl): problem and a boxed solution
+            alternate=Layout("the Qwen2.5-Math toolkit's", "problem", _boxed_in("solution"), None),
+        ),
         SourceSchema(
             "olympiadbench", "question", _first_of_list("final_answer"), "id", "Hothan/OlympiadBench",
             hub_config="OE_TO_maths_en_COMP", default_split="train",
@@ -164,9 +179,16 @@ def _read_hub(dataset_id: str, config: str | None, split: str) -> Iterator[tuple
 
 
 def _normalise(schema: SourceSchema, row: dict[str, Any], index: int) -> PromptRow:
-    prompt = _text(row, schema.prompt_field)
-    answer = schema.answer(row)
-    row_id = _text(row, schema.id_field) if schema.id_field else str(index)
+    layout = schema.alternate
+    if layout is not None and schema.prompt_field not in row and layout.prompt_field in row:
+        prompt_field, answer_of, id_field = layout.prompt_field, layout.answer, layout.id_field
+    else:
+        prompt_field, answer_of, id_field = schema.prompt_field, schema.answer, schema.id_field
+        if layout is not None and prompt_field not in row:
+            raise _FieldError(prompt_field, f"missing (and no {layout.prompt_field!r} of {layout.description} layout either)")
+    prompt = _text(row, prompt_field)
+    answer = answer_of(row)
+    row_id = _text(row, id_field) if id_field else str(index)
     return PromptRow(id=f"{schema.name}-{row_id}", prompt=prompt, answer=answer, source=schema.name)
 
 

@@ -105,3 +105,26 @@ def test_synthetic_source_follows_the_task():
     rows = load_prompts(PromptSourceConfig(name="synthetic", split="test", limit=20), seed=5).rows
     assert len(rows) == 20 and all(r.source == "synthetic" and r.id.startswith("synthetic-") for r in rows)
     assert rows == load_prompts(PromptSourceConfig(name="synthetic", split="test", limit=20), seed=5).rows
+
+
+def test_minerva_math_in_the_qwen_toolkit_layout(tmp_path):
+    """evaluation/data/minerva_math/test.jsonl of Qwen2.5-Math's toolkit: `problem` and a boxed `solution`."""
+    rows = [
+        {"problem": "Compute the mass.", "solution": "So $M = \\boxed{4.5e33}$ grams.", "type": "Astronomy", "idx": 0},
+        {"problem": "Find the period.", "solution": "The period is $\\boxed{2\\pi}$.", "type": "Physics", "idx": 1},
+    ]
+    path = _write(tmp_path / "test.jsonl", rows)
+    result = load_prompts(PromptSourceConfig(name="minerva_math", path=path))
+    assert [(r.id, r.prompt, r.answer) for r in result.rows] == [
+        ("minerva_math-0", "Compute the mass.", "4.5e33"), ("minerva_math-1", "Find the period.", "2\\pi"),
+    ]
+    hub = _write(tmp_path / "hub.jsonl", [ROWS["minerva_math"][0]])  # the Hub's layout still loads
+    assert load_prompts(PromptSourceConfig(name="minerva_math", path=hub)).rows[0].answer == "4.5e33"
+    for bad, message in (
+        ({"prompt": "neither layout"}, "line 1: field 'question': missing (and no 'problem' of the Qwen2.5-Math toolkit's layout either)"),
+        ({"problem": "toolkit layout", "solution": "no box here"}, "line 1: field 'solution': no \\\\boxed"),
+    ):
+        path = _write(tmp_path / "bad.jsonl", [bad])
+        with pytest.raises(InvalidRowError, match=message.replace("(", "\\(").replace(")", "\\)")) as error:
+            load_prompts(PromptSourceConfig(name="minerva_math", path=path))
+        assert "bad.jsonl" in str(error.value)
