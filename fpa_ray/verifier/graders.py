@@ -94,53 +94,73 @@ def grade_math_verify(gold: str, predicted: str, timeout_s: float) -> bool | Non
 # --- the normalising grader -------------------------------------------------------------------
 
 _MAX_DEPTH = 32  # nested brackets deeper than this are not an answer
+_MAX_ITEMS = 64  # listed answers compared as a set, at most
 _UNIT_WORDS = (
     "degrees", "degree", "units", "unit", "cm", "meters", "meter", "inches", "inch", "feet", "foot", "ft", "km",
     "miles", "mph", "hours", "hour", "minutes", "minute", "seconds", "second", "dollars", "dollar", "cents",
     "pounds", "students", "ways", "points", "days", "sq", "square",
 )
-_UNITS = re.compile(r"(?<=[\d}\s])\s*(?:\\(?:text|mbox|mathrm)\{\s*)?(?:" + "|".join(_UNIT_WORDS) + r")\b\}?(?:\^?\{?[23]\}?)?\s*$")
-_TEXT_WRAP = re.compile(r"\\(?:text|textbf|mbox|mathrm|mathbf)\{([^{}]*)\}")
+_UNITS = re.compile(r"(?<=[\d}\s])\s*(?:\\(?:text|textnormal|mbox|mathrm)\{\s*)?(?:" + "|".join(_UNIT_WORDS) + r")\b\}?(?:\^?\{?[23]\}?)?\s*$")
+_TEXT_WRAP = re.compile(r"\\(?:text|textnormal|textbf|mbox|mathrm|mathbf)\{([^{}]*)\}")
+_TRAILING_TEXT = re.compile(r"^(-?[\d.,/]+)\s*\\(?:text|textnormal|mbox)\{[^{}]*\}$")  # `17\text{ any text}` is 17
+_PERCENT_WORD = re.compile(r"(?<=\d)\s*(?:percent(?:age)?|pct)$")
 _FRAC = re.compile(r"^(-?)\\frac\{(-?\d+(?:\.\d+)?)\}\{(-?\d+(?:\.\d+)?)\}$")
 _FRAC_SHORT = re.compile(r"\\frac(\d)(\d)")
+_MIXED = re.compile(r"^(-?)(\d+)\\frac\{(\d+)\}\{(\d+)\}$")  # 918\frac{1}{2} is 918.5
 _SLASH = re.compile(r"^(-?\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)$")
 _DECIMAL = re.compile(r"^-?(?:\d+\.?\d*|\.\d+)$")
 _SCIENTIFIC = re.compile(r"^(-?(?:\d+\.?\d*|\.\d+))(?:e|\\times10\^)\{?(-?\d+)\}?$")
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
-_ASSIGNMENT = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?!=)")
+_LABEL_DIGITS = re.compile(r"_\{?\w+\}?")  # subscripts: x_1 is still a name
+_RELATION_WORDS = ((r"\\(?:geq|ge|geqslant)(?![a-zA-Z])|≥", ">="), (r"\\(?:leq|le|leqslant)(?![a-zA-Z])|≤", "<="),
+                   (r"\\(?:neq|ne)(?![a-zA-Z])|≠", "!="), (r"\\lt(?![a-zA-Z])", "<"), (r"\\gt(?![a-zA-Z])", ">"))
+_LIST_WORD = re.compile(r"(?<![a-zA-Z\\])(?:and|or)(?![a-zA-Z])")
+_MATRIX = re.compile(r"^\[?\\begin\{([pbvB]?matrix|array)\}(?:\{[lcr|]*\})?(.*)\\end\{\1\}\]?$")
+_BARE_VARIABLE = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?$")
 
 
 def normalize_answer(text: str) -> tuple[str, bool]:
     """Canonical string of an answer, and whether it carried a percent sign."""
-    s = text.strip()
-    s = s.replace("\\!", "").replace("\\,", "").replace("\\;", "").replace("\\ ", " ").replace("\\left", "").replace("\\right", "")
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\$", "").replace("$", "")
+    s = re.sub(r"\\\\(?=[a-zA-Z])", r"\\", text.strip())  # `\\frac` written with the backslash doubled
+    s = re.sub(r",\\!\s*|\s*\{\s*,\s*\}\s*", ",", s)  # 14{,}916 and 11,\! 111: thousands
+    s = re.sub(r"(?<!\\)\\[!,;]", "", s)  # LaTeX spacing (`\\` before it is a matrix row break, kept)
+    s = re.sub(r"(?<!\\)\\ ", " ", s).replace("\\left", "").replace("\\right", "")
+    s = re.sub(r"\\q?quad(?![a-zA-Z])", " ", s).replace("\\(", "").replace("\\)", "")
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac").replace("\\$", "").replace("$", "")
     s = _FRAC_SHORT.sub(r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)
+    s = _TRAILING_TEXT.sub(r"\1", s.strip())
     for _ in range(_MAX_DEPTH):  # innermost \text{...} first
         unwrapped = _TEXT_WRAP.sub(r"\1", s)
         if unwrapped == s:
             break
         s = unwrapped
     s = re.sub(r"\^\{?\\circ\}?|°", "", s)
-    percent = "%" in s
-    s = s.replace("\\%", "").replace("%", "")
+    percent = "%" in s or bool(_PERCENT_WORD.search(s))
+    s = _PERCENT_WORD.sub("", s.replace("\\%", "").replace("%", ""))
     s = _UNITS.sub("", s).strip()
-    s = _ASSIGNMENT.sub("", s)
-    s = s.rstrip(".").strip()
+    for pattern, replacement in _RELATION_WORDS:
+        s = re.sub(pattern, replacement, s)
+    s = re.sub(r"^[a-zA-Z]\s*\\in\s*", "", s)  # x \in [2, 7]
+    s = s.rstrip(".").rstrip("\\").strip()
     if _THOUSANDS.match(s):
         s = s.replace(",", "")
-    s = re.sub(r"\s+", "", s)
+    s = re.sub(r"(?<=[a-zA-Z])\s+(?=[a-zA-Z])", " ", s)  # `\pi r` keeps its space: `\pir` is no command
+    s = re.sub(r"(?<![a-zA-Z])\s+|\s+(?![a-zA-Z])", "", s)
+    s = re.sub(r"^\(([A-Za-z])\)$", r"\1", s)  # (C) is the choice C
     return s, percent
 
 
 def _number(s: str) -> Fraction | float | None:
-    """An exact rational (integers, decimals, \\frac{a}{b}, a/b) or a float (scientific); None otherwise."""
+    """An exact rational (integers, decimals, \\frac{a}{b}, a/b, mixed numbers) or a float (scientific); None otherwise."""
     try:
         if _DECIMAL.match(s):
             return Fraction(s)
         if match := _FRAC.match(s):
             value = Fraction(match[2]) / Fraction(match[3])
+            return -value if match[1] else value
+        if match := _MIXED.match(s):
+            value = int(match[2]) + Fraction(int(match[3]), int(match[4]))
             return -value if match[1] else value
         if match := _SLASH.match(s):
             return Fraction(match[1]) / Fraction(match[2])
@@ -157,7 +177,7 @@ def _numbers_equal(a: Fraction | float, b: Fraction | float) -> bool:
     return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
 
 
-def _split_top_level(inner: str) -> list[str] | None:
+def _split_top_level(inner: str, separators: str = ",;") -> list[str] | None:
     parts, depth, start = [], 0, 0
     for index, char in enumerate(inner):
         if char in "([{":
@@ -166,7 +186,7 @@ def _split_top_level(inner: str) -> list[str] | None:
                 return None
         elif char in ")]}":
             depth -= 1
-        elif char == "," and depth == 0:
+        elif char in separators and depth == 0:
             parts.append(inner[start:index])
             start = index + 1
     parts.append(inner[start:])
@@ -181,10 +201,132 @@ def _sequence(s: str) -> tuple[str, list[str], str] | None:
         opener, inner, closer = s[0], s[1:-1], s[-1]
     else:
         return None
+    if opener != "{":  # `(a)(b)` is a product, not a tuple: the first bracket closes only at the end
+        depth = 0
+        for char in s[:-1]:
+            depth += (char in "([{") - (char in ")]}")
+            if depth == 0:
+                return None
     items = _split_top_level(inner)
     if items is None or len(items) < 2 and opener != "{":
         return None
     return opener, items, closer
+
+
+def _list_items(s: str) -> list[str]:
+    """A listed answer's items (`1, 2 and 3`, `\\{1,2\\}`, `{1,2}`, `\\pm 3`); [s] for one answer."""
+    if s.startswith("\\pm") and len(s) > 3:
+        return [f"-{s[3:]}", s[3:]]
+    inner = s
+    if s.startswith("\\{") and s.endswith("\\}"):
+        inner = s[2:-2]
+    elif s.startswith("{") and s.endswith("}") and _split_top_level(s[1:-1], "") is not None:
+        inner = s[1:-1]
+    items = []
+    for part in _split_top_level(_LIST_WORD.sub(",", inner)) or [inner]:
+        if part:
+            items.append(part)
+    return items if 1 < len(items) <= _MAX_ITEMS or inner != s else [s]
+
+
+def _relation(s: str) -> tuple[list[str], list[str]] | None:
+    """([operands], [operators]) split at top-level =, <, <=, >, >=, !=; None without any."""
+    operands, operators, depth, start, index = [], [], 0, 0, 0
+    while index < len(s):
+        char = s[index]
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif depth == 0 and char in "<>=!":
+            operator = s[index : index + 2] if s[index : index + 2] in ("<=", ">=", "!=") else char
+            if operator == "!":
+                index += 1
+                continue
+            operands.append(s[start:index])
+            operators.append(operator)
+            index += len(operator)
+            start = index
+            continue
+        index += 1
+    if not operators:
+        return None
+    operands.append(s[start:])
+    return operands, operators
+
+
+def _value_of(s: str, keep_label: bool) -> str:
+    """`x = 5+6 = 11` -> `11`, `x \\approx 11` -> `11`, `\\frac{1}{3} \\approx 0.33` -> `\\frac{1}{3}` (unless keep_label)."""
+    if "\\approx" in s:
+        before, _, after = s.partition("\\approx")
+        s = after if _BARE_VARIABLE.match(before) else before
+    relation = _relation(s)
+    if keep_label or relation is None or set(relation[1]) != {"="}:
+        return s
+    operands = relation[0]
+    if len(operands) == 2 and re.search(r"[\d+\-]", _LABEL_DIGITS.sub("", operands[0])):
+        return s  # `a+3z = 0` is an equation, not a label in front of 0; `x = ... = 11` is worked to its end
+    return operands[-1]
+
+
+def _expression_equal(gold: str, predicted: str) -> bool:
+    from fpa_ray.verifier.expression import parse_expression, same_value
+
+    a, b = parse_expression(gold), parse_expression(predicted)
+    return a is not None and b is not None and same_value(a, b)
+
+
+def _relations_equal(gold: str, predicted: str) -> bool:
+    """One relation each (`2x+4y-3=0` and `y=-x/2+3/4`, `x>=5` and `5<=x`): the same after moving all to one side."""
+    from fpa_ray.verifier.expression import parse_expression, proportional
+
+    sides = []
+    for text in (gold, predicted):
+        relation = _relation(text)
+        if relation is None or len(relation[1]) != 1:
+            return False
+        (left, right), (operator,) = relation
+        if operator in (">", ">="):  # a > b is b < a
+            left, right, operator = right, left, "<" if operator == ">" else "<="
+        left_tree, right_tree = parse_expression(left), parse_expression(right)
+        if left_tree is None or right_tree is None:
+            return False
+        sides.append((operator, ("-", left_tree, right_tree)))
+    (gold_op, gold_tree), (predicted_op, predicted_tree) = sides
+    return gold_op == predicted_op and proportional(gold_tree, predicted_tree, positive=gold_op in ("<", "<="))
+
+
+def _interval_of_chain(s: str) -> str | None:
+    """`a < x <= b` (x a name) as the interval `(a,b]`."""
+    relation = _relation(s)
+    if relation is None or len(relation[1]) != 2 or not set(relation[1]) <= {"<", "<="}:
+        return None
+    (low, middle, high), (first, second) = relation
+    if _number(low) is None and low not in ("-\\infty",) or _number(high) is None or _number(middle) is not None:
+        return None
+    return f"{'(' if first == '<' else '['}{low},{high}{')' if second == '<' else ']'}"
+
+
+def _matrix(s: str) -> list[list[str]] | None:
+    match = _MATRIX.match(s)
+    if not match:
+        return None
+    rows = [row for row in match[2].split("\\\\") if row]
+    return [row.split("&") for row in rows]
+
+
+def _same_items(gold: list[str], predicted: list[str], depth: int) -> bool:
+    """As sets: every distinct gold item matched by its own predicted one."""
+    gold, predicted = list(dict.fromkeys(gold)), list(dict.fromkeys(predicted))
+    if len(gold) != len(predicted):
+        return False
+    remaining = list(predicted)
+    for item in gold:
+        match = next((i for i, other in enumerate(remaining) if _equal(item, other, depth + 1)), None)
+        if match is None:
+            return False
+        remaining.pop(match)
+    return True
 
 
 def _equal(gold: str, predicted: str, depth: int = 0) -> bool:
@@ -195,21 +337,36 @@ def _equal(gold: str, predicted: str, depth: int = 0) -> bool:
     gold_number, predicted_number = _number(gold), _number(predicted)
     if gold_number is not None and predicted_number is not None:
         return _numbers_equal(gold_number, predicted_number)
+    gold_items, predicted_items = _list_items(gold), _list_items(predicted)
+    if len(gold_items) > 1 or len(predicted_items) > 1:  # listed answers: a set, as math-verify reads them
+        return _same_items(gold_items, predicted_items, depth)
     gold_seq, predicted_seq = _sequence(gold), _sequence(predicted)
-    if gold_seq is None or predicted_seq is None:
-        return False
-    (g_open, g_items, g_close), (p_open, p_items, p_close) = gold_seq, predicted_seq
-    if (g_open, g_close) != (p_open, p_close) or len(g_items) != len(p_items):
-        return False  # (1,2) and [1,2] are different intervals
-    if g_open == "{":  # sets: order does not matter
-        remaining = list(p_items)
-        for item in g_items:
-            match = next((i for i, other in enumerate(remaining) if _equal(item, other, depth + 1)), None)
-            if match is None:
-                return False
-            remaining.pop(match)
-        return True
-    return all(_equal(g, p, depth + 1) for g, p in zip(g_items, p_items))
+    if gold_seq is not None and predicted_seq is not None:
+        (g_open, g_items, g_close), (p_open, p_items, p_close) = gold_seq, predicted_seq
+        if (g_open, g_close) != (p_open, p_close) or len(g_items) != len(p_items):
+            return False  # (1,2) and [1,2] are different intervals
+        if g_open == "{":  # sets: order does not matter
+            return _same_items(g_items, p_items, depth)
+        return all(_equal(g, p, depth + 1) for g, p in zip(g_items, p_items))
+    gold_matrix, predicted_matrix = _matrix(gold), _matrix(predicted)
+    if gold_matrix is not None or predicted_matrix is not None:
+        return (
+            gold_matrix is not None and predicted_matrix is not None
+            and [len(row) for row in gold_matrix] == [len(row) for row in predicted_matrix]
+            and all(_equal(g, p, depth + 1) for g_row, p_row in zip(gold_matrix, predicted_matrix) for g, p in zip(g_row, p_row))
+        )
+    # An equation or approximation against a value: compare the value (`x = 11` and `11`, `(p,q)=(3,2)` and `(3,2)`).
+    gold_value = _value_of(gold, keep_label="=" in predicted and "=" in gold and gold.count("=") == predicted.count("=") == 1)
+    predicted_value = _value_of(predicted, keep_label="=" in predicted and "=" in gold and gold.count("=") == predicted.count("=") == 1)
+    if (gold_value, predicted_value) != (gold, predicted):
+        return _equal(gold_value, predicted_value, depth + 1)
+    for chain, other in ((gold, predicted), (predicted, gold)):
+        interval = _interval_of_chain(chain)
+        if interval is not None:
+            return _equal(interval, other, depth + 1)
+    if _relation(gold) is not None or _relation(predicted) is not None:
+        return _relations_equal(gold, predicted)
+    return _expression_equal(gold, predicted)
 
 
 def grade_normalized(gold: str, predicted: str, timeout_s: float) -> bool | None:

@@ -27,17 +27,20 @@ def test_cases_cite_their_source_and_keep_its_verdict():
     assert 0.15 < sum(not case["verdict"] for case in cases) / len(cases) < 0.5
 
 
-def test_default_grader_matches_math_verify_direct_within_three_cases_and_never_adds_false_positives():
+def test_graders_against_math_verify_direct():
+    """Measured: default 287/298 and normalized 282/298 against direct's 290/298, 4 false positives each at most."""
     bench = _benchmark()
     cases = bench.load_cases()
-    ours = []
-    for case in cases:
-        extracted = extract_answer(case["response"]).answer
-        ours.append(extracted is not None and _check("math_verify", case["gold"], extracted, 5.0)[0] == "correct")
-    direct = [bench.math_verify_direct(case["gold"], case["response"]) for case in cases]
-    mine, theirs = bench.tally(cases, ours)["all"], bench.tally(cases, direct)["all"]
-    # Measured: 287/298 against 290/298; the three are listed in the README's verifier section.
-    assert mine["agree"] >= theirs["agree"] - 3 and mine["fp"] <= theirs["fp"], (mine, theirs)
+    direct = bench.tally(cases, [bench.math_verify_direct(case["gold"], case["response"]) for case in cases])["all"]
+    extracted = [extract_answer(case["response"]).answer for case in cases]
+    for grader, slack in (("math_verify", 3), ("normalized", None)):
+        verdicts = [a is not None and _check(grader, case["gold"], a, 5.0)[0] == "correct" for case, a in zip(cases, extracted)]
+        ours = bench.tally(cases, verdicts)["all"]
+        assert ours["fp"] <= direct["fp"], (grader, ours, direct)
+        if slack is not None:  # the default: within three cases of math-verify called directly (README lists them)
+            assert ours["agree"] >= direct["agree"] - slack, (grader, ours, direct)
+        else:  # the cross-grader: agreement high enough that a disagreement flags real ambiguity
+            assert ours["agree"] >= 0.9 * ours["cases"], (grader, ours)
 
 
 def test_report_counts_fallback_verdicts():
