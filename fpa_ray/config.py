@@ -216,7 +216,7 @@ class VerifierConfig(StrictModel):
     grader: Literal["math_verify", "normalized"] = "math_verify"
     cross_grader: Literal["math_verify", "normalized"] | None = Field(None, description="second grader, for evaluation")
     num_actors: int = Field(2, ge=1)
-    workers_per_actor: int = Field(1, ge=1, description="grading processes (and CPUs) per actor")
+    workers_per_actor: int = Field(1, ge=1, description="grading processes (and CPUs) per actor; each pool keeps one spare process besides")
     timeout_s: float = Field(5.0, gt=0, description="hard limit per check; the process running it is killed")
     memory_limit_mb: int | None = Field(2048, ge=256, description="address-space limit of a grading process")
     batch_size: int = Field(256, ge=1)

@@ -3,8 +3,10 @@
 Every check runs in a worker process of a pebble ProcessPool; a check that outlives `timeout_s`
 is killed with its process (which pebble replaces), so a pathological expression (a power tower
 evaluated in C, where no signal can interrupt it) can stall neither the caller nor the next
-check. Workers start with `spawn` (forking a Ray actor's threads is unsafe) and run under an
-address-space limit, so a runaway allocation fails inside the worker as MemoryError.
+check. One process more than `workers` is kept, so that while a killed one's replacement spawns
+and imports (seconds, more on a loaded machine) the checks after it run on a warm one. Workers
+start with `spawn` (forking a Ray actor's threads is unsafe) and run under an address-space
+limit, so a runaway allocation fails inside the worker as MemoryError.
 """
 
 from __future__ import annotations
@@ -79,14 +81,14 @@ def _text(value: str | bytes) -> str:
 
 
 class GradingPool:
-    """Grades (gold, response) pairs with one grader, `workers` processes, a hard limit per check."""
+    """Grades (gold, response) pairs with one grader, `workers` processes (and a spare), a hard limit per check."""
 
     def __init__(self, grader: str, workers: int = 1, timeout_s: float = 5.0, memory_limit_mb: int | None = 2048):
         if grader not in GRADERS:
             raise ValueError(f"unknown grader {grader!r}; known: {', '.join(GRADERS)}")
         self.grader, self.timeout_s = grader, timeout_s
         self._pool = ProcessPool(
-            max_workers=workers,
+            max_workers=workers + 1,  # the spare: a kill never leaves the next check waiting for a fresh process
             context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
             initargs=(memory_limit_mb,),
