@@ -58,7 +58,9 @@ def test_first_step_is_the_same_for_every_strategy_worker_count_and_accumulation
     compared = [_key(objective, fpa, strategy, w, a) for strategy in STRATEGIES for w, a in splits]
     for key in compared:
         metrics, update = results[key]["metrics"][0], results[key]["update"]
-        assert metrics["loss"] == pytest.approx(base_metrics["loss"], rel=1e-6), key
+        # A loss near 0 (FPA-SimPER, offline RL: ~3e-4) is a difference of terms ~1e3 times larger, whose
+        # fp32 summation order moved it by 5e-10 on one CPU: relative 1e-6 alone is below that noise.
+        assert metrics["loss"] == pytest.approx(base_metrics["loss"], rel=1e-6, abs=5e-9), key
         assert metrics["grad_norm"] == pytest.approx(base_metrics["grad_norm"], rel=1e-5), key
         assert metrics["num_units"] == 8, key
         if objective == "kto":  # z0 is one estimate over the global batch, not one per micro-batch
