@@ -31,7 +31,9 @@ _FUNCTIONS: dict[str, Callable[[float], float]] = {
 }
 _CONSTANTS = {"pi": math.pi, "infty": math.inf}
 _TIMES = ("cdot", "times")
-_POINTS = (0.7319, 1.4142, 2.2361, -0.5772)  # fixed, so that a verdict never depends on chance
+# Fixed, so that a verdict never depends on chance; every variable takes a negative value at one of
+# them, so that sqrt(v^2) and v (or |x| and x) differ.
+_POINTS = (0.7319, 1.4142, 2.2361, -0.5772)
 
 
 class _Reject(Exception):
@@ -87,8 +89,8 @@ class _Parser:
             if token[1] in ("*", "/") or token[0] == "cmd" and token[1][1:] in _TIMES:
                 self.take()
                 node = ("/" if token[1] == "/" else "*", node, self.signed())
-            elif token[0] in ("num", "var") or token[1] in ("(", "{", "|") or token[0] == "cmd" and token[1][1:] not in _TIMES:
-                node = ("*", node, self.power())  # implicit product: 2x, 3\sqrt{2}, (x+1)(x-1)
+            elif token[0] in ("num", "var") or token[1] in ("(", "{") or token[0] == "cmd" and token[1][1:] not in _TIMES:
+                node = ("*", node, self.power())  # implicit product: 2x, 3\sqrt{2}, (x+1)(x-1); not `|`, which may close
             else:
                 break
         return node
@@ -204,7 +206,7 @@ def evaluate(node: Node, point: dict[str, float]) -> float:
 
 def _points(names: set[str]) -> list[dict[str, float]]:
     ordered = sorted(names)
-    return [{name: _POINTS[(shift + i) % len(_POINTS)] + 0.1 * i for i, name in enumerate(ordered)} for shift in range(3)]
+    return [{name: _POINTS[(shift + i) % len(_POINTS)] + 0.1 * i for i, name in enumerate(ordered)} for shift in range(len(_POINTS))]
 
 
 def _close(a: float, b: float) -> bool:

@@ -24,10 +24,10 @@ _NUMBER_STOP = re.compile(r"(?<=\d)\.$")  # `\boxed{12.}`: a sentence's full sto
 # The lead-in only, so no answer is swallowed; "Final Answer: The volume of $V$ is 120" as math-verify reads it.
 _ANSWER_IS = re.compile(r"[Tt]he (?:final )?answer is[:\s]*|[Ff]inal [Aa]nswer:?[^\n.]{0,100}?\bis[:\s]+")
 _SENTENCE_END = re.compile(r"\.(?:\s|$)|\n")
-# What may stand between two boxes of one answer: spaces, math delimiters, commas, `and`/`or`, \quad,
-# and the next one's label (`x_1 = \boxed{3}, x_2 = \boxed{5}`).
+# What may stand between two boxes of one answer: spaces, math delimiters, commas, `and`/`or` (also
+# closing a short \text{ for part (a) and }), \quad, and the next one's label (`x_1 = \boxed{3}, x_2 = \boxed{5}`).
 _BOX_SEPARATOR = re.compile(
-    r"(?:\s|\$|\\[()\[\]]|[,;.]|\\q?quad|\\text\{\s*(?:and|or|,)\s*\}|\\[,; ]|\band\b|\bor\b|[A-Za-z](?:_\{?\w+\}?)?\s*=)*"
+    r"(?:\s|\$|\\[()\[\]]|[,;.]|\\q?quad|\\text\{[^{}]{0,30}?\b(?:and|or)\s*\}|\\text\{\s*,\s*\}|\\[,; ]|\band\b|\bor\b|[A-Za-z](?:_\{?\w+\}?)?\s*=)*"
 )
 # Minerva's format, "Final Answer: The final answer is $x$. I hope it is correct.": it outranks a box, as in math-verify.
 _MINERVA = re.compile(r"[Ff]inal [Aa]nswer is:?\s*([^\n]{1,200}?)\.?\s?I hope")

@@ -3,8 +3,9 @@
 The benchmarks are local files in MATH500's and GSM8K's real column layouts (the Hub is unreachable
 here) holding one-step arithmetic problems that the policy under test was fine-tuned on, so it solves
 most but not all of them and every metric has both verdicts to count. MATH500's gold answers are
-written as \\sqrt{v^2}: math_verify simplifies them to v, the normalising grader does not, so every
-correct sample is a cross-grader disagreement the harness has to surface.
+written as \\binom{v}{1}: math_verify evaluates it to v, the normalising grader does not read binomials
+(its arithmetic reader would see through \\sqrt{v^2}), so every correct sample is a cross-grader
+disagreement the harness has to surface.
 """
 
 import json
@@ -43,7 +44,7 @@ def benchmark_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("benchmarks")
     problems = generate(TASK, "train", TRAIN, seed=0)[:24]
     math500 = [
-        {"problem": p.prompt, "solution": p.solution, "answer": f"\\sqrt{{{int(p.answer) ** 2}}}", "subject": "Arithmetic",
+        {"problem": p.prompt, "solution": p.solution, "answer": f"\\binom{{{p.answer}}}{{1}}", "subject": "Arithmetic",
          "level": 1, "unique_id": f"test/arithmetic/{i}.json"}
         for i, p in enumerate(problems[:12])
     ]
@@ -134,7 +135,7 @@ def test_benchmarks_scored_cross_graded_and_reused(evaluated, benchmark_policy, 
     math500, samples, differing = scores["math500"]
     correct = [s for s in samples if s["reward"] == 1.0]
     assert correct, "the tiny policy solved none of 12 problems x 4 samples: too weak to test cross-grading"
-    assert all(s["cross_reward"] == 0.0 for s in correct)  # \sqrt{v^2}: only math_verify sees v
+    assert all(s["cross_reward"] == 0.0 for s in correct)  # \binom{v}{1}: only math_verify sees v
     assert len(differing) == len(correct) and math500["cross_pass_at_1"] == 0.0
     gsm8k = scores["gsm8k_local"][0]
     assert gsm8k["disagreements"] == 0 and gsm8k["cross_pass_at_1"] == pytest.approx(gsm8k["pass_at_1"])

@@ -40,7 +40,9 @@ def test_last_boxed(text, expected):
         ("are \\[ \\boxed{-2} \\quad \\text{and} \\quad \\boxed{1}. \\]", "-2, 1", "boxed"),
         ("$x_1 = \\boxed{3}$, $x_2 = \\boxed{5}$", "3, 5", "boxed"),
         ("\\boxed{(2,1)}, \\boxed{(1,2)} or \\boxed{(0,0)}", "(2,1), (1,2), (0,0)", "boxed"),
+        ("$$\\boxed{(3, 3)} \\text{ for part (a) and } \\boxed{(1, 1)}$$", "(3, 3), (1, 1)", "boxed"),
         ("First \\boxed{1}, but correcting: \\boxed{2}", "2", "boxed"),  # words between: only the last
+        ("\\boxed{1} \\text{ is wrong; the answer is } \\boxed{2}", "2", "boxed"),
         # Minerva's format outranks an earlier box; other lead-ins; unanchored math and numbers
         ("so $\\boxed{200}$ ... Final Answer: The final answer is $10,455$. I hope it is correct.", "10,455", "answer_is"),
         ("Final Answer: The volume of $V$ is 120. I hope", "120", "answer_is"),

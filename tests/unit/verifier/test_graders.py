@@ -138,3 +138,5 @@ def test_expression_reader_refuses_what_it_cannot_bound():
     tower = parse_expression("9^{9^{9^{9}}}")
     assert tower is not None and not same_value(tower, parse_expression("5"))  # overflows: not comparable, not equal
     assert not same_value(parse_expression("\\sqrt{x-100}"), parse_expression("\\sqrt{x-100}"))  # undefined at every point
+    assert not same_value(parse_expression("\\sqrt{v^2}"), parse_expression("v"))  # |v|: a negative point tells them apart
+    assert not same_value(parse_expression("|x|"), parse_expression("x")) and same_value(parse_expression("|x|^2"), parse_expression("x^2"))
