@@ -116,8 +116,8 @@ def extract_answer(text: str | bytes) -> Extraction:
     if minerva and _clean_tail(minerva[-1]):
         return Extraction(_clean_tail(minerva[-1]), "answer_is")
     boxes = [_clean_box(answer) for answer in boxed_answers(text)]
-    if boxes and all(boxes):
-        return Extraction(", ".join(boxes), "boxed")
+    if boxes and boxes[-1]:  # an empty box among earlier ones adds nothing
+        return Extraction(", ".join(box for box in boxes if box), "boxed")
     hashes = _HASHES.findall(text)
     if hashes and _clean_tail(hashes[-1]):
         return Extraction(_clean_tail(hashes[-1]), "hashes")
@@ -128,11 +128,11 @@ def extract_answer(text: str | bytes) -> Extraction:
         answer = _clean_tail(rest[: end.start()] if end else rest)
         if answer:
             return Extraction(answer, "answer_is")
+    if any(command in text for command in _BOX_COMMANDS):
+        return Extraction(None, None)  # a broken or empty box is a format failure, not an answer to guess
     tail = text[-_MATH_TAIL:]
     if len(text) > _MATH_TAIL:  # start at a line break, so that inline $ pairs are not shifted by the cut
         tail = tail[tail.find("\n") + 1 :]
-    if any(command in text for command in _BOX_COMMANDS):
-        return Extraction(None, None)  # a broken or empty box is a format failure, not an answer to guess
     # Last resorts, as math-verify reads unanchored text: the last math span or plain number, whichever ends later.
     spans = [match for match in _MATH_SPAN.finditer(tail) if (match.group(match.lastindex) or "").strip()]
     numbers = list(_NUMBER.finditer(tail))

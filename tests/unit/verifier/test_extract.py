@@ -43,6 +43,7 @@ def test_last_boxed(text, expected):
         ("$$\\boxed{(3, 3)} \\text{ for part (a) and } \\boxed{(1, 1)}$$", "(3, 3), (1, 1)", "boxed"),
         ("First \\boxed{1}, but correcting: \\boxed{2}", "2", "boxed"),  # words between: only the last
         ("\\boxed{1} \\text{ is wrong; the answer is } \\boxed{2}", "2", "boxed"),
+        ("\\boxed{} and \\boxed{5}", "5", "boxed"),
         # Minerva's format outranks an earlier box; other lead-ins; unanchored math and numbers
         ("so $\\boxed{200}$ ... Final Answer: The final answer is $10,455$. I hope it is correct.", "10,455", "answer_is"),
         ("Final Answer: The volume of $V$ is 120. I hope", "120", "answer_is"),
