@@ -56,17 +56,20 @@ def tally(cases: list[dict], verdicts: list[bool]) -> dict[str, dict[str, int]]:
     return dict(table)
 
 
-def grade_all(cases: list[dict]) -> dict[str, list[bool]]:
+def grade_all(cases: list[dict]) -> tuple[dict[str, list[bool]], dict[str, float]]:
+    """Verdicts per grader, and the longest check each pool ran (every case must come back)."""
     pairs = [(case["gold"], case["response"]) for case in cases]
-    results = {}
+    results, longest = {}, {}
     for grader in ("math_verify", "normalized"):
         pool = GradingPool(grader, workers=2)
         try:
-            results[f"fpa_ray {grader}"] = [v.status == "correct" for v in pool.grade(pairs)]
+            verdicts = pool.grade(pairs)
         finally:
             pool.close()
+        results[f"fpa_ray {grader}"] = [v.status == "correct" for v in verdicts]
+        longest[f"fpa_ray {grader}"] = max(v.seconds for v in verdicts)
     results["math-verify direct"] = [math_verify_direct(gold, response) for gold, response in pairs]
-    return results
+    return results, longest
 
 
 def main() -> None:
@@ -74,7 +77,7 @@ def main() -> None:
     parser.add_argument("--show-misses", action="store_true", help="print every case a grader gets wrong")
     args = parser.parse_args()
     cases = load_cases()
-    results = grade_all(cases)
+    results, longest = grade_all(cases)
     sources = sorted({case["source"] for case in cases}) + ["all"]
     print(f"{len(cases)} cases; agree/cases (false positives, false negatives)")
     print(f"| grader | {' | '.join(sources)} |")
@@ -83,6 +86,7 @@ def main() -> None:
         table = tally(cases, verdicts)
         cells = [f"{t['agree']}/{t['cases']} ({t['fp']}, {t['fn']})" for t in (table[s] for s in sources)]
         print(f"| {name} | {' | '.join(cells)} |")
+    print("longest check: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in longest.items()))
     if args.show_misses:
         for name, verdicts in results.items():
             for case, verdict in zip(cases, verdicts):
