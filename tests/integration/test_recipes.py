@@ -56,9 +56,14 @@ def cpu_overrides(recipe: RunConfig) -> list[str]:
     ]
     if recipe.objective.name == "grpo":
         # 2 rollout steps with the recipe's optimizer steps per rollout (prompts x n / global batch).
-        prompts = recipe.grpo.prompts_per_step * recipe.sampler.n // learner.global_batch_size
+        grpo = recipe.grpo
+        prompts = grpo.prompts_per_step * recipe.sampler.n // learner.global_batch_size
         prompts = prompts * WORKERS * micro * learner.accumulation_steps // recipe.sampler.n
         overrides += ["grpo.steps=2", f"grpo.prompts_per_step={prompts}"]
+        if grpo.dynamic_sampling:  # enough training prompts for every sampling batch the recipe allows
+            overrides.append(f"data.train={{name: synthetic, split: train, limit: {prompts * grpo.max_sampling_batches}}}")
+        if grpo.overlong_buffer is not None:  # the recipe's share of the response budget, at the tiny task's 48 tokens
+            overrides.append(f"grpo.overlong_buffer={max(1, 48 * grpo.overlong_buffer // recipe.sampler.max_new_tokens)}")
     else:
         overrides.append("learner.max_steps=4")  # a few optimizer steps: the round's data holds more
     return overrides
@@ -75,6 +80,7 @@ def _kept(config: RunConfig) -> dict:
         "sampler": config.sampler.model_dump(include={"engine", "n", "temperature", "top_p", "dtype", "logprobs_mode", "max_num_seqs"}),
         "verifier": config.verifier.model_dump(include={"grader", "cross_grader", "timeout_s", "memory_limit_mb", "max_failure_share"}),
         "evaluation": config.evaluation.model_dump(exclude={"max_new_tokens"}), "rounds": config.rounds, "seed": config.seed,
+        "grpo": config.grpo.model_dump(include={"eval_every", "weight_sync", "refresh_probe", "probe_tolerance", "dynamic_sampling", "max_sampling_batches"}),
     }
 
 
@@ -117,7 +123,7 @@ def recipe_runs(tmp_path_factory):
 
 def test_every_recipe_in_configs_has_a_conformance_run():
     assert set(GPU_RECIPES) | set(TINY_RECIPES) == {path.stem for path in CONFIG_DIR.glob("*.yaml")}
-    assert len(GPU_RECIPES) == 11
+    assert len(GPU_RECIPES) == 12
 
 
 def test_qwen_and_llama_recipes_differ_only_in_what_the_cpu_replaces(recipe_runs):
@@ -128,7 +134,10 @@ def test_qwen_and_llama_recipes_differ_only_in_what_the_cpu_replaces(recipe_runs
         assert raw[0].policy.name_or_path != raw[1].policy.name_or_path  # ... which was replaced
 
 
-@pytest.mark.parametrize("recipe_name", [name for name in GPU_RECIPES if not name.endswith("-grpo")])
+GRPO_RECIPES = ["qwen25-math-7b-grpo", "qwen25-math-7b-dapo"]
+
+
+@pytest.mark.parametrize("recipe_name", [name for name in GPU_RECIPES if name not in GRPO_RECIPES])
 def test_offline_recipe_runs_one_round_with_its_own_settings(ray_cluster, recipe_runs, cache, recipe_name):
     config = cpu_config(recipe_name, recipe_runs)
     _seed_from_an_earlier_run(config)
@@ -152,11 +161,14 @@ def test_offline_recipe_runs_one_round_with_its_own_settings(ray_cluster, recipe
     assert train["cpus"] == WORKERS and train["completed"]
 
 
-def test_grpo_recipe_runs_two_steps_with_its_own_settings(ray_cluster, recipe_runs, cache):
+@pytest.mark.parametrize("recipe_name", GRPO_RECIPES)
+def test_grpo_recipe_runs_two_steps_with_its_own_settings(ray_cluster, recipe_runs, cache, recipe_name):
+    import pyarrow.parquet as pq
+
     from fpa_ray.pipelines.online_grpo import OnlineGRPOPipeline
 
-    config = cpu_config("qwen25-math-7b-grpo", recipe_runs)
-    shipped = load_config("qwen25-math-7b-grpo")
+    config = cpu_config(recipe_name, recipe_runs)
+    shipped = load_config(recipe_name)
     minibatches = shipped.grpo.prompts_per_step * shipped.sampler.n // shipped.learner.global_batch_size
     assert config.grpo.prompts_per_step * config.sampler.n // config.learner.global_batch_size == minibatches == 4
     report = OnlineGRPOPipeline(config, log=lambda line: None).run()
@@ -169,3 +181,17 @@ def test_grpo_recipe_runs_two_steps_with_its_own_settings(ray_cluster, recipe_ru
     assert shipped.grpo.weight_sync == "object_store" and shipped.grpo.refresh_probe
     assert all(0 < m["sync_probe_gap"] < shipped.grpo.probe_tolerance for m in metrics if m["rollout_step"] == 2)
     assert not (run / "online" / "weights").exists()  # no checkpoint on disk on the hot path
+    if not shipped.grpo.dynamic_sampling:
+        return
+    # DAPO: only groups with right and wrong answers are trained; every sample drawn is on disk and in the ledger.
+    n, wanted = config.sampler.n, config.grpo.prompts_per_step
+    ledger = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
+    for step in (0, 1):  # rollout files and ledger rounds count from 0, metrics' rollout_step from 1
+        rollout = pq.read_table(run / "online" / "rollouts" / f"step-{step:05d}.parquet").to_pandas()
+        groups = rollout.groupby("prompt_id")
+        assert groups.size().eq(n).all() and "overlong_penalty" in rollout
+        kept = groups.filter(lambda g: g["kept"].all())
+        assert kept["prompt_id"].nunique() == wanted and kept.groupby("prompt_id")["reward"].agg(lambda r: 0 < r.mean() < 1).all()
+        generated = [e for e in ledger if e["stage"] == "grpo_generate" and e["round"] == step]
+        assert sum(e["samples"] for e in generated) == len(rollout) and len(generated) == rollout["sampling_batch"].nunique()
+        assert (rollout["kept"] == 0).sum() == len(rollout) - wanted * n  # the discarded samples stay on disk
