@@ -31,7 +31,8 @@ def test_workers_with_different_metric_keys_agree_on_the_means():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with mp.Manager() as manager:
+    # A spawned manager: forking the pytest process, which may hold the session's Ray threads, is unsafe.
+    with mp.get_context("spawn").Manager() as manager:
         results = manager.dict()
         mp.spawn(_worker, args=(port, results), nprocs=2, join=True)
         gathered = dict(results)
