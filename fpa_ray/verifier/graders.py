@@ -22,6 +22,8 @@ from collections.abc import Callable
 from fractions import Fraction
 from importlib import metadata
 
+from fpa_ray.verifier.expression import parse_expression, proportional, same_value
+
 Grader = Callable[[str, str, float], "bool | None"]
 
 
@@ -270,16 +272,12 @@ def _value_of(s: str, keep_label: bool) -> str:
 
 
 def _expression_equal(gold: str, predicted: str) -> bool:
-    from fpa_ray.verifier.expression import parse_expression, same_value
-
     a, b = parse_expression(gold), parse_expression(predicted)
     return a is not None and b is not None and same_value(a, b)
 
 
 def _relations_equal(gold: str, predicted: str) -> bool:
     """One relation each (`2x+4y-3=0` and `y=-x/2+3/4`, `x>=5` and `5<=x`): the same after moving all to one side."""
-    from fpa_ray.verifier.expression import parse_expression, proportional
-
     sides = []
     for text in (gold, predicted):
         relation = _relation(text)
@@ -356,8 +354,8 @@ def _equal(gold: str, predicted: str, depth: int = 0) -> bool:
             and all(_equal(g, p, depth + 1) for g_row, p_row in zip(gold_matrix, predicted_matrix) for g, p in zip(g_row, p_row))
         )
     # An equation or approximation against a value: compare the value (`x = 11` and `11`, `(p,q)=(3,2)` and `(3,2)`).
-    gold_value = _value_of(gold, keep_label="=" in predicted and "=" in gold and gold.count("=") == predicted.count("=") == 1)
-    predicted_value = _value_of(predicted, keep_label="=" in predicted and "=" in gold and gold.count("=") == predicted.count("=") == 1)
+    both_equations = gold.count("=") == predicted.count("=") == 1  # then compared as equations, labels kept
+    gold_value, predicted_value = _value_of(gold, both_equations), _value_of(predicted, both_equations)
     if (gold_value, predicted_value) != (gold, predicted):
         return _equal(gold_value, predicted_value, depth + 1)
     for chain, other in ((gold, predicted), (predicted, gold)):

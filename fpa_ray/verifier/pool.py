@@ -24,6 +24,7 @@ from fpa_ray.verifier.extract import extract_answer
 from fpa_ray.verifier.graders import FALLBACK, GRADERS, GoldAnswerError, LibraryError
 
 STATUSES = ("correct", "incorrect", "unparseable", "timeout", "error")
+FALLBACK_MARK = "fallback:"  # how a verdict's detail starts when the fallback grader gave it (counted by the verify report)
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def _check(grader: str, gold: str, predicted: str, timeout_s: float) -> tuple[st
         try:
             result = GRADERS[grader](gold, predicted, timeout_s)
         except LibraryError as error:  # the library failed, the answer did not: the other grader decides
-            detail = f"fallback: {FALLBACK[grader]} graded it; {grader} raised {error}"[:300]
+            detail = f"{FALLBACK_MARK} {FALLBACK[grader]} graded it; {grader} raised {error}"[:300]
             result = GRADERS[FALLBACK[grader]](gold, predicted, timeout_s)
         status = "unparseable" if result is None else "correct" if result else "incorrect"
     except TimeoutException:

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from fpa_ray.config import VerifierConfig
-from fpa_ray.verifier.pool import STATUSES, GradingPool
+from fpa_ray.verifier.pool import FALLBACK_MARK, STATUSES, GradingPool
 
 FAILURE_STATUSES = ("unparseable", "timeout", "error")
 
@@ -105,7 +105,7 @@ class VerificationReport:
         if unknown:
             raise ValueError(f"unknown verdict status(es) {sorted(unknown)}")
         graded = seconds[status != "unparseable"] if (status != "unparseable").any() else np.zeros(1)
-        fallbacks = 0 if detail is None else sum(str(d).startswith("fallback:") for d in detail)
+        fallbacks = 0 if detail is None else sum(str(d).startswith(FALLBACK_MARK) for d in detail)
         return cls(len(status), counts, float(np.percentile(graded, 50)), float(np.percentile(graded, 99)), fallbacks)
 
     @classmethod
