@@ -74,6 +74,21 @@ def _repack_cpu_embeddings(worker) -> int:
     return packed
 
 
+def _join_weight_group(worker, address, first_rank: int, host: str) -> None:
+    """Runs in each vLLM worker: join the learner's weight group as first_rank + its own rank."""
+    from fpa_ray.sampler import weight_group
+
+    weight_group.join(address, first_rank + worker.rank, host)
+
+
+def _receive_weights(worker, name: str, expected: list) -> None:
+    """Runs in each vLLM worker: the broadcast tensors streamed into the layerwise reload."""
+    from fpa_ray.sampler import weight_group
+
+    device = next(worker.model_runner.get_model().parameters()).device
+    worker.reload_weights(weights_iterator=weight_group.receive(name, expected, device), is_checkpoint_format=True)
+
+
 def check_checkpoint(path: Path) -> None:
     """Fail early, naming the path, when a checkpoint directory cannot hold a model."""
     if not path.is_dir():
@@ -92,6 +107,10 @@ class Engine(Protocol):
     def load_weights(self, checkpoint: Path) -> None: ...
 
     def update_weights(self, weights: Weights) -> None: ...
+
+    def join_weight_group(self, address, first_rank: int, host: str) -> int: ...  # returns the ranks it took
+
+    def receive_weights(self, name: str, expected: list) -> None: ...
 
     def continuation_logprobs(self, prompt_token_ids: list[int], continuation: list[int]) -> list[float]: ...
 
@@ -161,8 +180,19 @@ class VLLMEngine:
         0.32 the embedding-method layers (the embedding and the LM head, tied in the tiny policy)
         keep the handle packed at start-up (measured: a 1e-2 nat probe gap), so they are packed again.
         """
+        self._reload(lambda: self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights), "is_checkpoint_format": True}))
+
+    def join_weight_group(self, address, first_rank: int, host: str) -> int:
+        self.llm.collective_rpc(_join_weight_group, args=(address, first_rank, host))
+        return self.config.tensor_parallel_size
+
+    def receive_weights(self, name: str, expected: list) -> None:
+        """The learner's broadcast, received by every worker of this engine into the same reload."""
+        self._reload(lambda: self.llm.collective_rpc(_receive_weights, args=(name, expected)))
+
+    def _reload(self, load) -> None:
         try:
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights), "is_checkpoint_format": True})
+            load()
             if self.on_cpu:
                 self.llm.collective_rpc(_repack_cpu_embeddings)
         except Exception as error:
@@ -205,6 +235,17 @@ class HFEngine:
         missing = [k for k in missing if not (k == "lm_head.weight" and self.model.config.tie_word_embeddings)]
         if missing or unexpected:
             raise SamplerError(f"the new weights do not fit the live model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    def join_weight_group(self, address, first_rank: int, host: str) -> int:
+        from fpa_ray.sampler import weight_group
+
+        weight_group.join(address, first_rank, host)
+        return 1
+
+    def receive_weights(self, name: str, expected: list) -> None:
+        from fpa_ray.sampler import weight_group
+
+        self.update_weights(weight_group.receive(name, expected, self.model.device))
 
     @torch.no_grad()
     def continuation_logprobs(self, prompt_token_ids: list[int], continuation: list[int]) -> list[float]:

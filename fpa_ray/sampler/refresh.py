@@ -1,8 +1,9 @@
 """New weights into live engines, and the probe that proves they arrived.
 
-Two ways in, both in place (the same engine object, no restart): `sync_weights` takes the
-learner's tensors straight from the Ray object store, `refresh_weights` reads a checkpoint
-directory (the `grpo.weight_sync=disk` fallback, and a learner restored from its checkpoint).
+Three ways in, all in place (the same engine object, no restart): `receive_weights` takes the
+learner's broadcast over the weight group (weight_group.py, `grpo.weight_sync=collective`),
+`sync_weights` takes the learner's tensors from the Ray object store, `refresh_weights` reads a
+checkpoint directory (the `grpo.weight_sync=disk` fallback).
 Either way the engine's log-probs of a fixed continuation are then compared with the learner's:
 a sync that silently kept the old weights, or loaded them wrongly, stops the run here rather than
 skewing the next rollouts.
@@ -69,3 +70,12 @@ def sync_weights(engine: Engine, weights: Weights, expected: list[float] | None,
     if expected is None:
         return None
     return _checked(engine_gap(engine, expected), tolerance, "the learner's weights")
+
+
+def receive_weights(engine: Engine, group: str, tensors: list, expected: list[float] | None, tolerance: float = 1e-3) -> float | None:
+    """Receive the learner's broadcast of `tensors` (their specs) over `group` into the live engine;
+    with `expected`, check it as sync_weights does."""
+    engine.receive_weights(group, tensors)
+    if expected is None:
+        return None
+    return _checked(engine_gap(engine, expected), tolerance, "the learner's broadcast weights")

@@ -2,8 +2,9 @@
 
 The offline generate stage starts its engines per stage (Ray Data actor pool) and lets them go;
 the online loop keeps `num_actors` engines alive for the whole run and loads each new policy into
-them, from the object store (`sync`) or a checkpoint directory (`refresh`), checked by the log-prob
-probe of refresh.py. Same engines, same per-sample seeds, same output rows as the generate stage.
+them, over the learner's weight group (`receive`), from the object store (`sync`) or from a
+checkpoint directory (`refresh`), checked by the log-prob probe of refresh.py. Same engines, same
+per-sample seeds, same output rows as the generate stage.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pyarrow as pa
 
 from fpa_ray.config import SamplerConfig
 from fpa_ray.data.sources import PromptRow
-from fpa_ray.sampler.refresh import probe_gap, refresh_weights, sync_weights
+from fpa_ray.sampler.refresh import probe_gap, receive_weights, refresh_weights, sync_weights
 from fpa_ray.sampler.stage import SamplerActor, actor_env
 
 
@@ -39,6 +40,16 @@ class RolloutWorker(SamplerActor):
         """Load the learner's tensors (Ray resolves the object-store reference to them); with
         `expected`, the learner's probe log-probs, also check the engine (the gap, else None)."""
         return sync_weights(self.engine, weights.items(), expected, tolerance)
+
+    def join_weight_group(self, address, first_rank: int) -> int:
+        """Join the learner's weight group from this engine's workers; returns how many ranks they take."""
+        from fpa_ray.sampler.weight_group import node_address
+
+        return self.engine.join_weight_group(address, first_rank, node_address())
+
+    def receive(self, group: str, tensors: list, expected: list[float] | None, tolerance: float) -> float | None:
+        """Receive the learner's broadcast over the weight group; with `expected`, probe (the gap, else None)."""
+        return receive_weights(self.engine, group, tensors, expected, tolerance)
 
     def engine_identity(self) -> tuple[int, int]:
         """(process id, id of the engine object): what an in-place sync must leave unchanged."""

@@ -128,9 +128,12 @@ def test_bad_checkpoints_and_prompts_give_clear_errors(ray_cluster, prompts, tin
 
 
 def test_new_weights_reach_the_live_vllm_engine_in_place(ray_cluster, tiny_policy, perturbed):
-    """From the object store (sync) and from a directory (refresh) into the same actor, process and
-    LLM object: the probe follows the learner's weights each time and leaves the previous ones."""
+    """From the object store (sync), from a directory (refresh) and over a collective group (receive)
+    into the same actor, process and LLM object: the probe follows the learner's weights each time
+    and leaves the previous ones."""
     from transformers import AutoTokenizer
+
+    from fpa_ray.sampler import weight_group
 
     from fpa_ray.sampler.refresh import learner_logprobs, probe_ids
     from fpa_ray.sampler.rollout import start_rollout_workers
@@ -145,6 +148,17 @@ def test_new_weights_reach_the_live_vllm_engine_in_place(ray_cluster, tiny_polic
     assert ray_cluster.get(worker.gap.remote(str(tiny_policy))) > 1e-2
     assert ray_cluster.get(worker.refresh.remote(str(tiny_policy), True, 1e-3)) < 1e-3  # and back, from the directory
     assert ray_cluster.get(worker.gap.remote(str(updated))) > 1e-2
+    # Over a gloo group with the vLLM worker, this process as the learner's rank 0: one broadcast per tensor.
+    state = model.state_dict()
+    address = weight_group.new_address("in-place-weights", 2, "gloo")
+    joined = worker.join_weight_group.remote(address, 1)
+    weight_group.join(address, 0, address.host)
+    assert ray_cluster.get(joined) == 1
+    received = worker.receive.remote(address.name, weight_group.specs(state.items()), expected, 1e-3)
+    weight_group.send(address.name, state.values(), torch.device("cpu"))
+    assert ray_cluster.get(received) < 1e-3
+    assert ray_cluster.get(worker.gap.remote(str(tiny_policy))) > 1e-2
+    weight_group.leave(address.name)
     assert ray_cluster.get(worker.engine_identity.remote()) == identity  # no restart, no new LLM
     ray_cluster.kill(worker)
 

@@ -141,3 +141,50 @@ def test_checkpoints_share_an_engine_only_with_the_same_config_and_tokenizer(che
         shutil.copytree(checkpoint, other)
         (other / name).write_text(text)
         assert engine_key(other) != engine_key(checkpoint), name
+
+
+def test_hf_engine_receives_the_learners_broadcast_over_a_gloo_group(checkpoint):
+    """The collective path without Ray: rank 0 (a thread here, the learner's rank 0 in a run)
+    broadcasts every tensor; the engine, rank 1, streams them into its live model."""
+    import socket
+    import tempfile
+    import threading
+    from dataclasses import replace
+
+    from fpa_ray.sampler import weight_group
+    from fpa_ray.sampler.refresh import learner_logprobs, probe_ids, receive_weights
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    state = model.state_dict()
+    engine = HFEngine(checkpoint, SamplerConfig(engine="hf", dtype="float32"))
+    with socket.socket() as probe:  # no Ray here: the address by hand
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = weight_group.GroupAddress("test-weights", "127.0.0.1", port, 2, "gloo")
+    sender = replace(address, name="test-weights-sender")  # both ranks in one process: two registry keys
+    errors = []
+
+    def learner():
+        try:
+            weight_group.join(sender, 0, "127.0.0.1")
+            weight_group.send(sender.name, state.values(), torch.device("cpu"))
+        except Exception as error:  # surfaced by the assertion below
+            errors.append(error)
+
+    thread = threading.Thread(target=learner)
+    thread.start()
+    assert engine.join_weight_group(address, 1, "127.0.0.1") == 1
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        expected = learner_logprobs(tmp, *probe_ids(engine.tokenizer))
+    gap = receive_weights(engine, address.name, weight_group.specs(state.items()), expected)
+    thread.join(timeout=60)
+    assert not errors and gap < 1e-4
+    assert all(torch.equal(engine.model.state_dict()[name], tensor) for name, tensor in state.items())
+    weight_group.leave(address.name)
+    weight_group.leave(sender.name)
+    with pytest.raises(RuntimeError, match="weight group 'test-weights' is not open in this process"):
+        next(weight_group.receive(address.name, [("x", "float32", (1,))], torch.device("cpu")))
