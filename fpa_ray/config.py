@@ -252,10 +252,11 @@ class GRPOConfig(StrictModel):
     steps: int = Field(50, ge=1, description="rollout steps: sample, verify, update, refresh the samplers")
     prompts_per_step: int = Field(32, ge=1, description="prompts per rollout (each sampled sampler.n times)")
     eval_every: int = Field(10, ge=1, description="keep the policy every this many steps; each is evaluated after training")
-    weight_sync: Literal["object_store", "disk"] = Field(
-        "object_store",
-        description="how new weights reach the live samplers: the learner's tensors through the Ray object store, loaded in place "
-        "(no checkpoint on disk), or a weights directory that each sampler reads (the fallback)",
+    weight_sync: Literal["collective", "object_store", "disk"] = Field(
+        "collective",
+        description="how new weights reach the live samplers, loaded in place: broadcast by the learner's rank 0 over a collective "
+        "group with every sampler worker (NCCL on GPUs, gloo on CPU), the full tensors through the Ray object store, or a weights "
+        "directory that each sampler reads (the fallback)",
     )
     refresh_probe: bool = Field(True, description="after each sync, check one sampler's log-probs against the learner's")
     probe_tolerance: float = Field(1e-3, gt=0, description="largest allowed log-prob gap of the sync probe")

@@ -2,10 +2,9 @@
 
 Synchronous on-policy GRPO. Rank 0 asks the rollout controller (a Ray actor that owns the sampler
 and verifier pools) for rollout step s, broadcasts it to the other ranks, every rank trains on its
-slice, then the new weights go to the samplers before rank 0 asks for step s + 1: rank 0 puts the
-full tensors (ZeRO-3 gathers them on every rank) in the Ray object store and the controller loads
-them into the live engines, or, with `grpo.weight_sync=disk`, rank 0 writes a weights directory
-that the samplers read. Either way the learner's log-probs of the probe go along, for the check.
+slice, then the new weights go to the samplers before rank 0 asks for step s + 1 (weight_sync.py:
+a broadcast over a collective group with the sampler workers, the Ray object store, or a weights
+directory). The learner's log-probs of the probe go along, for the check.
 A rollout of P prompts x G samples is split into P*G / global_batch_size optimizer steps
 (mini-batches, seeded order); with more than one, the log-probs of the policy that sampled are recomputed by the learner before the first update, so the clipped ratio is
 measured in one engine (vLLM and the learner differ by ~1e-5 nats, measured in issue 5).
@@ -15,8 +14,6 @@ all workers (fpa_ray.objectives' contract).
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,15 +22,15 @@ import torch
 
 from fpa_ray import metrics as app_metrics
 from fpa_ray.config import GRPOConfig, LearnerConfig, ObjectiveConfig
-from fpa_ray.learner.backends import STATE_DIR, build_backend, load_reference
+from fpa_ray.learner.backends import build_backend, load_reference
 from fpa_ray.learner.data import Example, collate
 from fpa_ray.learner.forward import shifted_targets
 from fpa_ray.learner.loop import MetricsWriter, global_order, report, restored_checkpoint, save_hf
 from fpa_ray.learner.step import StepMetrics
+from fpa_ray.learner.weight_sync import make_sender
 from fpa_ray.objectives import TokenBatch, get_objective, token_logprobs
 from fpa_ray.sampler.refresh import probe_ids
 
-WEIGHTS_DIR = "weights"  # the latest policy, what the samplers load
 SNAPSHOTS_DIR = "snapshots"  # step_<k>: policies kept for evaluation
 
 
@@ -125,12 +122,21 @@ def grpo_loop(config: dict) -> None:
         reference = load_reference(setup.reference_path, precision, device)
     output_dir = Path(setup.output_dir)
     writer = MetricsWriter(output_dir, backend.start_step) if rank == 0 else None
+    sender = make_sender(grpo.weight_sync, controller, output_dir, setup.policy_path, setup.run, device)
+
+    def send_weights(step: int) -> None:
+        sender.send(backend, step, _probe_logprobs(backend, tokenizer, device) if grpo.refresh_probe and sender.uses_probe else None)
+
     if restore_dir is not None:  # the samplers may hold newer weights than the checkpoint
-        _send_weights(backend, controller, setup, tokenizer, start, device)
+        send_weights(start)
 
     local = G // world
     for step in range(start, grpo.steps):
         rollout = _broadcast(ray.get(controller.rollout.remote(step)) if rank == 0 else None, rank)
+        while rollout.get("resync"):  # the sampler pool restarted on its start weights: send them again
+            sender.reset()
+            send_weights(step)
+            rollout = _broadcast(ray.get(controller.rollout.remote(step)) if rank == 0 else None, rank)
         mark = time.perf_counter()
         examples, advantages, cut = rollout_examples(rollout, learner.max_length)
         response_tokens = [len(e.responses[0]) for e in examples]
@@ -185,7 +191,7 @@ def grpo_loop(config: dict) -> None:
                   f"grad norm {metrics['grad_norm']:.3f}", flush=True)
         if snapshot:
             save_hf(output_dir / SNAPSHOTS_DIR / f"step_{step + 1}", backend, setup.policy_path)
-        _send_weights(backend, controller, setup, tokenizer, step + 1, device)
+        send_weights(step + 1)
         report(backend, metrics, (step + 1) * minibatches, (step + 1) % learner.checkpoint_every == 0 or step + 1 == grpo.steps, setup)
     if writer is not None:
         writer.close()
@@ -197,35 +203,3 @@ def _probe_logprobs(backend, tokenizer, device) -> list[float]:
     prompt, continuation = probe_ids(tokenizer)
     example = Example(tuple(prompt), (tuple(continuation),), label=False)
     return _token_logps(backend.model, [example], 1, tokenizer.pad_token_id, device, backend.precision)[0].float().tolist()
-
-
-def _send_weights(backend, controller, setup: OnlineSetup, tokenizer, step: int, device) -> None:
-    """The policy after `step` into the live samplers (every rank calls this)."""
-    import ray
-
-    grpo, output_dir, rank = setup.grpo, Path(setup.output_dir), backend.rank
-    if grpo.weight_sync == "disk":
-        with tempfile.TemporaryDirectory() as tmp:
-            save_hf(Path(tmp), backend, setup.policy_path)
-            if rank == 0:
-                _publish(output_dir, Path(tmp))
-                ray.get(controller.refresh.remote(str(output_dir / WEIGHTS_DIR), step))
-        return
-    expected = _probe_logprobs(backend, tokenizer, device) if grpo.refresh_probe else None
-    with backend.gathered():  # put while gathered: ZeRO-3 frees the full tensors on leaving
-        weights = ray.put({name: tensor.detach().cpu() for name, tensor in backend.unwrapped.state_dict().items()}) if rank == 0 else None
-    if rank == 0:
-        ray.get(controller.sync.remote([weights], step, expected))
-
-
-def _publish(output_dir: Path, model_dir: Path) -> None:
-    """Replace weights/ with the model files of `model_dir` (atomic rename)."""
-    staging = output_dir / f"{WEIGHTS_DIR}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(model_dir, staging, ignore=shutil.ignore_patterns(STATE_DIR))
-    previous = output_dir / f"{WEIGHTS_DIR}.previous"
-    shutil.rmtree(previous, ignore_errors=True)
-    if (output_dir / WEIGHTS_DIR).exists():
-        (output_dir / WEIGHTS_DIR).rename(previous)
-    staging.rename(output_dir / WEIGHTS_DIR)
-    shutil.rmtree(previous, ignore_errors=True)

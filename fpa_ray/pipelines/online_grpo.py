@@ -70,7 +70,9 @@ class RolloutController:
         self.ledger = Ledger(self.run_dir / "ledger.jsonl", run=config.name)
         self.held = held_resources(config)
         self.checkpoint = self.policy_id = str(policy)  # what the samplers hold now (or start from, with `latest`)
-        self.latest = None  # (object ref, learner's probe log-probs) of the last in-place sync, if any
+        self.latest = None  # (object ref, learner's probe log-probs) of the last object-store sync, if any
+        self.group: str | None = None  # the learner's weight group the samplers have joined, if any
+        self.stale = False  # the pools restarted on their start weights after a broadcast: the learner must send again
         self.probe_gap: float | None = None  # of the last sync, reported with the next rollout
         self.samplers: list = []
         self.verifiers: list = []
@@ -98,8 +100,11 @@ class RolloutController:
             ray.remote(VerifierActor).options(name=f"{prefix}-verifier-{i}", num_cpus=verifier.workers_per_actor).remote(verifier)
             for i in range(verifier.num_actors)
         ]
-        if self.latest is not None:  # restarted after a sync: back to the latest weights, probed
+        had_group, self.group = self.group is not None, None  # the new actors are in no group
+        if self.latest is not None:  # restarted after an object-store sync: back to the latest weights, probed
             self._sync_samplers()
+        elif had_group:  # after a broadcast only the learner holds the latest weights: it must send them again
+            self.stale = True
 
     def _sync_samplers(self) -> list[float | None]:
         import ray
@@ -118,6 +123,8 @@ class RolloutController:
         except ray.exceptions.RayActorError as error:
             print(f"[grpo] a pool actor died ({type(error).__name__}); restarting the pools on {self.checkpoint}", flush=True)
             self._start_pools()
+            if self.stale:
+                raise StalePool from error
             return work(*args)
 
     def _charge(self, stage: str, step: int | None, following: str | None, samples: int | None = None) -> float:
@@ -153,13 +160,24 @@ class RolloutController:
         With grpo.dynamic_sampling, groups all right or all wrong are dropped and further batches of
         prompts (not yet drawn this step) are sampled until prompts_per_step informative groups are
         left; every sampled row is kept on disk with `kept` saying whether it was trained on.
+        After a broadcast sync, a pool that restarts (an actor died) is on its start weights, which
+        only the learner can replace: then the answer is {"resync": True} and nothing is sampled
+        (the retried rollout is the same seeded rollout, so nothing is lost or duplicated).
         """
+        try:
+            return self._rollout(step)
+        except StalePool:
+            return {"resync": True}
+
+    def _rollout(self, step: int) -> dict:
         import torch
 
         from fpa_ray.objectives.grpo import group_advantages, informative_groups, overlong_penalty
         from fpa_ray.verifier.stage import VerificationReport
 
         config, grpo, n = self.config, self.config.grpo, self.config.sampler.n
+        if self.stale:
+            return {"resync": True}
         # Before the first rollout: workers starting and loading models; later: checkpointing.
         self._charge("grpo_train" if self.started else "grpo_startup", step, following="grpo_generate")
         self.started = True
@@ -233,17 +251,51 @@ class RolloutController:
         `weights` holds one object-store reference, in a list so that Ray hands the reference over
         instead of the tensors; it is kept so that a restarted sampler comes back on these weights.
         """
-        self.latest, self.policy_id = (weights[0], expected), f"{self.run_dir / ONLINE_DIR}@step{step}"
+        self.latest, self.policy_id, self.group = (weights[0], expected), f"{self.run_dir / ONLINE_DIR}@step{step}", None
         self.probe_gap = self._with_restart(self._sync_samplers)[0]
         self._charge("grpo_sync", step, following="grpo_train")
         return self.probe_gap
+
+    def weight_group_ranks(self) -> int:
+        """Ranks the sampler engines take in the learner's weight group (one per tensor-parallel worker)."""
+        return self.config.sampler.num_actors * self.config.sampler.tensor_parallel_size
+
+    def open_weight_group(self, address) -> None:
+        """Every sampler joins the learner's weight group (the learner's rank 0 joins it meanwhile as rank 0)."""
+        import ray
+
+        first, joins = 1, []
+        for worker in self.samplers:
+            joins.append(worker.join_weight_group.remote(address, first))
+            first += self.config.sampler.tensor_parallel_size
+        ray.get(joins)
+        self.group, self.stale, self.latest = address.name, False, None
+
+    def receive(self, tensors: list, step: int, expected: list[float] | None) -> dict:
+        """Every sampler receives the learner's broadcast of `tensors` (names, dtypes, shapes) over the
+        weight group (probe on the first); charged as weight sync. If a sampler died meanwhile the
+        pools restart and {"resync": True} asks the learner to open a new group and send again."""
+        import ray
+
+        grpo, group = self.config.grpo, self.group
+        self.policy_id = f"{self.run_dir / ONLINE_DIR}@step{step}"
+        try:
+            gaps = ray.get([w.receive.remote(group, tensors, expected if grpo.refresh_probe and i == 0 else None, grpo.probe_tolerance)
+                            for i, w in enumerate(self.samplers)])
+        except ray.exceptions.RayActorError as error:
+            print(f"[grpo] a sampler died during the weight broadcast ({type(error).__name__}); restarting the pools", flush=True)
+            self._start_pools()
+            return {"resync": True}
+        self.probe_gap = gaps[0]
+        self._charge("grpo_sync", step, following="grpo_train")
+        return {"resync": False, "gap": self.probe_gap}
 
     def refresh(self, checkpoint: str, step: int) -> float | None:
         """Load a checkpoint directory into every sampler (probe on the first); charged as weight sync."""
         import ray
 
         grpo = self.config.grpo
-        self.checkpoint, self.policy_id, self.latest = checkpoint, f"{checkpoint}@step{step}", None
+        self.checkpoint, self.policy_id, self.latest, self.group = checkpoint, f"{checkpoint}@step{step}", None, None
         self.probe_gap = self._with_restart(
             lambda: ray.get([w.refresh.remote(checkpoint, grpo.refresh_probe and i == 0, grpo.probe_tolerance) for i, w in enumerate(self.samplers)])
         )[0]
@@ -257,6 +309,10 @@ class RolloutController:
         self._charge("grpo_shutdown", None, following=None)
         for actor in self.samplers + self.verifiers:
             ray.kill(actor)
+
+
+class StalePool(Exception):
+    """The pools restarted on their start weights after a broadcast sync: the learner must send again."""
 
 
 def _spans(rows: int, parts: int) -> list[tuple[int, int]]:

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 from fpa_ray.config import load_config
 from fpa_ray.data.sources import load_prompts
 from fpa_ray.pipelines.online_grpo import RolloutController, rollout_seed, step_prompts
+from fpa_ray.sampler import weight_group
 from fpa_ray.sampler.refresh import learner_logprobs, probe_ids
 
 pytestmark = pytest.mark.slow
@@ -61,22 +62,53 @@ def test_rollout_advantages_and_an_in_place_sync_round_trip_on_the_real_pools(ra
     assert gap is not None and gap < 1e-3
     ray_cluster.kill(ray_cluster.get_actor(f"{config.name}-sampler-0"))
     ray_cluster.get(controller.rollout.remote(1))
-    after = pd.read_parquet(tmp_path / "online" / "rollouts" / "step-00001.parquet").iloc[0]
-    prompt, response = list(after["prompt_token_ids"]), list(after["response_token_ids"])
-    sampled = after["response_logprobs"]  # T=1, top_p=1: the sampling distribution is the model's
-    assert max(abs(a - b) for a, b in zip(sampled, learner_logprobs(new_policy, prompt, response))) < 1e-3
-    assert max(abs(a - b) for a, b in zip(sampled, learner_logprobs(tiny_policy, prompt, response))) > 1e-2
+    _sampled_from(tmp_path, 1, new_policy, tiny_policy)
     # The disk fallback (grpo.weight_sync=disk, and a learner restored from its checkpoint): back to the start.
     assert ray_cluster.get(controller.refresh.remote(str(tiny_policy), 2)) < 1e-3
     assert ray_cluster.get(ray_cluster.get_actor(f"{config.name}-r1-sampler-0").gap.remote(str(new_policy))) > 1e-2
 
+    # The default, grpo.weight_sync=collective: this process as the learner's rank 0 broadcasts over gloo
+    # to the sampler's vLLM worker. A sampler killed after that comes back on its start weights, which
+    # only the learner holds: the rollout asks for them (nothing sampled), a new group takes them.
+    state = model.state_dict()
+    for attempt in range(2):
+        address = weight_group.new_address(f"test-weights-{attempt}", 1 + ray_cluster.get(controller.weight_group_ranks.remote()), "gloo")
+        joined = controller.open_weight_group.remote(address)
+        weight_group.join(address, 0, address.host)
+        ray_cluster.get(joined)
+        reply = controller.receive.remote(weight_group.specs(state.items()), 3, expected)
+        weight_group.send(address.name, state.values(), torch.device("cpu"))
+        assert ray_cluster.get(reply)["gap"] < 1e-3
+        weight_group.leave(address.name)
+        if attempt == 0:
+            identity = ray_cluster.get(ray_cluster.get_actor(f"{config.name}-r1-sampler-0").engine_identity.remote())
+            ray_cluster.kill(ray_cluster.get_actor(f"{config.name}-r1-sampler-0"))
+            assert ray_cluster.get(controller.rollout.remote(3)) == {"resync": True}
+            assert not (tmp_path / "online" / "rollouts" / "step-00003.parquet").exists()
+    restarted = ray_cluster.get_actor(f"{config.name}-r2-sampler-0")
+    assert ray_cluster.get(restarted.engine_identity.remote())[0] != identity[0]
+    ray_cluster.get(controller.rollout.remote(3))
+    _sampled_from(tmp_path, 3, new_policy, tiny_policy)
+
     ray_cluster.get(controller.finish.remote())
     ledger = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
-    # Each phase is charged from the end of the one before (here the test's own pause counts as training).
+    # Each phase is charged from the end of the one before (here the test's own pause counts as training;
+    # the rollout that found the pool restarted charged the training before it, the restart is sync).
     assert [e["stage"] for e in ledger] == ["grpo_startup", "grpo_generate", "grpo_verify", "grpo_sync",
-                                            "grpo_train", "grpo_generate", "grpo_verify", "grpo_sync", "grpo_shutdown"]
+                                            "grpo_train", "grpo_generate", "grpo_verify", "grpo_sync",
+                                            "grpo_sync", "grpo_train", "grpo_sync", "grpo_train", "grpo_generate", "grpo_verify",
+                                            "grpo_shutdown"]
     assert all(e["cpus"] == 4 for e in ledger)  # what the loop holds: 1 sampler + 1 verifier + 2 learner CPUs
     ray_cluster.kill(controller)
+
+
+def _sampled_from(run_dir: Path, step: int, policy: Path, other: Path) -> None:
+    """Rollout `step`'s first sample came from `policy`, not from `other` (T=1, top_p=1: the
+    sampled log-probs are the model's)."""
+    row = pd.read_parquet(run_dir / "online" / "rollouts" / f"step-{step:05d}.parquet").iloc[0]
+    prompt, response, sampled = list(row["prompt_token_ids"]), list(row["response_token_ids"]), row["response_logprobs"]
+    assert max(abs(a - b) for a, b in zip(sampled, learner_logprobs(policy, prompt, response))) < 1e-3
+    assert max(abs(a - b) for a, b in zip(sampled, learner_logprobs(other, prompt, response))) > 1e-2
 
 
 IMPOSSIBLE = "-7654321"  # a gold answer no sample gives: that prompt's group is all wrong

@@ -88,13 +88,23 @@ def _digest(data: dict) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+# The one recipe setting a CPU run changes on purpose: the DAPO run moves its weights through the disk
+# fallback, so that branch of the loop runs end to end; the recipes' own transfer (collective, the
+# default) runs with the same value in the GRPO recipe's run and in the tiny default's job.
+DISK_SYNC_RUN = "qwen25-math-7b-dapo"
+
+
 def cpu_config(recipe_name: str, output_dir) -> RunConfig:
     """The recipe with `cpu_overrides`, named by its content: identical CPU configs share one run."""
     recipe = load_config(recipe_name)
     overrides = [*cpu_overrides(recipe), f"output_dir={output_dir}"]
+    kept = _kept(recipe)
+    if recipe_name == DISK_SYNC_RUN:
+        overrides.append("grpo.weight_sync=disk")
+        kept["grpo"]["weight_sync"] = "disk"
     content = load_config(recipe_name, [*overrides, "name=x"]).model_dump(mode="json", exclude={"name"})
     config = load_config(recipe_name, [*overrides, f"name=recipe-{recipe.objective.name}-{_digest(content)}"])
-    assert _kept(config) == _kept(recipe), "a CPU override changed a setting the recipe ships"
+    assert _kept(config) == kept, "a CPU override changed a setting the recipe ships"
     return config
 
 
@@ -177,10 +187,11 @@ def test_grpo_recipe_runs_two_steps_with_its_own_settings(ray_cluster, recipe_ru
     metrics = [json.loads(line) for line in (run / "online" / "metrics.jsonl").read_text().splitlines()]
     assert [m["rollout_step"] for m in metrics] == [1] * 4 + [2] * 4  # 4 optimizer steps per rollout, as shipped
     assert all("dual_clip_fraction" in m for m in metrics)
-    # Step 1's weights reached the samplers in place (object store, ZeRO-3 gathered), probed in bf16.
-    assert shipped.grpo.weight_sync == "object_store" and shipped.grpo.refresh_probe
+    # Step 1's weights reached the samplers in place (broadcast over gloo, ZeRO-3 gathered), probed in bf16;
+    # the DAPO run through the disk fallback, probed against the checkpoint it wrote.
+    assert shipped.grpo.weight_sync == "collective" and shipped.grpo.refresh_probe
     assert all(0 < m["sync_probe_gap"] < shipped.grpo.probe_tolerance for m in metrics if m["rollout_step"] == 2)
-    assert not (run / "online" / "weights").exists()  # no checkpoint on disk on the hot path
+    assert (run / "online" / "weights").exists() == (config.grpo.weight_sync == "disk")  # no checkpoint on disk on the hot path
     if not shipped.grpo.dynamic_sampling:
         return
     # DAPO: only groups with right and wrong answers are trained; every sample drawn is on disk and in the ledger.

@@ -60,7 +60,7 @@ def test_grpo_config_checks_group_and_batch_sizes():
     assert grpo.grpo.prompts_per_step * grpo.sampler.n == 256
     # Scored alike (same evaluation settings, engine and prompts) and charged alike: the same sampling engine.
     assert grpo.evaluation == offline.evaluation and grpo.data.eval == offline.data.eval and grpo.sampler.engine == offline.sampler.engine
-    assert grpo.grpo.weight_sync == "object_store"
+    assert grpo.grpo.weight_sync == "collective"
     with pytest.raises(ConfigError, match="sampler.n: GRPO normalises rewards within a group"):
         load_config("tiny-cpu-grpo", ["sampler.n=1"])
     with pytest.raises(ConfigError, match=r"must divide a rollout's grpo.prompts_per_step x sampler.n = 240"):

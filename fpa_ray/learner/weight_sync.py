@@ -1,0 +1,137 @@
+"""How the learner's new weights reach the live samplers: one sender per `grpo.weight_sync`.
+
+Every learner rank calls `send` after each update (ZeRO-3 gathers the full tensors on every rank;
+the probe's forward runs on every rank); rank 0 sends, and the rollout controller loads the
+weights into every sampler engine in place, probing the first against the learner's log-probs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from fpa_ray.learner.backends import STATE_DIR
+from fpa_ray.learner.loop import save_hf
+
+WEIGHTS_DIR = "weights"  # the latest policy, what the samplers load with weight_sync=disk
+
+
+class CollectiveSender:
+    """Over a collective group of rank 0 and every sampler worker (NCCL on GPUs, gloo on CPU),
+    one broadcast per tensor, as OpenRLHF, TRL and vLLM's weight transfer do. The group is opened
+    on the first send and again after the sampler pool restarted."""
+
+    uses_probe = True  # the learner's probe log-probs go along
+
+    def __init__(self, controller, run: str, device):
+        self.controller, self.run, self.device = controller, run, device
+        self.group = None  # its GroupAddress, on rank 0
+        self.opened = 0
+
+    def _open(self) -> None:
+        import ray
+
+        from fpa_ray.sampler import weight_group
+
+        backend = weight_group.backend_for(self.device)
+        world = 1 + ray.get(self.controller.weight_group_ranks.remote())
+        self.opened += 1
+        address = weight_group.new_address(f"{self.run}-weights-{self.opened}", world, backend)
+        joined = self.controller.open_weight_group.remote(address)
+        weight_group.join(address, 0, address.host)
+        ray.get(joined)
+        self.group = address
+
+    def send(self, backend, step: int, expected: list[float] | None) -> None:
+        import ray
+
+        from fpa_ray.sampler import weight_group
+
+        with backend.gathered():
+            if backend.rank != 0:
+                return
+            state = backend.unwrapped.state_dict()
+            for _ in range(2):  # a sampler lost mid-broadcast: the pool restarts, and one more try on a new group
+                if self.group is None:
+                    self._open()
+                reply = self.controller.receive.remote(weight_group.specs(state.items()), step, expected)
+                try:
+                    weight_group.send(self.group.name, state.values(), self.device)
+                except RuntimeError as error:  # a receiver's connection closed; the controller's reply says what next
+                    print(f"[grpo] weight broadcast failed: {error}", flush=True)
+                if not ray.get(reply)["resync"]:
+                    return
+                self.reset()
+        raise RuntimeError("a sampler actor died during two weight broadcasts in a row; the run stops here (rerun to resume)")
+
+    def reset(self) -> None:
+        if self.group is not None:
+            from fpa_ray.sampler import weight_group
+
+            weight_group.leave(self.group.name)
+        self.group = None
+
+
+class ObjectStoreSender:
+    """Rank 0 puts the full state dict in the Ray object store and hands over the reference; the
+    controller keeps it, so a restarted sampler is synced again without the learner."""
+
+    uses_probe = True
+
+    def __init__(self, controller):
+        self.controller = controller
+
+    def send(self, backend, step: int, expected: list[float] | None) -> None:
+        import ray
+
+        with backend.gathered():  # put while gathered: ZeRO-3 frees the full tensors on leaving
+            weights = ray.put({name: tensor.detach().cpu() for name, tensor in backend.unwrapped.state_dict().items()}) if backend.rank == 0 else None
+        if backend.rank == 0:
+            ray.get(self.controller.sync.remote([weights], step, expected))
+
+    def reset(self) -> None:
+        pass
+
+
+class DiskSender:
+    """The fallback: rank 0 writes output_dir/weights/ (atomically replaced) and every sampler reads
+    it; the sampler's probe compares it with a float32 forward of that checkpoint."""
+
+    uses_probe = False
+
+    def __init__(self, controller, output_dir: Path, policy_path: str):
+        self.controller, self.output_dir, self.policy_path = controller, output_dir, policy_path
+
+    def send(self, backend, step: int, expected: list[float] | None) -> None:
+        import ray
+
+        with tempfile.TemporaryDirectory() as tmp:
+            save_hf(Path(tmp), backend, self.policy_path)
+            if backend.rank == 0:
+                _publish(self.output_dir, Path(tmp))
+                ray.get(self.controller.refresh.remote(str(self.output_dir / WEIGHTS_DIR), step))
+
+    def reset(self) -> None:
+        pass
+
+
+def make_sender(mode: str, controller, output_dir: Path, policy_path: str, run: str, device):
+    if mode == "collective":
+        return CollectiveSender(controller, run, device)
+    if mode == "object_store":
+        return ObjectStoreSender(controller)
+    return DiskSender(controller, output_dir, policy_path)
+
+
+def _publish(output_dir: Path, model_dir: Path) -> None:
+    """Replace weights/ with the model files of `model_dir` (atomic rename)."""
+    staging = output_dir / f"{WEIGHTS_DIR}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(model_dir, staging, ignore=shutil.ignore_patterns(STATE_DIR))
+    previous = output_dir / f"{WEIGHTS_DIR}.previous"
+    shutil.rmtree(previous, ignore_errors=True)
+    if (output_dir / WEIGHTS_DIR).exists():
+        (output_dir / WEIGHTS_DIR).rename(previous)
+    staging.rename(output_dir / WEIGHTS_DIR)
+    shutil.rmtree(previous, ignore_errors=True)
