@@ -2,7 +2,8 @@
 
 import pytest
 
-from fpa_ray.config import SFTConfig, SyntheticTaskConfig, TinyModelConfig
+from fpa_ray.config import load_config
+from tests.integration.small_run import SMALL
 
 
 @pytest.fixture(scope="session")
@@ -16,20 +17,25 @@ def ray_cluster():
     ray.shutdown()
 
 
+def _pipeline_cache(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "pipeline-cache"
+
+
 @pytest.fixture(scope="session")
 def tiny_policy(tmp_path_factory):
-    """The tiny policy after a short SFT (~15 s): it answers in the task's format, not always right."""
+    """The tiny policy after a short SFT: it answers in the task's format, not always right. The
+    warm start of the embedded default shrunk by small_run.SMALL, in the pipelines' cache: one SFT
+    serves this fixture and the pipeline runs of SMALL."""
     from fpa_ray.warmstart import warm_start
 
-    sft = SFTConfig(steps=150, batch_size=32, warmup_steps=20, train_problems=2000, tokenizer_problems=1000,
-                    eval_problems=20, eval_samples=1, max_new_tokens=48)
-    result = warm_start(TinyModelConfig(), sft, SyntheticTaskConfig(), seed=0, cache_dir=tmp_path_factory.mktemp("cache"))
-    return result.path
+    config = load_config("tiny-cpu", SMALL)
+    return warm_start(config.policy.tiny, config.policy.sft, config.data.synthetic, seed=config.seed,
+                      cache_dir=_pipeline_cache(tmp_path_factory)).path
 
 
 @pytest.fixture()
 def cache(tmp_path_factory, monkeypatch):
     """FPA_RAY_CACHE shared by the pipeline tests: one warm start of small_run.SMALL for all of them."""
-    path = tmp_path_factory.getbasetemp() / "pipeline-cache"
+    path = _pipeline_cache(tmp_path_factory)
     monkeypatch.setenv("FPA_RAY_CACHE", str(path))
     return path
