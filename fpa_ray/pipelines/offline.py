@@ -1,5 +1,6 @@
 """The offline FPA pipeline: warm start, then rounds of generate -> verify -> build -> train, with
-an evaluation of the starting policy and of every round's policy.
+an evaluation of the starting policy and of every round's policy (the start with round 1's, in
+the same sampler and verifier pools, as the GRPO pipeline evaluates its start with its snapshots).
 
 Run directory `<output_dir>/<name>/`: `config.yaml` (resolved), `ledger.jsonl`, `report.md`,
 `eval_0/`, and per round `round_<r>/{samples,verified,dataset,train}` and `eval_<r>/`. Every stage
@@ -287,11 +288,12 @@ class OfflinePipeline:
                 "per_problem": result["per_problem"],
                 "cpu_hours": cost["cpu_seconds"] / 3600, "gpu_hours": cost["gpu_seconds"] / 3600}
 
-    def round_points(self, round_index: int, policy: Path) -> list[dict]:
-        """The round's snapshots (learner.snapshot_every) and its final policy, evaluated together."""
+    def round_points(self, round_index: int, policy: Path, start: Path | None = None) -> list[dict]:
+        """The round's snapshots (learner.snapshot_every) and its final policy, evaluated together; with
+        `start`, the starting policy too (its point costs nothing), so round 1 needs no pools of its own for it."""
         train_dir = self.run_dir / f"round_{round_index}" / "train"
         metrics = {m["step"]: m for m in map(json.loads, (train_dir / "metrics.jsonl").read_text().splitlines()) if "time" in m}
-        points = []  # (point label, evaluation label, policy, moment)
+        points = [] if start is None else [("start", 0, start, 0.0)]  # (point label, evaluation label, policy, moment)
         for snapshot in sorted((train_dir / SNAPSHOTS_DIR).glob("step_*"), key=lambda p: int(p.name.split("_")[1])):
             step = int(snapshot.name.split("_")[1])
             if step in metrics and step != max(metrics):
@@ -315,14 +317,14 @@ class OfflinePipeline:
     def run(self) -> Path:
         """All rounds, resuming from what the run directory already holds; returns report.md."""
         self.prepare()
-        policy = self.initial_policy()
-        points = [self.point("start", self.evaluate(0, policy), 0.0)]
+        policy = start = self.initial_policy()
+        points = []
         for round_index in range(1, self.config.rounds + 1):
             samples = self.generate(round_index, policy)
             verified = self.verify(round_index, samples)
             dataset = self.build(round_index, verified)
             policy = self.train(round_index, dataset, policy)
-            points.extend(self.round_points(round_index, policy))
+            points.extend(self.round_points(round_index, policy, start=start if round_index == 1 else None))
         return self.write_report(points)
 
     def describe(self) -> str:

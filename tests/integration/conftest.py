@@ -24,8 +24,8 @@ def _pipeline_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_policy(tmp_path_factory):
     """The tiny policy after a short SFT: it answers in the task's format, not always right. The
-    warm start of the embedded default shrunk by small_run.SMALL, in the pipelines' cache: one SFT
-    serves this fixture and the pipeline runs of SMALL."""
+    warm start of small_run.SMALL, in the pipelines' cache: one SFT serves this fixture and every
+    pipeline run of the session (offline and GRPO jobs, recipe runs)."""
     from fpa_ray.warmstart import warm_start
 
     config = load_config("tiny-cpu", SMALL)

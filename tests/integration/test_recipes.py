@@ -33,8 +33,8 @@ pytestmark = pytest.mark.slow
 TINY_RECIPES = {"tiny-cpu": "test_job_submit.py", "tiny-cpu-grpo": "test_job_submit.py"}
 GPU_RECIPES = sorted(path.stem for path in CONFIG_DIR.glob("*.yaml") if path.stem not in TINY_RECIPES)
 WORKERS = 2
-# The tiny policy on the easier task, warm-started as the GRPO job of test_job_submit (one cached warm
-# start for both): ~7% pass@1, so a few dozen prompts give enough mixed groups for pairs.
+# The tiny policy on small_run's easier task, the session's one cached warm start (tiny_policy, the
+# jobs of test_job_submit): ~7% pass@1, so a few dozen prompts give enough mixed groups for pairs.
 TINY_POLICY = ["policy.name_or_path=tiny", *(o for o in SMALL + GRPO_SMALL if o.startswith(("policy.sft.", "data.synthetic")))]
 
 
