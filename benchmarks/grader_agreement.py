@@ -5,7 +5,9 @@ huggingface/Math-Verify, hendrycks/math (`is_equiv`), NVIDIA/NeMo-Skills (`math_
 rllm-org/rllm; each row cites repository, path, commit and test, and keeps the verdict that
 test asserts. Left out: tests whose verdict depends on a grader-specific flag (Math-Verify's
 `precision`, `strict=False`, `allow_set_relation_comp`, expression-only matching; rllm's
-format-reward and multi-answer settings) and non-string answers. Answer-against-answer suites
+format-reward and multi-answer settings) and non-string answers. One verdict is taken from a
+later commit than the rest of its file, where upstream corrected it (the row's `note` says so:
+`1 - 1/e` vs `1 + 1/e`, asserted equal at 5d148cf). Answer-against-answer suites
 (is_equiv, math_equal) are posed as a response `The final answer is $\\boxed{prediction}$.`;
 for a gold given as text its boxed answer (or the text without `$`) is the gold answer. Every
 grader gets the same (gold, response) pairs; math-verify direct is
