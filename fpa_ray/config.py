@@ -85,12 +85,15 @@ class SyntheticTaskConfig(StrictModel):
     value_max: int = Field(9999, ge=10, description="problems whose running value exceeds this are rejected")
     fractions: bool = Field(False, description="allow 'divide by k' steps whose results may be fractions")
     divisor_max: int = Field(9, ge=2)
-    test_percent: float = Field(1.0, gt=0, lt=50, description="share of the problem space held out for test")
+    test_percent: float = Field(1.0, gt=0, lt=50, description="share of the problem space held out from train: dev and test")
+    dev_percent: float = Field(0.5, ge=0, description="of test_percent, the share that is the dev split (choices are made on it)")
 
     @model_validator(mode="after")
     def _steps_ordered(self) -> SyntheticTaskConfig:
         if self.min_steps > self.max_steps:
             raise ValueError(f"min_steps ({self.min_steps}) exceeds max_steps ({self.max_steps})")
+        if self.dev_percent >= self.test_percent:
+            raise ValueError(f"dev_percent ({self.dev_percent}) must be below test_percent ({self.test_percent}): it is carved out of it")
         return self
 
 

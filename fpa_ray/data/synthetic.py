@@ -4,8 +4,12 @@
     38 + 54 = 92. 92 * 3 = 276. 276 + 81 = 357. \\boxed{357}
 
 Knobs set the difficulty (number of steps, operand sizes, a cap on intermediate values, division
-that yields fractions) so a tiny model lands between 0% and 100%. Train and test are split by a
-hash of the problem text, so they never share a problem, whatever their sizes.
+that yields fractions) so a tiny model lands between 0% and 100%. Train, dev and test are split by
+a hash of the problem text, so they never share a problem, whatever their sizes: test_percent of
+the problem space is held out from train, and dev_percent of it is the dev split (recipes, lr,
+lambda and rounds are chosen there), the rest test (reported, never chosen on). Held-out problems
+are carved from the same bucket train always left out, so train and every warm start are the same
+with or without a dev split.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def _apply(value: Fraction, op: str, operand: int) -> Fraction:
 
 def _draw(rng: random.Random, config: SyntheticTaskConfig) -> tuple[int, list[tuple[str, int]]] | None:
     start = rng.randint(1, config.operand_max)
-    value = Fraction(start)
+    value = Fraction(start) if config.fractions else start  # ints without division: the same values, 2x faster
     ops = ["+", "-", "*"] + (["/"] if config.fractions else [])
     steps = []
     for _ in range(rng.randint(config.min_steps, config.max_steps)):
@@ -64,17 +68,20 @@ def _draw(rng: random.Random, config: SyntheticTaskConfig) -> tuple[int, list[tu
     return start, steps
 
 
-def _render(start: int, steps: list[tuple[str, int]]) -> tuple[str, str, str]:
+def _prompt(start: int, steps: list[tuple[str, int]]) -> str:
     actions = [VERBS[op].format(operand) for op, operand in steps]
     prompt = f"Start with {start}. {actions[0][0].upper()}{actions[0][1:]}"
-    prompt += "".join(f", then {action}" for action in actions[1:]) + ". What is the result?"
+    return prompt + "".join(f", then {action}" for action in actions[1:]) + ". What is the result?"
+
+
+def _solution(start: int, steps: list[tuple[str, int]]) -> tuple[str, str]:
     value, lines = Fraction(start), []
     for op, operand in steps:
         new = _apply(value, op, operand)
         lines.append(f"{format_number(value)} {op} {operand} = {format_number(new)}.")
         value = new
     answer = format_number(value)
-    return prompt, " ".join(lines) + f" \\boxed{{{answer}}}", answer
+    return " ".join(lines) + f" \\boxed{{{answer}}}", answer
 
 
 def _bucket(prompt: str) -> float:
@@ -82,25 +89,40 @@ def _bucket(prompt: str) -> float:
     return int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big") / 2**64 * 100
 
 
+SPLITS = ("train", "dev", "test")
+
+
+def split_of(prompt: str, config: SyntheticTaskConfig) -> str:
+    bucket = _bucket(prompt)
+    if bucket >= config.test_percent:
+        return "train"
+    return "dev" if bucket >= config.test_percent - config.dev_percent else "test"
+
+
 def generate(config: SyntheticTaskConfig, split: str, count: int, seed: int = 0) -> list[Problem]:
-    """`count` distinct problems of `split` ('train' or 'test'), deterministic in (config, seed)."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    """`count` distinct problems of `split` ('train', 'dev' or 'test'), deterministic in (config, seed)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    # The dev split draws from its own stream; test keeps the stream it always had.
     rng = random.Random(f"{seed}:{split}")
+    share = {"train": 100 - config.test_percent, "dev": config.dev_percent, "test": config.test_percent - config.dev_percent}[split]
+    if share <= 0:
+        raise ValueError(f"the task has no {split} split: dev_percent is {config.dev_percent}")
+    limit = int(count * max(200.0, 400.0 / share)) + 10_000  # a 0.5% split takes ~200 draws per problem, more with rejects
     seen: set[str] = set()
     problems: list[Problem] = []
     attempts = 0
     while len(problems) < count:
         attempts += 1
-        if attempts > 200 * count + 10_000:
+        if attempts > limit:
             raise ValueError(f"could only draw {len(problems)} distinct {split} problems of {count}; widen the task knobs")
         drawn = _draw(rng, config)
         if drawn is None:
             continue
-        prompt, solution, answer = _render(*drawn)
-        in_test = _bucket(prompt) < config.test_percent
-        if in_test != (split == "test") or prompt in seen:
+        prompt = _prompt(*drawn)
+        if prompt in seen or split_of(prompt, config) != split:
             continue
+        solution, answer = _solution(*drawn)
         seen.add(prompt)
         digest = hashlib.sha256(prompt.encode()).hexdigest()[:12]
         problems.append(Problem(f"synthetic-{digest}", prompt, solution, answer))

@@ -36,11 +36,18 @@ def test_same_seed_same_data_and_other_seed_other_data():
     assert generate(config, "train", 300, seed=3)[:200] == generate(config, "train", 200, seed=3)
 
 
-def test_train_and_test_never_share_a_problem_across_seeds():
+def test_train_dev_and_test_never_share_a_problem_and_the_dev_split_leaves_train_and_test_streams_alone():
     config = SyntheticTaskConfig()
     train = {p.prompt for seed in (0, 1) for p in generate(config, "train", 3000, seed=seed)}
-    test = {p.prompt for seed in (0, 1) for p in generate(config, "test", 300, seed=seed)}
-    assert len(test) > 300 and not train & test
+    dev = {p.prompt for p in generate(config, "dev", 300)}
+    test = generate(config, "test", 2000)  # a test split big enough to resolve half a point
+    assert len({p.prompt for p in test}) == 2000 and len(dev) == 300
+    assert not train & dev and not train & {p.prompt for p in test} and not dev & {p.prompt for p in test}
+    no_dev = SyntheticTaskConfig(dev_percent=0)
+    assert generate(no_dev, "train", 500) == generate(config, "train", 500)  # the same warm start with or without dev
+    assert {p.prompt for p in test[:300]} <= {p.prompt for p in generate(no_dev, "test", 1500)}  # test's stream, thinned
+    with pytest.raises(ValueError, match="no dev split"):
+        generate(no_dev, "dev", 1)
 
 
 @pytest.mark.parametrize(
@@ -63,5 +70,7 @@ def test_knobs_are_validated():
         SyntheticTaskConfig(steps=3)
     with pytest.raises(ValueError, match="split must be"):
         generate(SyntheticTaskConfig(), "validation", 1)
+    with pytest.raises(ValidationError, match="carved out of it"):
+        SyntheticTaskConfig(test_percent=1, dev_percent=1)
     with pytest.raises(ValueError, match="distinct test problems"):
-        generate(SyntheticTaskConfig(min_steps=1, max_steps=1, operand_max=3, multiplier_max=2), "test", 1000)
+        generate(SyntheticTaskConfig(min_steps=1, max_steps=1, operand_max=3, multiplier_max=2), "test", 100)
