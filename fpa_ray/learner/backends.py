@@ -114,7 +114,7 @@ class DDPBackend:
         return {name: above_adam_eps(self.optimizer.state[p]["exp_avg_sq"], self.learner, self.scheduler.last_epoch)
                 for name, p in self.unwrapped.named_parameters()}
 
-    def gathered(self):
+    def gathered(self, params=None):
         return contextlib.nullcontext()
 
     def save_state(self, state_dir: Path, state: dict) -> None:
@@ -187,13 +187,13 @@ class DeepSpeedBackend:
         return {name: above_adam_eps(safe_get_full_optimizer_state(p, "exp_avg_sq"), self.learner, self.scheduler.last_epoch)
                 for name, p in self.unwrapped.named_parameters()}
 
-    def gathered(self):
-        """Full parameters for saving: ZeRO-3 gathers them on every rank."""
+    def gathered(self, params=None):
+        """Full parameters (all of them, or `params`) for reading: ZeRO-3 gathers them on every rank."""
         if self.learner.zero_stage != 3:
             return contextlib.nullcontext()
         import deepspeed
 
-        return deepspeed.zero.GatheredParameters(list(self.unwrapped.parameters()), modifier_rank=None)
+        return deepspeed.zero.GatheredParameters(list(self.unwrapped.parameters()) if params is None else list(params), modifier_rank=None)
 
     def save_state(self, state_dir: Path, state: dict) -> None:
         self.model.save_checkpoint(str(state_dir / "deepspeed"), tag="state")  # every rank writes its partition

@@ -25,6 +25,7 @@ from fpa_ray import metrics as app_metrics
 from fpa_ray.config import FPAConfig, LearnerConfig, ObjectiveConfig
 from fpa_ray.learner.backends import STATE_DIR, build_backend, load_reference
 from fpa_ray.learner.data import Kind, prepare_examples
+from fpa_ray.learner.entanglement import entanglement_metrics
 from fpa_ray.learner.step import train_step
 from fpa_ray.objectives import PairedBatch, get_objective
 
@@ -115,11 +116,15 @@ def train_loop(config: dict) -> None:
     mark = time.perf_counter()  # throughput counts everything between steps, reporting and checkpoints included
     for step in range(backend.start_step, total_steps):
         lr = backend.scheduler.get_last_lr()[0]
-        metrics = train_step(backend, objective, setup.objective.params, reference, examples, global_order(len(examples), step, G, setup.seed),
-                             kind, tokenizer.pad_token_id, fpa, learner.micro_batch_size, learner.max_length, precomputed)
+        order = global_order(len(examples), step, G, setup.seed)
+        diagnostics = {}
+        if learner.diagnostics_every and step % learner.diagnostics_every == 0:  # at the weights the step starts from
+            diagnostics = entanglement_metrics(backend, [examples[i] for i in order], kind, tokenizer.pad_token_id)
+        metrics = train_step(backend, objective, setup.objective.params, reference, examples, order, kind, tokenizer.pad_token_id, fpa,
+                             learner.micro_batch_size, learner.max_length, precomputed)
         now = time.perf_counter()
         step_tokens = metrics.pop("tokens")
-        metrics.update(step=step + 1, lr=lr, time=time.time(), tokens_per_s=step_tokens / (now - mark))
+        metrics.update(diagnostics, step=step + 1, lr=lr, time=time.time(), tokens_per_s=step_tokens / (now - mark))
         mark = now
         if step == backend.start_step:
             metrics.update({f"rows_{rule}": float(count) for rule, count in prepared.counts.items()})

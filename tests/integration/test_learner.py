@@ -97,6 +97,9 @@ def test_dpo_and_fpa_dpo_reduce_their_loss(request, uninterrupted, fpa):
     assert bad == ((1, 1, 1) if fpa else (0, 0, 0))  # the 3 malformed rows are dropped or cut, and counted
     for key in ("C_w", "C_l", "logp_chosen", "logp_rejected", "reward_margin", "grad_norm", "lr", "tokens_per_s"):
         assert key in first
+    # The entanglement diagnostic every learner.diagnostics_every (10) steps, with and without FPA: steps 1 of 9 here.
+    assert [m["step"] for m in result.metrics if "grad_cosine" in m] == [1]
+    assert -1 <= first["grad_cosine"] <= 1 and first["grad_norm_w"] > 0 and first["grad_norm_l"] > 0
     assert ("C_l_current" in first) == fpa
     assert (run / "metrics.jsonl").is_file() and any((run / "tensorboard").iterdir())
     assert (result.checkpoint / "model.safetensors").is_file() and (result.checkpoint / "tokenizer.json").is_file()

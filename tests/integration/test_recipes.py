@@ -185,6 +185,7 @@ def test_offline_recipe_runs_one_round_with_its_own_settings(ray_cluster, recipe
     assert all(m["grad_norm"] > 0 and m["lr"] > 0 and m["num_units"] == config.learner.global_batch_size for m in metrics)
     assert ("C_l_current" in metrics[0]) == config.fpa.enabled  # FPA's coefficients were computed at pi_hat
     assert ("kl_reference" in metrics[0]) == (config.objective.name == "kto")
+    assert [m["step"] for m in metrics if "grad_cosine" in m] == [1] and metrics[0]["grad_norm_w"] > 0  # ZeRO-3 gathers the head
     policy = json.loads((run / "round_1" / "train" / "policy" / "config.json").read_text())
     assert policy["dtype"] == "bfloat16"  # DeepSpeed's bf16 module (fp32 masters inside the optimizer)
     ledger = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
