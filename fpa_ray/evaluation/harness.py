@@ -32,7 +32,7 @@ from fpa_ray.accounting import Ledger
 from fpa_ray.config import PromptSourceConfig, RunConfig, SamplerConfig, VerifierConfig
 from fpa_ray.data.sources import SCHEMAS, load_prompts
 from fpa_ray.evaluation.report import summary_markdown
-from fpa_ray.evaluation.scoring import disagreements, overall, score, total_gain_loss
+from fpa_ray.evaluation.scoring import disagreements, overall, paired_difference, score, total_gain_loss
 from fpa_ray.pipelines.offline import write_json
 
 SAMPLE_COLUMNS = ("prompt_id", "sample_index", "answer", "response", "extracted", "status", "reward", "cross_extracted",
@@ -238,5 +238,7 @@ def versus_baseline(scores: dict[str, dict], baseline: dict, solved_threshold: f
             continue
         change = total_gain_loss(before, current["per_problem"], solved_threshold)
         change["baseline_pass_at_1"] = sum(before[p] for p in before) / len(before) if before else 0.0
+        paired = paired_difference(before, current["per_problem"])
+        change.update(difference=paired["difference"], se=paired["se"])
         result[label] = change
     return result

@@ -36,9 +36,12 @@ def summary_markdown(summary: dict) -> str:
     if "versus_baseline" in summary:
         lines += ["", f"## Against {summary['baseline']['path']}", "",
                   f"Total Gain / Total Loss: problems whose pass@1 crosses {settings['solved_threshold']} upwards / downwards "
-                  "(lists in summary.json).", "",
-                  "| benchmark | problems compared | baseline pass@1 (%) | pass@1 (%) | Total Gain | Total Loss |", "|---|---|---|---|---|---|"]
+                  "(lists in summary.json). Change: mean per-problem change of pass@1 on the problems both scored, with its standard "
+                  "error over problems.", "",
+                  "| benchmark | problems compared | baseline pass@1 (%) | pass@1 (%) | change (SE), points | Total Gain | Total Loss |",
+                  "|---|---|---|---|---|---|---|"]
         for label, change in summary["versus_baseline"].items():
             lines.append(f"| {label} | {change['compared']} | {_percent(change['baseline_pass_at_1'])} "
-                         f"| {_percent(summary['benchmarks'][label]['pass_at_1'])} | {change['total_gain']} | {change['total_loss']} |")
+                         f"| {_percent(summary['benchmarks'][label]['pass_at_1'])} | {change['difference'] * 100:+.1f} ({change['se'] * 100:.1f}) "
+                         f"| {change['total_gain']} | {change['total_loss']} |")
     return "\n".join(lines) + "\n"

@@ -1,5 +1,5 @@
 """Scoring an evaluation: pass@1 averaged over k samples, pass@k, maj@k, cross-grader disagreement,
-and Total Gain / Total Loss.
+Total Gain / Total Loss, and the paired difference of two evaluations with its standard error.
 
 Total Gain / Total Loss (METHOD.md section 8) compare two evaluations problem by problem: a
 problem counts as solved when its pass@1 over the k samples reaches `solved_threshold` (0.5 by
@@ -7,6 +7,8 @@ default, [project choice]); gained = solved after but not before, lost = the rev
 """
 
 from __future__ import annotations
+
+import math
 
 import pandas as pd
 
@@ -77,3 +79,16 @@ def total_gain_loss(before: dict[str, float], after: dict[str, float], solved_th
     gained = [p for p in common if after[p] >= solved_threshold > before[p]]
     lost = [p for p in common if before[p] >= solved_threshold > after[p]]
     return {"total_gain": len(gained), "total_loss": len(lost), "gained": gained, "lost": lost, "compared": len(common)}
+
+
+def paired_difference(before: dict[str, float], after: dict[str, float]) -> dict:
+    """Mean over the problems both evaluated of after - before per-problem pass@1, and its standard
+    error over problems (sample std / sqrt(n)): the same problems on both sides, so their difficulty
+    cancels and what is left is the change plus sampling noise. A change of 2 SE is the smallest an
+    evaluation of this size resolves."""
+    common = sorted(set(before) & set(after))
+    diffs = [after[p] - before[p] for p in common]
+    n = len(diffs)
+    mean = sum(diffs) / n if n else 0.0
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else float("nan")
+    return {"difference": mean, "se": se, "problems": n}

@@ -22,7 +22,7 @@ from fpa_ray.accounting import NOT_TRAINING, Ledger
 from fpa_ray.config import RunConfig, SamplerConfig
 from fpa_ray.data.builder import build_pairs, build_unpaired, content_hash
 from fpa_ray.data.sources import PromptRow, load_prompts
-from fpa_ray.evaluation import score, total_gain_loss
+from fpa_ray.evaluation import paired_difference, score, total_gain_loss
 from fpa_ray.learner.loop import SNAPSHOTS_DIR
 from fpa_ray.objectives import PairedBatch, get_objective
 
@@ -338,16 +338,19 @@ class OfflinePipeline:
         threshold = config.evaluation.solved_threshold
         unit = "GPU-hours" if any(p["gpu_hours"] for p in points) else "CPU-hours"
         lines = [f"# {config.name}", "", self.describe(), "",
-                 f"| policy | pass@1 | maj@k | pass@k | Total Gain | Total Loss | training {unit} |", "|---|---|---|---|---|---|---|"]
+                 f"| policy | pass@1 | vs start (SE) | maj@k | pass@k | Total Gain | Total Loss | training {unit} |", "|---|---|---|---|---|---|---|---|"]
         for index, point in enumerate(points):
             change = total_gain_loss(points[0]["per_problem"], point["per_problem"], threshold)
             gain, loss = ("-", "-") if index == 0 else (change["total_gain"], change["total_loss"])
+            paired = paired_difference(points[0]["per_problem"], point["per_problem"])
+            versus = "-" if index == 0 else f"{paired['difference'] * 100:+.1f} ({paired['se'] * 100:.1f}) pts"
             hours = point["gpu_hours"] if unit == "GPU-hours" else point["cpu_hours"]
             majority = "-" if point["maj_at_k"] is None else f"{point['maj_at_k']:.1%}"
-            lines.append(f"| {point['point']} | {point['pass_at_1']:.1%} | {majority} | {point['pass_at_k']:.1%} | {gain} | {loss} | {hours:.4f} |")
+            lines.append(f"| {point['point']} | {point['pass_at_1']:.1%} | {versus} | {majority} | {point['pass_at_k']:.1%} | {gain} | {loss} | {hours:.4f} |")
         evaluation = config.evaluation
         lines += ["", f"pass@1: mean over the eval problems of the share of {evaluation.samples} samples at T={evaluation.temperature} "
-                  f"that are correct; maj@k: the most frequent answer of the {evaluation.samples} is right; Total Gain/Loss against the start: problems crossing pass@1 >= {threshold}. Training "
+                  f"that are correct; vs start: the mean per-problem change of pass@1 on the same problems, with its standard error over problems "
+                  f"(a change under 2 SE is not resolved by this evaluation); maj@k: the most frequent answer of the {evaluation.samples} is right; Total Gain/Loss against the start: problems crossing pass@1 >= {threshold}. Training "
                   f"{unit}: resources held x wall time of every stage but {', '.join(sorted(NOT_TRAINING))}, up to that policy.", ""]
         for round_index in range(1, config.rounds + 1):
             manifest = self.run_dir / f"round_{round_index}" / "dataset" / "manifest.json"

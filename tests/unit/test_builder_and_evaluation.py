@@ -11,7 +11,7 @@ from fpa_ray.accounting import Ledger
 from fpa_ray.config import TinyModelConfig, load_config
 from fpa_ray.data.builder import build_pairs, build_unpaired, content_hash, cut_at_divergence
 from fpa_ray.data.synthetic import SyntheticTaskConfig, generate
-from fpa_ray.evaluation import score, total_gain_loss
+from fpa_ray.evaluation import paired_difference, score, total_gain_loss
 from fpa_ray.pipelines.offline import OfflinePipeline, write_json
 from fpa_ray.tiny import build_tiny_policy
 
@@ -75,6 +75,11 @@ def test_score_and_total_gain_loss():
     assert result["per_problem"] == {"x": 0.5, "y": 0.0, "z": 1.0} and result["samples_per_problem"] == 2
     change = total_gain_loss({"x": 0.5, "y": 0.0, "z": 1.0}, {"x": 0.25, "y": 0.75, "z": 1.0, "w": 1.0})
     assert change == {"total_gain": 1, "total_loss": 1, "gained": ["y"], "lost": ["x"], "compared": 3}
+    paired = paired_difference({"x": 0.5, "y": 0.0, "z": 1.0}, {"x": 0.25, "y": 0.75, "z": 1.0, "w": 1.0})
+    # per-problem changes -0.25, +0.75, 0 ("w" was not evaluated before): mean 1/6, SE = sample std / sqrt(3)
+    diffs = [-0.25, 0.75, 0.0]
+    std = (sum((d - 1 / 6) ** 2 for d in diffs) / 2) ** 0.5
+    assert paired["problems"] == 3 and paired["difference"] == pytest.approx(1 / 6) and paired["se"] == pytest.approx(std / 3 ** 0.5)
 
 
 def test_majority_vote_failure_share_and_length_from_verdicts():

@@ -57,6 +57,8 @@ def test_total_gain_loss_against_a_hand_built_baseline():
     assert set(result) == {"m"}
     assert (result["m"]["total_gain"], result["m"]["gained"], result["m"]["total_loss"], result["m"]["lost"]) == (1, ["p1"], 1, ["p2"])
     assert result["m"]["compared"] == 4 and result["m"]["baseline_pass_at_1"] == pytest.approx(1.5 / 4)
+    # changes 0.5, -0.5, 0.25, -0.25 on the 4 shared problems: mean 0, sample std sqrt(0.625 / 3)
+    assert result["m"]["difference"] == pytest.approx(0.0) and result["m"]["se"] == pytest.approx((0.625 / 3) ** 0.5 / 2)
 
 
 def test_benchmark_names_resolve_to_labels_then_schemas(tmp_path):
@@ -100,7 +102,7 @@ def test_summary_markdown_has_a_row_per_benchmark_and_the_baseline_table():
            "cross_pass_at_1": 0.25, "disagreements": 1, "throughput": {"problems_per_s": 4.0}}
     summary = {"checkpoint": "/c", "settings": {"k": 4, "temperature": 0.7, "top_p": 1.0, "seed": 0, "solved_threshold": 0.5},
                "benchmarks": {"m": row}, "overall": overall({"m": row}), "baseline": {"path": "/b/summary.json"},
-               "versus_baseline": {"m": {"compared": 2, "baseline_pass_at_1": 0.25, "total_gain": 1, "total_loss": 0}}}
+               "versus_baseline": {"m": {"compared": 2, "baseline_pass_at_1": 0.25, "total_gain": 1, "total_loss": 0, "difference": 0.25, "se": 0.05}}}
     text = summary_markdown(summary)
     assert "| m | 2 | 50.0 | 100.0 | 50.0 | 3.0 | 0.0 | 25.0 | 1 | 4.00 |" in text
-    assert "| m | 2 | 25.0 | 50.0 | 1 | 0 |" in text and "pass@4" in text
+    assert "| m | 2 | 25.0 | 50.0 | +25.0 (5.0) | 1 | 0 |" in text and "pass@4" in text
