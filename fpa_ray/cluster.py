@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 LOCAL_RAY_ENV = {
     # Read by Ray when it is imported; with it off, Ray silently binds the eth0 address even when
@@ -47,13 +48,32 @@ def init_ray(num_cpus: int | None = 4, address: str | None = None) -> None:
     _quiet_ray_data()
     if ray.is_initialized():
         return
+    # The console keeps the driver's own progress and results; what actors and the libraries in them
+    # print (vLLM's and Ray Train's INFO/WARNING lines, per-step reports) stays in the session's
+    # log files, which each run links as <run>/ray-logs (`link_logs`). A joined cluster (`ray job
+    # submit`) keeps Ray's default of streaming it into the job's logs.
     ray.init(
         num_cpus=num_cpus,
         _node_ip_address="127.0.0.1",
         include_dashboard=True,  # the state API and the dashboard, on loopback only
         dashboard_host="127.0.0.1",
-        log_to_driver=True,
+        log_to_driver=False,
     )
+
+
+def link_logs(run_dir: Path) -> Path | None:
+    """`<run_dir>/ray-logs` -> the local Ray session's logs (every actor's stdout and stderr); None
+    when this process did not start the cluster it uses (its logs are on the cluster's nodes)."""
+    from ray._private import worker
+
+    node = worker._global_node
+    if node is None or not node.head:  # joined a cluster started elsewhere
+        return None
+    link = run_dir / "ray-logs"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(node.get_logs_dir_path(), target_is_directory=True)
+    return link
 
 
 def _quiet_ray_data() -> None:
@@ -65,3 +85,4 @@ def _quiet_ray_data() -> None:
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # only "progress bars disabled", which is this

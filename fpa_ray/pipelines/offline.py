@@ -52,7 +52,7 @@ class OfflinePipeline:
 
     def prepare(self) -> None:
         """Create the run directory or check that it was made with the same config."""
-        from fpa_ray.cluster import init_ray
+        from fpa_ray.cluster import init_ray, link_logs
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         saved = self.run_dir / "config.yaml"
@@ -63,6 +63,9 @@ class OfflinePipeline:
             )
         saved.write_text(text)
         init_ray()
+        logs = link_logs(self.run_dir)
+        if logs is not None:
+            self.log(f"[ray] the actors' and libraries' output: {logs}")
 
     def _done(self, stage_dir: Path, inputs: dict) -> dict | None:
         """The manifest of a finished stage made from `inputs`; None if it still has to run."""
