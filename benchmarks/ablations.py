@@ -18,7 +18,8 @@ data (500 prompts x 8 samples at T=1, fpa_ray benchmarks/seeded_runs.py); a cell
 groups (e.g. FPA-DPO at lambda 1) is run once. Evaluation: 300 held-out problems x 8 samples at
 T=0.7 (pass@1 averaged over k=8), the same sampling seeds for every policy of a seed. Writes
 benchmarks/results/ablations/<group>.md (table) and <group>-accuracy.png, <group>-coefficients.png
-(C_w, C_l over steps) and, for long and rounds, <group>-curve.png (accuracy over training).
+(C_w, C_l over steps), <group>-entanglement.png (cos(g_w, g_l) and the norms, at the steps that
+logged them) and, for long and rounds, <group>-curve.png (accuracy over training).
 """
 
 from __future__ import annotations
@@ -220,11 +221,37 @@ def plots(group: str, figures: dict[str, dict[int, dict]], seeds: list[int], out
     figure.savefig(written[-1], dpi=120)
     plt.close(figure)
 
+    if any("grad_cosine" in row for name in names for row in figures[name][seeds[0]]["steps"]):
+        written.append(out / f"{group}-entanglement.png")
+        plot_entanglement(figures, seeds, group, written[-1])
+
     if any(len(figures[name][seeds[0]]["points"]) > 2 for name in names):
         written.append(out / f"{group}-curve.png")
         plot_accuracy_curves({name: {s: figures[name][s]["points"] for s in seeds} for name in names}, seeds,
                              "pass@1 (%), 300 problems x 8 samples", f"{group}: accuracy over training, one line per seed", written[-1])
     return written
+
+
+def plot_entanglement(figures: dict[str, dict[int, dict]], seeds: list[int], group: str, path: Path) -> None:
+    """cos(g_w, g_l), |g_w| and |g_l| on the LM head (METHOD.md section 8) at the steps that logged them, mean over seeds."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(14, 4.2), sharex=True)
+    for index, name in enumerate(figures):
+        runs = [[row for row in figures[name][s]["steps"] if "grad_cosine" in row] for s in seeds]
+        length = min(map(len, runs))
+        for axis, key in zip(axes, ("grad_cosine", "grad_norm_w", "grad_norm_l")):
+            mean = [statistics.mean(rows[i][key] for rows in runs) for i in range(length)]
+            axis.plot([row["global_step"] for row in runs[0][:length]], mean, color=f"C{index}", label=name, linewidth=1, marker=".")
+    for axis, title in zip(axes, ("cos(g_w, g_l)", "|g_w| (chosen)", "|g_l| (rejected)")):
+        axis.set_title(f"{title}, LM head: mean over seeds {seeds}", fontsize=9)
+        axis.set_xlabel("optimizer step")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    figure.suptitle(f"{group}: gradient entanglement (learner.diagnostics_every)", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def main() -> int:

@@ -197,7 +197,7 @@ class LearnerConfig(StrictModel):
     checkpoint_every: int = Field(50, ge=1)
     snapshot_every: int | None = Field(None, ge=1, description="also keep the policy every this many steps (evaluated by the pipeline)")
     diagnostics_every: int | None = Field(10, ge=1, description="log cos(g_w, g_l) and |g_w|, |g_l| on the LM head every this many steps "
-                                          "(first step included; learner/entanglement.py); null: never")
+                                          "(first step included), on the first step's rows every time (learner/entanglement.py); null: never")
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint")
 

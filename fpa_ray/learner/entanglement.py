@@ -6,8 +6,8 @@ weight as the output projection (with tied embeddings, not the input-embedding p
 same matrix), at the weights a step starts from. Logged every `learner.diagnostics_every` steps, the same
 with and without FPA (g is the policy's own gradient either way), so runs can be compared.
 
-Cost: one no-grad forward of the body on the first DIAGNOSTIC_ROWS rows per side of the step's
-global batch, then the head's gradient in chunks of positions (one [chunk, vocab] block at a
+Cost: one no-grad forward of the body on the first DIAGNOSTIC_ROWS rows per side of the batch it
+is given (the training loop gives the first step's batch every time), then the head's gradient in chunks of positions (one [chunk, vocab] block at a
 time, not [rows, length, vocab]), on an fp32 copy of the head so the training parameters and their
 gradient hooks are never touched. Every rank runs it on the same rows (ZeRO-3 gathers layer by
 layer through the forward, which needs every rank), so every rank computes the same numbers.
