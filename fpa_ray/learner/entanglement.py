@@ -7,10 +7,11 @@ same matrix), at the weights a step starts from. Logged every `learner.diagnosti
 with and without FPA (g is the policy's own gradient either way), so runs can be compared.
 
 Cost: one no-grad forward of the body on the first DIAGNOSTIC_ROWS rows per side of the batch it
-is given (the training loop gives the first step's batch every time), then the head's gradient in chunks of positions (one [chunk, vocab] block at a
-time, not [rows, length, vocab]), on an fp32 copy of the head so the training parameters and their
-gradient hooks are never touched. Every rank runs it on the same rows (ZeRO-3 gathers layer by
-layer through the forward, which needs every rank), so every rank computes the same numbers.
+is given (the training loop gives the first step's batch every time), both sides in one batch;
+then the head's gradient in blocks of positions (one [chunk, vocab] block at a time, never
+[rows, length, vocab]), on an fp32 copy of the head, so the training parameters and their gradient
+hooks are never touched. Every rank runs it on the same rows (ZeRO-3 gathers layer by layer
+through the forward, which needs every rank), so every rank computes the same numbers.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from fpa_ray.learner.data import Example, Kind, collate
 from fpa_ray.learner.forward import shifted_targets
+from fpa_ray.objectives.diagnostics import cosine_and_norms
 
 DIAGNOSTIC_ROWS = 4  # per side
 CHUNK = 512  # positions per head-gradient block
@@ -48,30 +50,22 @@ def _sides(examples: list[Example], kind: Kind) -> tuple[list[Example], list[Exa
     return (correct, incorrect) if correct and incorrect else None
 
 
-def _side_gradient(backend, examples: list[Example], kind: Kind, side: int, pad_id: int, weight: Tensor) -> Tensor:
-    batch, _ = collate(examples, kind, pad_id, backend.device)
-    if kind == "paired":  # collate puts every chosen row first, then every rejected row
-        half = batch.input_ids.shape[0] // 2
-        select = slice(side * half, (side + 1) * half)
-        batch = type(batch)(batch.input_ids[select], batch.attention_mask[select], batch.response_mask[select], None)
-    model = backend.unwrapped
-    with torch.no_grad(), backend.precision.autocast(backend.device):
-        hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-    labels, mask = shifted_targets(batch)
-    return head_gradient(hidden[mask].float(), labels[mask], weight, rows=len(examples))
-
-
 def entanglement_metrics(backend, examples: list[Example], kind: Kind, pad_id: int) -> dict[str, float]:
-    """cos(g_w, g_l), |g_w|, |g_l| on the LM head for `examples` (the step's global batch, in its order);
-    {} when it holds no correct or no incorrect sample."""
+    """cos(g_w, g_l), |g_w|, |g_l| on the LM head for `examples` (a batch in its order); {} when it
+    holds no correct or no incorrect sample."""
     sides = _sides(examples, kind)
     if sides is None:
         return {}
     head = backend.unwrapped.get_output_embeddings().weight
     with backend.gathered([head]):
         weight = head.detach().float().clone().requires_grad_()
-    g_w = _side_gradient(backend, sides[0], kind, 0, pad_id, weight).flatten()
-    g_l = _side_gradient(backend, sides[1], kind, 1 if kind == "paired" else 0, pad_id, weight).flatten()
-    norm_w, norm_l = g_w.norm(), g_l.norm()
-    cosine = torch.dot(g_w, g_l) / (norm_w * norm_l).clamp_min(torch.finfo(torch.float32).tiny)
-    return {"grad_cosine": float(cosine), "grad_norm_w": float(norm_w), "grad_norm_l": float(norm_l)}
+    # One batch for both sides: paired rows collate as every chosen row, then every rejected row.
+    rows = sides[0] if kind == "paired" else sides[0] + sides[1]
+    batch, _ = collate(rows, kind, pad_id, backend.device)
+    with torch.no_grad(), backend.precision.autocast(backend.device):
+        hidden = backend.unwrapped.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    labels, mask = shifted_targets(batch)
+    split = len(sides[0])
+    gradients = [head_gradient(hidden[part][mask[part]].float(), labels[part][mask[part]], weight, rows=len(side)).flatten()
+                 for part, side in ((slice(None, split), sides[0]), (slice(split, None), sides[1]))]
+    return {key: float(value) for key, value in cosine_and_norms(*gradients).items()}

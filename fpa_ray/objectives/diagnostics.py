@@ -22,8 +22,11 @@ def gradient_entanglement(chosen_logp: Tensor, rejected_logp: Tensor, params: Se
         raise ValueError("params is empty: pass the parameter subset to measure (e.g. the LM head)")
     if not (chosen_logp.requires_grad and rejected_logp.requires_grad):
         raise ValueError("chosen_logp and rejected_logp must carry a gradient graph")
-    g_w = _flat_grad(chosen_logp.mean(), params)
-    g_l = _flat_grad(rejected_logp.mean(), params)
+    return cosine_and_norms(_flat_grad(chosen_logp.mean(), params), _flat_grad(rejected_logp.mean(), params))
+
+
+def cosine_and_norms(g_w: Tensor, g_l: Tensor) -> dict[str, Tensor]:
+    """cos(g_w, g_l), |g_w|, |g_l| of two flat gradients (a zero gradient has cosine 0)."""
     norm_w, norm_l = g_w.norm(), g_l.norm()
     cosine = torch.dot(g_w, g_l) / (norm_w * norm_l).clamp_min(torch.finfo(torch.float32).tiny)
     return {"grad_cosine": cosine.detach(), "grad_norm_w": norm_w.detach(), "grad_norm_l": norm_l.detach()}
