@@ -30,6 +30,12 @@ def hours_to_reach(points: list[dict], target: float, key: str) -> float | None:
     return next((p[key] for p in points if p["pass_at_1"] >= target), None)
 
 
+def evaluations_since_best(values: list[float]) -> int:
+    """How many evaluations came after the first best of `values`: 0 while the last one is the best.
+    A run has plateaued once this reaches its patience (a tie is no improvement)."""
+    return len(values) - 1 - values.index(max(values))
+
+
 def summarise(curves: list[dict], target: float | None = None) -> tuple[list[dict], float, str]:
     """Per-run rows: final and best pass@1, total training hours, hours to reach the target.
 

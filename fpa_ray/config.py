@@ -323,6 +323,11 @@ class RunConfig(StrictModel):
     seed: int = 0
     output_dir: Path = Path("runs")
     rounds: int = Field(1, ge=1, description="regenerate -> verify -> build -> train rounds")
+    rounds_patience: int | None = Field(
+        None, ge=1,
+        description="stop before `rounds` once the first data.eval benchmark's pass@1 (put the dev split first) has not beaten its "
+        "best, the start's included, for this many rounds; None: run every round",
+    )
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)

@@ -41,6 +41,12 @@ def score(verified: pd.DataFrame) -> dict:
     return result
 
 
+def score_by_benchmark(verified: pd.DataFrame, benchmarks: dict[str, set[str]]) -> dict[str, dict]:
+    """`score` of each benchmark's own rows (benchmark label -> its prompt ids), so that a run evaluated
+    on several (a dev split to choose on, a test split to report) keeps them apart."""
+    return {label: score(verified[verified["prompt_id"].isin(ids)]) for label, ids in benchmarks.items()}
+
+
 def disagreements(verified: pd.DataFrame) -> pd.DataFrame:
     """The samples whose primary and cross grader verdicts differ in correctness."""
     if "cross_reward" not in verified.columns:

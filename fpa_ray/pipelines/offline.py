@@ -19,10 +19,11 @@ from pathlib import Path
 
 from fpa_ray import metrics
 from fpa_ray.accounting import NOT_TRAINING, Ledger
+from fpa_ray.compare import evaluations_since_best
 from fpa_ray.config import RunConfig, SamplerConfig
 from fpa_ray.data.builder import build_pairs, build_unpaired, content_hash
 from fpa_ray.data.sources import PromptRow, load_prompts
-from fpa_ray.evaluation import paired_difference, score, total_gain_loss
+from fpa_ray.evaluation import paired_difference, score, score_by_benchmark, total_gain_loss
 from fpa_ray.learner.loop import SNAPSHOTS_DIR
 from fpa_ray.objectives import PairedBatch, get_objective
 
@@ -40,6 +41,19 @@ def write_json(path: Path, payload: dict) -> None:
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def curve_point(point: dict, start: dict) -> dict:
+    """A point of curve.json: its scores and hours without the per-problem maps; per benchmark also
+    the paired difference from the start and its standard error (what a comparison across runs needs)."""
+    result = {k: v for k, v in point.items() if k not in ("per_problem", "benchmarks")}
+    if "benchmarks" in point:
+        result["benchmarks"] = {}
+        for label, bench in point["benchmarks"].items():
+            paired = paired_difference(start["benchmarks"][label]["per_problem"], bench["per_problem"])
+            result["benchmarks"][label] = {"pass_at_1": bench["pass_at_1"], "pass_at_k": bench["pass_at_k"],
+                                           "vs_start": paired["difference"], "vs_start_se": paired["se"], "problems": paired["problems"]}
+    return result
 
 
 class OfflinePipeline:
@@ -267,19 +281,25 @@ class OfflinePipeline:
             else:
                 todo.append((label, policy, stage_dir, inputs))
         if todo:
+            per_benchmark = {source.benchmark: self._prompts([source]) for source in config.data.eval}
             sampler = config.sampler.model_copy(update={
                 "n": evaluation.samples, "temperature": evaluation.temperature, "top_p": evaluation.top_p,
                 "max_new_tokens": evaluation.max_new_tokens, "engine": evaluation.engine,
             })
             labels = todo[0][0] if len(todo) == 1 else ",".join(str(label) for label, *_ in todo)  # the ledger's round
-            samples = self.generate_many(labels, [(policy, d / "samples") for _, policy, d, _ in todo], sampler, self._prompts(config.data.eval),
+            prompts = [row for rows in per_benchmark.values() for row in rows]
+            samples = self.generate_many(labels, [(policy, d / "samples") for _, policy, d, _ in todo], sampler, prompts,
                                          stage="eval_generate", seed=config.seed)
             verified = self.verify_many(labels, [(s, d / "verified") for s, (_, _, d, _) in zip(samples, todo)], stage="eval_verify")
             import pandas as pd
 
             for (label, policy, stage_dir, inputs), verified_dir in zip(todo, verified):
-                result = score(pd.read_parquet(verified_dir / "data"))
+                frame = pd.read_parquet(verified_dir / "data")
+                result = score(frame)
                 self.log(f"[evaluate] {policy}: pass@1 {result['pass_at_1']:.1%} over {result['problems']} problems x {result['samples_per_problem']}")
+                if len(per_benchmark) > 1:  # a dev split to choose on and a test split to report on are kept apart
+                    result["benchmarks"] = score_by_benchmark(frame, {label: {row.id for row in rows} for label, rows in per_benchmark.items()})
+                    self.log("  " + ", ".join(f"{label} {b['pass_at_1']:.1%}" for label, b in result["benchmarks"].items()))
                 write_json(stage_dir / "manifest.json", {"kind": "evaluation", "inputs": inputs, "complete": True, "score": result})
                 scores[label] = result
         return [scores[label] for label, _ in evaluations]
@@ -287,9 +307,12 @@ class OfflinePipeline:
     def point(self, label: str, result: dict, time_s: float) -> dict:
         """One point of the accuracy curve: a score and the training resources charged before `time_s`."""
         cost = self.ledger.cost_until(time_s, excluded=NOT_TRAINING)
-        return {"point": label, "pass_at_1": result["pass_at_1"], "pass_at_k": result["pass_at_k"], "maj_at_k": result.get("maj_at_k"),
-                "per_problem": result["per_problem"],
-                "cpu_hours": cost["cpu_seconds"] / 3600, "gpu_hours": cost["gpu_seconds"] / 3600}
+        point = {"point": label, "pass_at_1": result["pass_at_1"], "pass_at_k": result["pass_at_k"], "maj_at_k": result.get("maj_at_k"),
+                 "per_problem": result["per_problem"],
+                 "cpu_hours": cost["cpu_seconds"] / 3600, "gpu_hours": cost["gpu_seconds"] / 3600}
+        if "benchmarks" in result:
+            point["benchmarks"] = {name: {key: b[key] for key in ("pass_at_1", "pass_at_k", "per_problem")} for name, b in result["benchmarks"].items()}
+        return point
 
     def round_points(self, round_index: int, policy: Path, start: Path | None = None) -> list[dict]:
         """The round's snapshots (learner.snapshot_every) and its final policy, evaluated together; with
@@ -328,12 +351,29 @@ class OfflinePipeline:
             dataset = self.build(round_index, verified)
             policy = self.train(round_index, dataset, policy)
             points.extend(self.round_points(round_index, policy, start=start if round_index == 1 else None))
+            if round_index < self.config.rounds and self.plateaued(points):
+                self.log(f"[rounds] no gain on {self.config.data.eval[0].benchmark} for {self.config.rounds_patience} round(s): "
+                         f"stopping after round {round_index} of {self.config.rounds}")
+                break
         return self.write_report(points)
+
+    def plateaued(self, points: list[dict]) -> bool:
+        """rounds_patience rounds in a row have not beaten the best pass@1 (the start's included) on
+        the first eval benchmark; each round's final policy counts, its snapshots do not (the next
+        round starts from the final one)."""
+        patience = self.config.rounds_patience
+        if patience is None:
+            return False
+        label = self.config.data.eval[0].benchmark
+        ends = [p for p in points if p["point"] == "start" or p["point"].startswith("after round")]
+        return evaluations_since_best([p["benchmarks"][label]["pass_at_1"] if "benchmarks" in p else p["pass_at_1"] for p in ends]) >= patience
 
     def describe(self) -> str:
         config = self.config
         fpa = f"on (lam={config.fpa.lam}, {config.fpa.mode}, apply_to={config.fpa.apply_to})" if config.fpa.enabled else "off"
-        return f"offline, objective `{config.objective.name}` {config.objective.params}, FPA {fpa}, {config.rounds} round(s), seed {config.seed}"
+        rounds = f"{config.rounds} round(s)" if config.rounds_patience is None else (
+            f"up to {config.rounds} round(s), stopping after {config.rounds_patience} without gain on {config.data.eval[0].benchmark}")
+        return f"offline, objective `{config.objective.name}` {config.objective.params}, FPA {fpa}, {rounds}, seed {config.seed}"
 
     def write_report(self, points: list[dict]) -> Path:
         """report.md (accuracy against training resources, data sizes, ledger) and curve.json."""
@@ -350,6 +390,15 @@ class OfflinePipeline:
             hours = point["gpu_hours"] if unit == "GPU-hours" else point["cpu_hours"]
             majority = "-" if point["maj_at_k"] is None else f"{point['maj_at_k']:.1%}"
             lines.append(f"| {point['point']} | {point['pass_at_1']:.1%} | {versus} | {majority} | {point['pass_at_k']:.1%} | {gain} | {loss} | {hours:.4f} |")
+        if "benchmarks" in points[0]:
+            lines += ["", "| policy | " + " | ".join(f"{label} pass@1 | vs start (SE)" for label in points[0]["benchmarks"]) + " |",
+                      "|---|" + "---|---|" * len(points[0]["benchmarks"])]
+            for index, point in enumerate(points):
+                cells = []
+                for label, bench in point["benchmarks"].items():
+                    paired = paired_difference(points[0]["benchmarks"][label]["per_problem"], bench["per_problem"])
+                    cells += [f"{bench['pass_at_1']:.1%}", "-" if index == 0 else f"{paired['difference'] * 100:+.1f} ({paired['se'] * 100:.1f}) pts"]
+                lines.append(f"| {point['point']} | " + " | ".join(cells) + " |")
         evaluation = config.evaluation
         lines += ["", f"pass@1: mean over the eval problems of the share of {evaluation.samples} samples at T={evaluation.temperature} "
                   f"that are correct; vs start: the mean per-problem change of pass@1 on the same problems, with its standard error over problems "
@@ -364,7 +413,7 @@ class OfflinePipeline:
         for stage, total in self.ledger.totals().items():
             lines.append(f"| {stage} | {total['wall_s']:.1f} | {total['cpu_seconds'] / 3600:.4f} | {total['gpu_seconds'] / 3600:.4f} |")
         write_json(self.run_dir / "curve.json", {"name": config.name, "description": self.describe(), "unit": unit,
-                                                 "points": [{k: v for k, v in p.items() if k != "per_problem"} for p in points]})
+                                                 "points": [curve_point(p, points[0]) for p in points]})
         path = self.run_dir / "report.md"
         path.write_text("\n".join(lines) + "\n")
         self.log("\n".join(lines))

@@ -108,7 +108,8 @@ def offline_job(head, tmp_path_factory):
 
 
 def _offline_overrides(runs) -> list[str]:
-    return ["name=submitted", f"output_dir={runs}", *SMALL, "learner.snapshot_every=2"]
+    return ["name=submitted", f"output_dir={runs}", *SMALL, "learner.snapshot_every=2",  # a dev split to choose on, a test split to report
+            "data.eval=[{name: synthetic, split: dev, limit: 8, label: dev}, {name: synthetic, split: test, limit: 8, label: test}]"]
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +163,11 @@ def test_the_submitted_run_is_complete_consistent_and_reused(offline_job, ray_cl
     ledger = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
     training = sum(e["cpu_seconds"] for e in ledger if e["stage"] in ("generate", "verify", "build", "train")) / 3600
     assert points[0]["cpu_hours"] == 0 < points[1]["cpu_hours"] < points[2]["cpu_hours"] == pytest.approx(training)
+    for point in points:  # each split scored on its own 8 problems; together they are the run's 16
+        dev, test = point["benchmarks"]["dev"], point["benchmarks"]["test"]
+        assert dev["problems"] == test["problems"] == 8 and point["pass_at_1"] == pytest.approx((dev["pass_at_1"] + test["pass_at_1"]) / 2)
+        assert test["vs_start"] == pytest.approx(test["pass_at_1"] - points[0]["benchmarks"]["test"]["pass_at_1"])
+    assert "| dev pass@1 | vs start (SE) | test pass@1 |" in text
 
     samples = json.loads((run / "round_1" / "samples" / "manifest.json").read_text())
     verified = json.loads((run / "round_1" / "verified" / "manifest.json").read_text())

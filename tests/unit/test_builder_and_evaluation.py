@@ -11,8 +11,8 @@ from fpa_ray.accounting import Ledger
 from fpa_ray.config import TinyModelConfig, load_config
 from fpa_ray.data.builder import build_pairs, build_unpaired, content_hash, cut_at_divergence
 from fpa_ray.data.synthetic import SyntheticTaskConfig, generate
-from fpa_ray.evaluation import paired_difference, score, total_gain_loss
-from fpa_ray.pipelines.offline import OfflinePipeline, write_json
+from fpa_ray.evaluation import paired_difference, score, score_by_benchmark, total_gain_loss
+from fpa_ray.pipelines.offline import OfflinePipeline, curve_point, write_json
 from fpa_ray.tiny import build_tiny_policy
 
 
@@ -80,6 +80,37 @@ def test_score_and_total_gain_loss():
     diffs = [-0.25, 0.75, 0.0]
     std = (sum((d - 1 / 6) ** 2 for d in diffs) / 2) ** 0.5
     assert paired["problems"] == 3 and paired["difference"] == pytest.approx(1 / 6) and paired["se"] == pytest.approx(std / 3 ** 0.5)
+
+
+def test_each_benchmark_is_scored_on_its_own_rows_and_compared_with_its_own_start():
+    verified = pd.DataFrame({"prompt_id": ["d1", "d1", "d2", "d2", "t1", "t1"], "reward": [1.0, 1.0, 0.0, 1.0, 0.0, 0.0]})
+    scores = score_by_benchmark(verified, {"dev": {"d1", "d2"}, "test": {"t1"}})
+    assert scores["dev"]["pass_at_1"] == pytest.approx(0.75) and scores["dev"]["problems"] == 2
+    assert scores["test"]["pass_at_1"] == 0.0 and scores["test"]["per_problem"] == {"t1": 0.0}
+    start = {"point": "start", "per_problem": {}, "benchmarks": {"test": {"pass_at_1": 0.0, "pass_at_k": 0.0, "per_problem": {"t1": 0.0, "t2": 0.5}}}}
+    later = {"point": "after round 1", "per_problem": {}, "cpu_hours": 1.0,
+             "benchmarks": {"test": {"pass_at_1": 0.5, "pass_at_k": 1.0, "per_problem": {"t1": 0.5, "t2": 0.5}}}}
+    point = curve_point(later, start)
+    assert "per_problem" not in point and point["cpu_hours"] == 1.0  # curve.json keeps no per-problem maps
+    assert point["benchmarks"]["test"] == {"pass_at_1": 0.5, "pass_at_k": 1.0, "vs_start": pytest.approx(0.25), "vs_start_se": pytest.approx(0.25),
+                                           "problems": 2}
+
+
+def test_rounds_stop_once_the_first_benchmark_has_not_improved_for_the_patience(tmp_path):
+    def points(*dev):  # the start, then per round a snapshot (ignored) and the round's final policy
+        made = [{"point": "start", "benchmarks": {"dev": {"pass_at_1": dev[0]}}}]
+        for r, value in enumerate(dev[1:], start=1):
+            made += [{"point": f"round {r} step 5", "benchmarks": {"dev": {"pass_at_1": 0.99}}},
+                     {"point": f"after round {r}", "benchmarks": {"dev": {"pass_at_1": value}}}]
+        return made
+
+    dev_first = [f"output_dir={tmp_path}", "data.eval=[{name: synthetic, split: dev, label: dev}, {name: synthetic, split: test, label: test}]"]
+    once = OfflinePipeline(load_config("tiny-cpu", [*dev_first, "rounds=5", "rounds_patience=1"]), log=lambda _: None)
+    assert not once.plateaued(points(0.2, 0.3)) and once.plateaued(points(0.2, 0.3, 0.3))  # a tie is no gain
+    assert once.plateaued(points(0.2, 0.1))  # the start counts: a first round below it stops the run
+    twice = OfflinePipeline(load_config("tiny-cpu", [*dev_first, "rounds=5", "rounds_patience=2"]), log=lambda _: None)
+    assert not twice.plateaued(points(0.2, 0.3, 0.25)) and twice.plateaued(points(0.2, 0.3, 0.25, 0.29))
+    assert not OfflinePipeline(load_config("tiny-cpu", [*dev_first, "rounds=5"]), log=lambda _: None).plateaued(points(0.2, 0.1, 0.1))
 
 
 def test_majority_vote_failure_share_and_length_from_verdicts():

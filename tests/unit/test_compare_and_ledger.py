@@ -3,7 +3,7 @@ import json
 import pytest
 
 from fpa_ray.accounting import NOT_TRAINING, Ledger
-from fpa_ray.compare import CompareError, compare, hours_to_reach, summarise
+from fpa_ray.compare import CompareError, compare, evaluations_since_best, hours_to_reach, summarise
 from fpa_ray.config import ConfigError, load_config
 
 
@@ -34,6 +34,11 @@ def test_summary_takes_the_first_runs_best_as_the_target():
     assert hours_to_reach(online["points"], 0.41, "gpu_hours") == 1.0
     rows, _, _ = summarise([_curve("worse", [(0.30, 0.0), (0.25, 1.0), (0.27, 2.0)])])
     assert rows[0]["best"] == 0.27  # the trained policies' best, not the shared start
+
+
+def test_evaluations_since_best_counts_ties_as_no_gain():
+    assert evaluations_since_best([0.2]) == 0 and evaluations_since_best([0.2, 0.3]) == 0
+    assert evaluations_since_best([0.2, 0.3, 0.3, 0.1]) == 2 and evaluations_since_best([0.5, 0.1, 0.2]) == 2
 
 
 def test_gpu_hours_are_compared_when_any_run_used_gpus():
