@@ -15,7 +15,7 @@ Choices, made on seed 0's dev split with the same budget of tries for each metho
   offline   configs/tiny-cpu.yaml (FPA-RPO, lambda 2, divergence-cut pairs) with and without FPA, for
             rounds of regenerate -> verify -> build -> train until dev pass@1 has not beaten its best
             for one round (at most `--rounds`); its plateau is the round with the best dev pass@1
-Seeds 1 and 2 run the chosen GRPO and both offline variants. Each finished run is one cell (its run
+Seeds 1 and 2 run the two choices only. Each finished run is one cell (its run
 directory's curve.json, copied to `<results>/cells/`): a rerun skips it, so a run cut short goes
 on where it stopped. Per seed the target is the lower of the two plateaus (on test); the table
 gives the training CPU-hours each method needs to reach it (first evaluated policy at or above it),
@@ -57,8 +57,8 @@ def common_overrides(seed: int, out: Path, policy: Path, args) -> list[str]:
 class Cells:
     """Finished runs by name: a run directory's curve.json, kept in the results folder as it finishes."""
 
-    def __init__(self, out: Path, results: Path):
-        self.out, self.dir = out, results / "cells"
+    def __init__(self, results: Path):
+        self.dir = results / "cells"
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def get(self, name: str) -> dict | None:
@@ -97,23 +97,29 @@ def plateau(points: list[dict]) -> dict:
     return {"point": points[best], "index": best, "after": evaluations_since_best(values)}
 
 
-def run_seed(seed: int, policy: Path, args, cells: Cells, grpo_choice: str | None) -> dict[str, dict]:
+def run_seed(seed: int, policy: Path, args, cells: Cells, choice: dict[str, str] | None) -> dict[str, dict]:
+    """The seed's cells by method: every try (choice None: the first seed) or the chosen ones."""
     common = common_overrides(seed, args.out, policy, args)
-    wanted = [f"s{seed}-{v}" for v in OFFLINE] + [f"s{seed}-{g}" for g in (GRPO_TRIES if grpo_choice is None else [grpo_choice])]
-    curves = {name: cells.get(name) for name in wanted}
+    offline = list(OFFLINE) if choice is None else [choice["offline"]]
+    grpo = list(GRPO_TRIES) if choice is None else [choice["grpo"]]
+    curves = {method: cells.get(f"s{seed}-{method}") for method in [*offline, *grpo]}
     if all(curves.values()):
         return curves
     data_dir, _ = regenerate(seed, common)
-    for variant, overrides in OFFLINE.items():
-        name = f"s{seed}-{variant}"
-        if curves[name] is None:
-            run_dir = offline_run(name, [*overrides, f"rounds={args.rounds}", "rounds_patience=1"], common, args.out, data_dir)
-            curves[name] = cells.put(name, run_dir)
-    for try_name in GRPO_TRIES if grpo_choice is None else [grpo_choice]:
-        name = f"s{seed}-{try_name}"
-        if curves[name] is None:
-            curves[name] = cells.put(name, grpo_cell(name, GRPO_TRIES[try_name], common, args, data_dir))
+    for method in offline:
+        if curves[method] is None:
+            run_dir = offline_run(f"s{seed}-{method}", [*OFFLINE[method], f"rounds={args.rounds}", "rounds_patience=1"], common, args.out, data_dir)
+            curves[method] = cells.put(f"s{seed}-{method}", run_dir)
+    for method in grpo:
+        if curves[method] is None:
+            curves[method] = cells.put(f"s{seed}-{method}", grpo_cell(f"s{seed}-{method}", GRPO_TRIES[method], common, args, data_dir))
     return curves
+
+
+def choose(tries: dict[str, dict]) -> dict[str, str]:
+    """Per method the try with the best dev pass@1 at its plateau."""
+    best = {name: max(dev(p) for p in curve["points"]) for name, curve in tries.items()}
+    return {"offline": max(OFFLINE, key=best.__getitem__), "grpo": max(GRPO_TRIES, key=best.__getitem__)}
 
 
 def versus(point: dict) -> str:
@@ -130,49 +136,54 @@ def spread(values: list[float], scale: float = 100, digits: int = 1) -> str:
     return f"{scale * statistics.mean(values):.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
 
 
-def summary(by_seed: dict[int, dict[str, dict]], grpo_choice: str, tries: dict[str, dict], results: Path) -> str:
+def label(method: str) -> str:
+    return {"fpa-rpo": "offline FPA-RPO", "rpo": "offline RPO (no FPA)"}.get(method, "GRPO (" + method.removeprefix("grpo-") + ")")
+
+
+def plateau_rows(curves: dict[int, dict], method: str) -> str:
+    """One table row: the method's start, plateau and its cost over the seeds of `curves`."""
+    seeds = sorted(curves)
+    points = {s: curves[s]["points"] for s in seeds}
+    rows = [plateau(points[s]) for s in seeds]
+    reached = ["yes" if r["after"] >= (1 if method in OFFLINE else PATIENCE) else "no" for r in rows]
+    return (f"| {label(method)} | {', '.join(map(str, seeds))} | {spread([test(points[s][0]) for s in seeds])} "
+            f"| {spread([dev(r['point']) for r in rows])} | {spread([test(r['point']) for r in rows])} "
+            f"| {', '.join(versus(r['point']) for r in rows)} | {', '.join(r['point']['point'] for r in rows)} | {', '.join(reached)} "
+            f"| {spread([r['point']['cpu_hours'] for r in rows], 1, 4)} | {spread([points[s][-1]['cpu_hours'] for s in seeds], 1, 4)} |")
+
+
+def summary(by_seed: dict[int, dict[str, dict]], choice: dict[str, str], results: Path) -> str:
     seeds = sorted(by_seed)
-    methods = {"GRPO (" + grpo_choice.removeprefix("grpo-") + ")": grpo_choice, "offline FPA-RPO": "fpa-rpo", "offline RPO (no FPA)": "rpo"}
-    points = {label: {s: by_seed[s][f"s{s}-{key}"]["points"] for s in seeds} for label, key in methods.items()}
-    plateaus = {label: {s: plateau(points[label][s]) for s in seeds} for label in methods}
-    lines = [f"# Offline FPA vs online GRPO at their plateaus (seeds {seeds})", "",
-             "Choices on seed 0's dev split, two tries each: "
-             + "; ".join(f"{name}: best dev pass@1 {100 * max(dev(p) for p in curve['points']):.1f}" for name, curve in tries.items())
-             + f". Chosen: {grpo_choice} and, offline, "
-             + ("FPA-RPO" if max(dev(p) for p in tries["fpa-rpo"]["points"]) >= max(dev(p) for p in tries["rpo"]["points"]) else "RPO without FPA")
-             + ".", "",
-             "| method | start (test) | plateau (test) | plateau - start (SE) | at | plateau reached | training CPU-hours to the plateau | total CPU-hours run |",
-             "|---|---|---|---|---|---|---|---|"]
-    for label in methods:
-        rows = [plateaus[label][s] for s in seeds]
-        reached = ["yes" if r["after"] >= (1 if label.startswith("offline") else PATIENCE) else "no" for r in rows]
-        lines.append(
-            f"| {label} | {spread([test(points[label][s][0]) for s in seeds])} | {spread([test(r['point']) for r in rows])} "
-            f"| {', '.join(versus(r['point']) for r in rows)} "
-            f"| {', '.join(r['point']['point'] for r in rows)} | {', '.join(reached)} "
-            f"| {spread([r['point']['cpu_hours'] for r in rows], 1, 4)} | {spread([points[label][s][-1]['cpu_hours'] for s in seeds], 1, 4)} |")
-    grpo_label, fpa_label = next(iter(methods)), "offline FPA-RPO"
-    lines += ["", "| seed | lower plateau (test) | GRPO CPU-hours to it | offline FPA CPU-hours to it | ratio offline / GRPO |", "|---|---|---|---|---|"]
+    first = seeds[0]
+    header = ["| method | seeds | start (test) | plateau (dev) | plateau (test) | plateau - start, test (SE) | at | plateau reached "
+              "| training CPU-hours to the plateau | CPU-hours run |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"# Offline vs online GRPO at their plateaus (seeds {seeds})", "",
+             f"## The tries (seed {first}; chosen on dev: {choice['offline']}, {choice['grpo']})", "", *header]
+    lines += [plateau_rows({first: by_seed[first][m]}, m) for m in [*OFFLINE, *GRPO_TRIES]]
+    lines += ["", "## The chosen methods over seeds", "", *header]
+    lines += [plateau_rows({s: by_seed[s][choice[kind]] for s in seeds}, choice[kind]) for kind in ("grpo", "offline")]
+    grpo, offline = label(choice["grpo"]), label(choice["offline"])
+    lines += ["", f"| seed | lower plateau (test) | {grpo}: CPU-hours to it | {offline}: CPU-hours to it | ratio offline / GRPO |",
+              "|---|---|---|---|---|"]
     ratios = []
     for s in seeds:
-        target = min(test(plateaus[grpo_label][s]["point"]), test(plateaus[fpa_label][s]["point"]))
-        as_test = {label: [{**p, "pass_at_1": test(p)} for p in points[label][s]] for label in (grpo_label, fpa_label)}
-        grpo_hours = hours_to_reach(as_test[grpo_label], target, "cpu_hours")
-        fpa_hours = hours_to_reach(as_test[fpa_label], target, "cpu_hours")
-        ratio = fpa_hours / grpo_hours if grpo_hours else None
+        as_test = {kind: [{**p, "pass_at_1": test(p)} for p in by_seed[s][choice[kind]]["points"]] for kind in ("grpo", "offline")}
+        target = min(test(plateau(by_seed[s][choice[kind]]["points"])["point"]) for kind in ("grpo", "offline"))
+        hours = {kind: hours_to_reach(as_test[kind], target, "cpu_hours") for kind in as_test}
+        ratio = hours["offline"] / hours["grpo"] if hours["grpo"] else None
         if ratio is not None:
             ratios.append(ratio)
-        lines.append(f"| {s} | {100 * target:.1f} | {grpo_hours:.4f} | {fpa_hours:.4f} | {'-' if ratio is None else f'{ratio:.2f}'} |")
+        lines.append(f"| {s} | {100 * target:.1f} | {hours['grpo']:.4f} | {hours['offline']:.4f} | {'-' if ratio is None else f'{ratio:.2f}'} |")
     lines += ["", f"Ratio over seeds: {spread(ratios, 1, 2)} (goal: at most 0.33, offline FPA at GRPO's plateau in a third of its CPU-hours).",
-              "", "pass@1 in %; mean ± standard deviation over seeds, or per-seed values in seed order. plateau - start: the paired "
-              "per-problem difference on the test split and its standard error over problems. at: the evaluated policy chosen on dev. "
-              "GRPO's plateau is reached when at least "
-              f"{PATIENCE} later evaluations did not beat it on dev; offline's when a later round did not. A target of "
-              "0 hours is the start itself (a plateau no higher than the start)."]
-    plot_accuracy_curves({label: {s: [{**p, "pass_at_1": test(p)} for p in points[label][s]] for s in seeds} for label in methods}, seeds,
-                         "pass@1 (%) on the test split", f"tiny task, seeds {seeds}: one line per seed", results / "summary.png")
+              "", "pass@1 in %; mean ± standard deviation over seeds, or per-seed values in seed order. plateau: the evaluated policy with "
+              "the best dev pass@1 (the start's included); plateau - start: the paired per-problem difference on the test split and its "
+              f"standard error over problems. GRPO's plateau is reached when at least {PATIENCE} later evaluations did not beat it on dev; "
+              "offline's when a later round did not. CPU-hours to the lower plateau: the first evaluated policy at or above it on test "
+              "(0: the start itself is as good)."]
+    plot_accuracy_curves({label(choice[kind]): {s: [{**p, "pass_at_1": test(p)} for p in by_seed[s][choice[kind]]["points"]] for s in seeds}
+                          for kind in ("grpo", "offline")}, seeds, "pass@1 (%) on the test split",
+                         f"tiny task, seeds {seeds}: one line per seed", results / "summary.png")
     return "\n".join(lines)
-
 
 
 def main() -> int:
@@ -192,14 +203,14 @@ def main() -> int:
     base = load_config("tiny-cpu")
     policy = warm_start(base.policy.tiny, base.policy.sft, base.data.synthetic, seed=0, log=log).path  # one start for every run
     init_ray()
-    cells = Cells(args.out, args.results)
-    by_seed = {args.seeds[0]: run_seed(args.seeds[0], policy, args, cells, None)}
-    tries = {name.split("-", 1)[1]: curve for name, curve in by_seed[args.seeds[0]].items()}
-    grpo_choice = max(GRPO_TRIES, key=lambda name: max(dev(p) for p in tries[name]["points"]))
-    log(f"== chosen on seed {args.seeds[0]}'s dev split: {grpo_choice}")
-    for seed in args.seeds[1:]:
-        by_seed[seed] = run_seed(seed, policy, args, cells, grpo_choice)
-    text = summary(by_seed, grpo_choice, tries, args.results)
+    cells = Cells(args.results)
+    first, rest = args.seeds[0], args.seeds[1:]
+    by_seed = {first: run_seed(first, policy, args, cells, None)}
+    choice = choose(by_seed[first])
+    log(f"== chosen on seed {first}'s dev split: {choice}")
+    for seed in rest:
+        by_seed[seed] = run_seed(seed, policy, args, cells, choice)
+    text = summary(by_seed, choice, args.results)
     (args.results / "summary.md").write_text(text + "\n")
     print(text)
     return 0
