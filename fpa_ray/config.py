@@ -147,6 +147,12 @@ class PromptSourceConfig(StrictModel):
         return self.label or self.name
 
 
+def _placement(what: str, example: str):
+    return Field(default_factory=dict, description=f"custom Ray resources each {what} asks for besides CPUs/GPUs, e.g. {{{example}: 1}}: "
+                 "it then runs only on nodes started with them (`ray start --resources`, a KubeRay worker group's rayStartParams), "
+                 "which keeps each pool on nodes of its own")
+
+
 class SamplerConfig(StrictModel):
     """The sampler pool: N sampled responses per prompt from a policy checkpoint."""
 
@@ -162,6 +168,7 @@ class SamplerConfig(StrictModel):
     cpus_per_actor: float = Field(1, gt=0)
     gpus_per_actor: float = Field(0, ge=0)
     tensor_parallel_size: int = Field(1, ge=1)
+    resources: dict[str, float] = _placement("sampler actor", "sampler_node")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_model_len: int = Field(512, ge=16)
     max_num_seqs: int = Field(256, ge=1)
@@ -178,6 +185,7 @@ class LearnerConfig(StrictModel):
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(1, gt=0)
     gpus_per_worker: float = Field(0, ge=0)
+    resources: dict[str, float] = _placement("learner worker", "learner_node")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPUs that support it, else fp32")
     global_batch_size: int = Field(16, ge=1, description="pairs (or labelled samples) per optimizer step, all workers")
     micro_batch_size: int = Field(8, ge=1, description="pairs (or samples) per forward pass on one worker")
@@ -222,6 +230,7 @@ class VerifierConfig(StrictModel):
     cross_grader: Literal["math_verify", "normalized"] | None = Field(None, description="second grader, for evaluation")
     num_actors: int = Field(2, ge=1)
     workers_per_actor: int = Field(1, ge=1, description="grading processes (and CPUs) per actor; each pool keeps one spare process besides")
+    resources: dict[str, float] = _placement("verifier actor", "verifier_node")
     timeout_s: float = Field(5.0, gt=0, description="hard limit per check; the process running it is killed")
     memory_limit_mb: int | None = Field(2048, ge=256, description="address-space limit of a grading process")
     batch_size: int = Field(256, ge=1)

@@ -67,4 +67,5 @@ def add_reference_logprobs(dataset, checkpoint: Path, kind: Kind, learner: Learn
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_cpus=learner.cpus_per_worker,
         num_gpus=learner.gpus_per_worker,
+        resources=learner.resources,
     )

@@ -72,7 +72,8 @@ def run_trainer(loop, loop_config: dict, learner: LearnerConfig, output_dir: Pat
         scaling_config=ray.train.ScalingConfig(
             num_workers=learner.num_workers,
             use_gpu=learner.gpus_per_worker > 0,
-            resources_per_worker={"CPU": learner.cpus_per_worker, **({"GPU": learner.gpus_per_worker} if learner.gpus_per_worker else {})},
+            resources_per_worker={"CPU": learner.cpus_per_worker, **({"GPU": learner.gpus_per_worker} if learner.gpus_per_worker else {}),
+                                  **learner.resources},
         ),
         run_config=ray.train.RunConfig(
             name=name,

@@ -97,7 +97,7 @@ class RolloutController:
         self.restarts += 1
         self.samplers = start_rollout_workers(Path(self.checkpoint), config.sampler, config.data.template, prefix)
         self.verifiers = [
-            ray.remote(VerifierActor).options(name=f"{prefix}-verifier-{i}", num_cpus=verifier.workers_per_actor).remote(verifier)
+            ray.remote(VerifierActor).options(name=f"{prefix}-verifier-{i}", num_cpus=verifier.workers_per_actor, resources=verifier.resources).remote(verifier)
             for i in range(verifier.num_actors)
         ]
         had_group, self.group = self.group is not None, None  # the new actors are in no group

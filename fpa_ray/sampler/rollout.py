@@ -71,6 +71,7 @@ def start_rollout_workers(checkpoint: Path, config: SamplerConfig, template: str
             name=f"{name_prefix}-sampler-{i}",
             num_cpus=config.cpus_per_actor,
             num_gpus=config.gpus_per_actor,
+            resources=config.resources,
             runtime_env={"env_vars": actor_env(config)},
         ).remote(str(checkpoint), config, template)
         for i in range(config.num_actors)

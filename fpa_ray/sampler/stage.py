@@ -240,6 +240,7 @@ class GenerateStage:
                 compute=ray.data.ActorPoolStrategy(size=self.config.num_actors),
                 num_cpus=self.config.cpus_per_actor,
                 num_gpus=self.config.gpus_per_actor,
+                resources=self.config.resources,
                 runtime_env={"env_vars": actor_env(self.config)},
             )
             results.set_name(name or "generate")  # the Ray Data panel of the dashboard lists it by this name

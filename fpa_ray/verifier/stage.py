@@ -83,6 +83,7 @@ class VerifyStage:
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=self.config.num_actors),
             num_cpus=self.config.workers_per_actor,  # the grading processes do the work
+            resources=self.config.resources,
         )
         verified.set_name(name)  # the Ray Data panel of the dashboard lists it by this name
         return verified

@@ -2,6 +2,7 @@
 is a command our CLI accepts with that config (the real argument parser and config loader)."""
 
 import copy
+import json
 import functools
 import re
 import shlex
@@ -38,7 +39,9 @@ def cluster_spec(document: dict) -> dict:
 
 
 def test_every_kind_is_deployed():
-    assert sorted(manifest(p)["kind"] for p in MANIFESTS) == ["RayCluster", "RayJob", "RayJob"]
+    kinds = {p.name: manifest(p)["kind"] for p in MANIFESTS}  # the long-lived cluster; offline, GRPO, GRPO with split pools
+    assert kinds == {"raycluster.yaml": "RayCluster", "rayjob-offline.yaml": "RayJob", "rayjob-grpo.yaml": "RayJob",
+                     "rayjob-grpo-split.yaml": "RayJob"}
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
@@ -100,3 +103,34 @@ def test_rayjob_lifecycle_and_entrypoint(path):
     if args.stage == "grpo":  # samplers and learners hold their GPUs at the same time
         wanted = config.sampler.num_actors * config.sampler.gpus_per_actor + config.learner.num_workers * config.learner.gpus_per_worker
     assert 0 < wanted <= gpus
+
+
+def _offered(group: dict) -> dict[str, float]:
+    """A worker group's custom resources: rayStartParams.resources is a JSON map quoted once more for KubeRay."""
+    raw = group["rayStartParams"].get("resources")
+    return json.loads(json.loads(raw)) if raw else {}
+
+
+@pytest.mark.parametrize("path", [p for p in MANIFESTS if manifest(p)["kind"] == "RayJob"], ids=lambda p: p.name)
+def test_every_placed_pool_fits_the_worker_groups_that_offer_its_resources(path):
+    spec = manifest(path)["spec"]
+    words = shlex.split(spec["entrypoint"])
+    args = build_parser().parse_args(words[3:])
+    config = load_config(args.config, args.overrides)
+    groups = spec["rayClusterSpec"]["workerGroupSpecs"]
+    pools = [(config.sampler.resources, config.sampler.num_actors, config.sampler.gpus_per_actor, config.sampler.cpus_per_actor),
+             (config.learner.resources, config.learner.num_workers, config.learner.gpus_per_worker, config.learner.cpus_per_worker),
+             (config.verifier.resources, config.verifier.num_actors, 0, config.verifier.workers_per_actor)]
+    for resources, count, gpus, cpus in pools:
+        if not resources:
+            continue
+        hosts = [g for g in groups if all(key in _offered(g) for key in resources)]
+        assert hosts, f"{path.name}: no worker group offers {resources}"
+        for key, amount in resources.items():
+            assert sum(_offered(g)[key] * g["replicas"] for g in hosts) >= count * amount
+        assert sum(int(g["rayStartParams"].get("num-gpus", 0)) * g["replicas"] for g in hosts) >= count * gpus
+        pod_cpus = sum(int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]) * g["replicas"] for g in hosts)
+        assert pod_cpus >= count * cpus
+    placed = [p for p in pools if p[0]]
+    if placed:  # a split manifest places every pool: none is left to land on another pool's nodes
+        assert len(placed) == 3 and len({tuple(sorted(p[0])) for p in placed}) == 3
