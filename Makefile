@@ -6,7 +6,7 @@ PIP_ARGS ?=
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run test demo benchmark clean
+.PHONY: setup run test demo benchmark cluster clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,6 +26,12 @@ test: setup
 
 benchmark: setup
 	$(PYTHON) benchmarks/fpa_overhead.py
+
+# A Ray cluster of four nodes on this machine (head, sampler, verifier, learner) in a network namespace
+# of its own with only the loopback (needs root for `unshare -n`): a shell inside it, with the
+# cluster started and the `ray job submit` line printed; leaving the shell stops the cluster.
+cluster: setup
+	unshare -n sh -c 'ip link set lo up && $(PYTHON) -m fpa_ray.local_cluster start && bash; $(PYTHON) -m fpa_ray.local_cluster stop'
 
 clean:
 	rm -rf $(VENV) .pytest_cache

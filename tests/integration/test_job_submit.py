@@ -6,14 +6,10 @@ GRPO run's own records, and `compare` of the two runs."""
 import json
 import os
 import re
-import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
-from pathlib import Path
 
 import pandas as pd
 import psutil
@@ -22,61 +18,34 @@ import pytest
 from fpa_ray.cluster import LOCAL_RAY_ENV
 from fpa_ray.config import load_config
 from fpa_ray.evaluation import score
+from fpa_ray.local_cluster import free_port, stop
 from fpa_ray.main import main
 from fpa_ray.metrics import SPECS
 from fpa_ray.pipelines.offline import OfflinePipeline, StageInputsChanged
+from tests.integration import jobs
 from tests.integration.small_run import GRPO_SMALL, SMALL
 
 pytestmark = pytest.mark.slow
-RAY = Path(sys.executable).with_name("ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _stop_head(temp_dir: str) -> None:
-    """Stop only this head's processes (`ray stop` would stop every cluster on the machine)."""
-    victims = []
-    for process in psutil.process_iter(["cmdline"]):
-        if any(temp_dir in part for part in (process.info["cmdline"] or [])):
-            victims.append(process)
-    for process in victims:
-        process.kill()
-    psutil.wait_procs(victims, timeout=30)
 
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     """A head on loopback ports: (dashboard URL, Prometheus endpoint URL, environment for `ray job`)."""
     temp_dir = tempfile.mkdtemp(prefix="/tmp/rj")  # short: Ray's socket paths must fit in 107 bytes
-    dashboard, metrics = _free_port(), _free_port()
+    dashboard, metrics = free_port(), free_port()
     env = {**os.environ, **LOCAL_RAY_ENV, "FPA_RAY_CACHE": str(tmp_path_factory.getbasetemp() / "pipeline-cache")}
     env.pop("RAY_ADDRESS", None)
     start = [
-        str(RAY), "start", "--head", "--num-cpus=4", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+        str(jobs.RAY), "start", "--head", "--num-cpus=4", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-        f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={metrics}", f"--temp-dir={temp_dir}",
+        f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={metrics}", f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
     ]
     subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
     try:
         yield f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{metrics}/metrics", env
     finally:
-        _stop_head(temp_dir)
-
-
-def _get(url: str):
-    with urllib.request.urlopen(url, timeout=30) as response:
-        body = response.read().decode()
-    return json.loads(body) if body.startswith(("{", "[")) else body
-
-
-def _submit(env, dashboard, *command, wait=True):
-    return subprocess.run([str(RAY), "job", "submit", *([] if wait else ["--no-wait"]), "--address", dashboard, "--", sys.executable,
-                           "-m", "fpa_ray.main", *command], env=env, capture_output=True, text=True, timeout=1500 if wait else 120)
+        stop(temp_dir)
 
 
 @pytest.fixture(scope="module")
@@ -87,23 +56,23 @@ def offline_job(head, tmp_path_factory):
     runs = tmp_path_factory.mktemp("jobs")
     run = runs / "submitted"
     started = time.time()
-    first = _submit(env, dashboard, "run", *_offline_overrides(runs), wait=False)
+    first = jobs.submit(env, dashboard, "run", *_offline_overrides(runs), wait=False)
     job_id = re.search(r"(raysubmit_\w+)", first.stdout + first.stderr).group(1)
     samples = run / "round_1" / "samples" / "manifest.json"
     deadline = time.time() + 900
     while time.time() < deadline and not (samples.exists() and json.loads(samples.read_text()).get("complete")):
-        assert _get(f"{dashboard}/api/jobs/{job_id}")["status"] in ("PENDING", "RUNNING"), _get(f"{dashboard}/api/jobs/{job_id}/logs")["logs"][-3000:]
+        assert jobs.get(f"{dashboard}/api/jobs/{job_id}")["status"] in ("PENDING", "RUNNING"), jobs.get(f"{dashboard}/api/jobs/{job_id}/logs")["logs"][-3000:]
         time.sleep(0.2)
     drivers = [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[1:3] == ["-m", "fpa_ray.main"]
                and f"output_dir={runs}" in p.info["cmdline"]]
     assert len(drivers) == 1, drivers
     drivers[0].kill()  # mid-round: generation done, verification under way or next
     deadline = time.time() + 120
-    while time.time() < deadline and _get(f"{dashboard}/api/jobs/{job_id}")["status"] in ("PENDING", "RUNNING"):
+    while time.time() < deadline and jobs.get(f"{dashboard}/api/jobs/{job_id}")["status"] in ("PENDING", "RUNNING"):
         time.sleep(0.5)
-    killed = {"status": _get(f"{dashboard}/api/jobs/{job_id}")["status"], "logs": _get(f"{dashboard}/api/jobs/{job_id}/logs")["logs"],
+    killed = {"status": jobs.get(f"{dashboard}/api/jobs/{job_id}")["status"], "logs": jobs.get(f"{dashboard}/api/jobs/{job_id}/logs")["logs"],
               "shards": {p: p.stat().st_mtime_ns for p in (run / "round_1" / "samples").glob("shard-*.parquet")}}
-    submit = _submit(env, dashboard, "run", *_offline_overrides(runs))
+    submit = jobs.submit(env, dashboard, "run", *_offline_overrides(runs))
     return submit, run, started, killed
 
 
@@ -117,18 +86,18 @@ def grpo_job(head, tmp_path_factory):
     """The GRPO job, submitted without waiting and followed through the dashboard and the metrics endpoint."""
     dashboard, prometheus, env = head
     runs = tmp_path_factory.mktemp("jobs")
-    submit = _submit(env, dashboard, "grpo", "name=grpo-job", f"output_dir={runs}", *SMALL, *GRPO_SMALL, wait=False)
+    submit = jobs.submit(env, dashboard, "grpo", "name=grpo-job", f"output_dir={runs}", *SMALL, *GRPO_SMALL, wait=False)
     job_id = re.search(r"(raysubmit_\w+)", submit.stdout + submit.stderr).group(1)
     seen: set[str] = set()
     deadline = time.time() + 1200
     while time.time() < deadline:  # scrape the node's metrics endpoint while the job runs
-        seen |= set(re.findall(r"^(ray_fpa_ray_\w+?)(?:_total)?\{", _get(prometheus), re.M))
-        status = _get(f"{dashboard}/api/jobs/{job_id}")["status"]
+        seen |= set(re.findall(r"^(ray_fpa_ray_\w+?)(?:_total)?\{", jobs.get(prometheus), re.M))
+        status = jobs.get(f"{dashboard}/api/jobs/{job_id}")["status"]
         if status in ("SUCCEEDED", "FAILED", "STOPPED"):
             break
         time.sleep(2)
-    logs = _get(f"{dashboard}/api/jobs/{job_id}/logs")["logs"]
-    actors = _get(f"{dashboard}/api/v0/actors?limit=10000")["data"]["result"]["result"]
+    logs = jobs.get(f"{dashboard}/api/jobs/{job_id}/logs")["logs"]
+    actors = jobs.get(f"{dashboard}/api/v0/actors?limit=10000")["data"]["result"]["result"]
     return {"status": status, "logs": logs, "metrics": seen, "actors": actors, "run": runs / "grpo-job"}
 
 

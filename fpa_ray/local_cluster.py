@@ -1,0 +1,196 @@
+"""A Ray cluster of several nodes on one machine, loopback only: a head and worker nodes, each with
+its own logical CPUs, object store and a custom resource naming its role (`sampler_node`,
+`learner_node`, `verifier_node`), so the pools are placed across nodes the way a real cluster
+places them (`sampler.resources={sampler_node: 1}` and so on) and a node can be lost on its own.
+
+    make cluster   # = unshare -n sh -c 'ip link set lo up && python -m fpa_ray.local_cluster start && bash; ... stop'
+
+Only inside a network namespace of its own whose one interface is the loopback (`unshare -n`, as
+root): Ray 2.60 refuses a second node while RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (what keeps a
+one-node cluster on 127.0.0.1), and with it set to 1 the raylets listen on every interface and
+reach the GCS over the machine's own network address even when every node is told 127.0.0.1
+(measured: eth0's address). In a namespace with only `lo` there is nothing else to reach, so
+`start` refuses to run anywhere else. Every node has ports of its own (Ray's defaults for the
+dashboard agent collide between two nodes of one machine) and a worker port range of its own;
+each node's node-manager port is kept, which names its raylet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from fpa_ray.cluster import LOCAL_RAY_ENV
+
+DEFAULT_TEMP_DIR = "/tmp/fpa-cluster"  # short: Ray's socket paths must fit in 107 bytes
+OBJECT_STORE_BYTES = 200 * 1024**2
+WORKER_PORTS = 20000  # node k's workers listen on 20000 + 100 k ... + 99
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    role: str  # "head" or the custom resource's prefix: sampler -> sampler_node
+    cpus: int
+    object_store_bytes: int = OBJECT_STORE_BYTES
+
+    @property
+    def resource(self) -> str:
+        return f"{self.role}_node"
+
+
+# The driver and Ray Data's read tasks on the head; each pool on a node of its own, with the CPUs
+# it asks for in tests/integration's small runs (a learner of 2 workers x 1 CPU; one sampler actor
+# and one verifier actor, plus what Ray Data runs beside them).
+DEFAULT_NODES = (NodeSpec("head", 2), NodeSpec("sampler", 2), NodeSpec("verifier", 2), NodeSpec("learner", 2))
+
+
+@dataclass
+class Node:
+    spec: NodeSpec
+    node_manager_port: int
+    start_args: list[str] = field(repr=False)
+
+
+@dataclass
+class LocalCluster:
+    temp_dir: str
+    address: str  # host:port of the GCS, for `ray start --address` and RAY_ADDRESS
+    dashboard: str  # http://127.0.0.1:port, for `ray job submit --address`
+    nodes: dict[str, Node]
+    env: dict[str, str]
+    started: int = 1  # nodes started so far: each gets a worker port range of its own
+
+    def start_node(self, spec: NodeSpec, timeout_s: float = 120) -> Node:
+        """Start the worker node `spec` (it joins the head)."""
+        node_manager_port, low = free_port(), WORKER_PORTS + 100 * self.started
+        self.started += 1
+        args = [
+            "--address", self.address, "--node-ip-address=127.0.0.1", f"--num-cpus={spec.cpus}",
+            f"--resources={json.dumps({spec.resource: spec.cpus})}", f"--object-store-memory={spec.object_store_bytes}",
+            f"--node-manager-port={node_manager_port}", f"--object-manager-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+            f"--min-worker-port={low}", f"--max-worker-port={low + 99}",
+        ]
+        _ray_start(args, self.env, timeout_s)
+        node = Node(spec, node_manager_port, args)
+        self.nodes[spec.role] = node
+        return node
+
+
+def start(nodes: tuple[NodeSpec, ...] = DEFAULT_NODES, temp_dir: str = DEFAULT_TEMP_DIR, timeout_s: float = 120,
+          env: dict[str, str] | None = None) -> LocalCluster:
+    """Start the head (`nodes[0]`) and the worker nodes; every process listens on 127.0.0.1 only.
+    `env` is added to every node's environment (what jobs' drivers and actors inherit)."""
+    interfaces = sorted(psutil.net_if_addrs())
+    if interfaces != ["lo"]:
+        raise RuntimeError(f"a multi-node local cluster runs only in a network namespace whose one interface is lo (unshare -n); "
+                           f"this one has {', '.join(interfaces)}")
+    env = {**os.environ, **LOCAL_RAY_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", **(env or {})}
+    env.pop("RAY_ADDRESS", None)
+    head, gcs_port, dashboard_port = nodes[0], free_port(), free_port()
+    node_manager_port = free_port()
+    args = [
+        "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}", f"--num-cpus={head.cpus}",
+        f"--resources={json.dumps({head.resource: head.cpus})}", f"--object-store-memory={head.object_store_bytes}",
+        f"--node-manager-port={node_manager_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}", f"--min-worker-port={WORKER_PORTS}", f"--max-worker-port={WORKER_PORTS + 99}",
+        f"--temp-dir={temp_dir}", "--disable-usage-stats",
+    ]
+    _ray_start(args, env, timeout_s)
+    cluster = LocalCluster(temp_dir, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}",
+                           {head.role: Node(head, node_manager_port, args)}, env)
+    try:
+        for spec in nodes[1:]:
+            cluster.start_node(spec, timeout_s)
+        wait_for_nodes(cluster, len(nodes), timeout_s)
+    except BaseException:
+        stop(temp_dir)
+        raise
+    return cluster
+
+
+def state(cluster: LocalCluster, kind: str) -> list[dict]:
+    """The dashboard's state API: `nodes`, `actors`, `tasks`... (dead ones included), [] while it is not up."""
+    try:
+        with urllib.request.urlopen(f"{cluster.dashboard}/api/v0/{kind}?limit=10000&detail=true", timeout=30) as response:
+            return json.loads(response.read())["data"]["result"]["result"]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def alive_nodes(cluster: LocalCluster) -> list[dict]:
+    return [n for n in state(cluster, "nodes") if n.get("state") == "ALIVE"]
+
+
+def wait_for_nodes(cluster: LocalCluster, count: int, timeout_s: float = 120) -> list[dict]:
+    deadline = time.time() + timeout_s
+    while True:
+        alive = alive_nodes(cluster)
+        if len(alive) == count:
+            return alive
+        if time.time() > deadline:
+            raise TimeoutError(f"{len(alive)} of {count} nodes alive after {timeout_s:.0f} s")
+        time.sleep(1)
+
+
+def stop(temp_dir: str = DEFAULT_TEMP_DIR) -> int:
+    """Kill every process of the cluster under `temp_dir` (and only those: `ray stop` would stop
+    every Ray cluster on the machine, a test session's own included); returns how many."""
+    victims = [p for p in psutil.process_iter(["cmdline"]) if any(temp_dir in part for part in (p.info["cmdline"] or []))]
+    for process in victims:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(victims, timeout=30)
+    return len(victims)
+
+
+def _ray() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+def _ray_start(args: list[str], env: dict[str, str], timeout_s: float) -> None:
+    done = subprocess.run([_ray(), "start", *args], env=env, capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode != 0:
+        raise RuntimeError(f"ray start {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("--temp-dir", default=DEFAULT_TEMP_DIR)
+    args = parser.parse_args(argv)
+    if args.action == "stop":
+        print(f"stopped {stop(args.temp_dir)} processes")
+        return 0
+    cluster = start(temp_dir=args.temp_dir)
+    roles = ", ".join(f"{n.spec.role} ({n.spec.cpus} CPUs, resource {n.spec.resource})" for n in cluster.nodes.values())
+    print(f"nodes: {roles}\nRAY_ADDRESS={cluster.address}\ndashboard: {cluster.dashboard}\n"
+          f"ray job submit --address {cluster.dashboard} -- python -m fpa_ray.main run sampler.resources='{{sampler_node: 1}}' "
+          "verifier.resources='{verifier_node: 1}' learner.resources='{learner_node: 1}'\n"
+          f"stop: python -m fpa_ray.local_cluster stop --temp-dir {args.temp_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
