@@ -1,7 +1,7 @@
 """A Ray cluster of several nodes on one machine, loopback only: a head and worker nodes, each with
 its own logical CPUs, object store and a custom resource naming its role (`sampler_node`,
 `learner_node`, `verifier_node`), so the pools are placed across nodes the way a real cluster
-places them (`sampler.resources={sampler_node: 1}` and so on) and a node can be lost on its own.
+places them (`sampler.resources={sampler_node: 1}` and so on).
 
     make cluster   # = unshare -n sh -c 'ip link set lo up && python -m fpa_ray.local_cluster start && bash; ... stop'
 
@@ -10,9 +10,7 @@ root): Ray 2.60 refuses a second node while RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 
 one-node cluster on 127.0.0.1), and with it set to 1 the raylets listen on every interface and
 reach the GCS over the machine's own network address even when every node is told 127.0.0.1
 (measured: eth0's address). In a namespace with only `lo` there is nothing else to reach, so
-`start` refuses to run anywhere else. Every node has ports of its own (Ray's defaults for the
-dashboard agent collide between two nodes of one machine) and a worker port range of its own;
-each node's node-manager port is kept, which names its raylet.
+`start` refuses to run anywhere else.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -55,66 +53,46 @@ DEFAULT_NODES = (NodeSpec("head", 2), NodeSpec("sampler", 2), NodeSpec("verifier
 
 
 @dataclass
-class Node:
-    spec: NodeSpec
-    node_manager_port: int
-    start_args: list[str] = field(repr=False)
-
-
-@dataclass
 class LocalCluster:
     temp_dir: str
     address: str  # host:port of the GCS, for `ray start --address` and RAY_ADDRESS
     dashboard: str  # http://127.0.0.1:port, for `ray job submit --address`
-    nodes: dict[str, Node]
+    nodes: tuple[NodeSpec, ...]
     env: dict[str, str]
-    started: int = 1  # nodes started so far: each gets a worker port range of its own
 
-    def start_node(self, spec: NodeSpec, timeout_s: float = 120) -> Node:
-        """Start the worker node `spec` (it joins the head)."""
-        node_manager_port, low = free_port(), WORKER_PORTS + 100 * self.started
-        self.started += 1
-        args = [
-            "--address", self.address, "--node-ip-address=127.0.0.1", f"--num-cpus={spec.cpus}",
-            f"--resources={json.dumps({spec.resource: spec.cpus})}", f"--object-store-memory={spec.object_store_bytes}",
-            f"--node-manager-port={node_manager_port}", f"--object-manager-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-            f"--min-worker-port={low}", f"--max-worker-port={low + 99}",
-        ]
-        _ray_start(args, self.env, timeout_s)
-        node = Node(spec, node_manager_port, args)
-        self.nodes[spec.role] = node
-        return node
+
+def _node_args(spec: NodeSpec, index: int) -> list[str]:
+    """`ray start` flags of node `index`: 127.0.0.1, its CPUs, role resource and object store, ports of
+    its own (Ray's defaults for the dashboard agent collide between two nodes of one machine) and
+    a worker port range of its own."""
+    low = WORKER_PORTS + 100 * index
+    return [
+        "--node-ip-address=127.0.0.1", f"--num-cpus={spec.cpus}", f"--resources={json.dumps({spec.resource: spec.cpus})}",
+        f"--object-store-memory={spec.object_store_bytes}", f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}", f"--min-worker-port={low}", f"--max-worker-port={low + 99}",
+    ]
 
 
 def start(nodes: tuple[NodeSpec, ...] = DEFAULT_NODES, temp_dir: str = DEFAULT_TEMP_DIR, timeout_s: float = 120,
           env: dict[str, str] | None = None) -> LocalCluster:
-    """Start the head (`nodes[0]`) and the worker nodes; every process listens on 127.0.0.1 only.
-    `env` is added to every node's environment (what jobs' drivers and actors inherit)."""
+    """Start the head (`nodes[0]`) and the worker nodes and wait until all have joined. `env` is
+    added to every node's environment (what jobs' drivers and actors inherit)."""
     interfaces = sorted(psutil.net_if_addrs())
     if interfaces != ["lo"]:
         raise RuntimeError(f"a multi-node local cluster runs only in a network namespace whose one interface is lo (unshare -n); "
                            f"this one has {', '.join(interfaces)}")
     env = {**os.environ, **LOCAL_RAY_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", **(env or {})}
     env.pop("RAY_ADDRESS", None)
-    head, gcs_port, dashboard_port = nodes[0], free_port(), free_port()
-    node_manager_port = free_port()
-    args = [
-        "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}", f"--num-cpus={head.cpus}",
-        f"--resources={json.dumps({head.resource: head.cpus})}", f"--object-store-memory={head.object_store_bytes}",
-        f"--node-manager-port={node_manager_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={free_port()}",
-        f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-        f"--metrics-export-port={free_port()}", f"--min-worker-port={WORKER_PORTS}", f"--max-worker-port={WORKER_PORTS + 99}",
-        f"--temp-dir={temp_dir}", "--disable-usage-stats",
-    ]
-    _ray_start(args, env, timeout_s)
-    cluster = LocalCluster(temp_dir, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}",
-                           {head.role: Node(head, node_manager_port, args)}, env)
+    gcs_port, dashboard_port = free_port(), free_port()
+    cluster = LocalCluster(temp_dir, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", nodes, env)
+    _ray_start(["--head", f"--port={gcs_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}", "--disable-usage-stats", *_node_args(nodes[0], 0)],
+               env, timeout_s)
     try:
-        for spec in nodes[1:]:
-            cluster.start_node(spec, timeout_s)
+        for index, spec in enumerate(nodes[1:], start=1):
+            _ray_start(["--address", cluster.address, *_node_args(spec, index)], env, timeout_s)
         wait_for_nodes(cluster, len(nodes), timeout_s)
     except BaseException:
         stop(temp_dir)
@@ -184,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped {stop(args.temp_dir)} processes")
         return 0
     cluster = start(temp_dir=args.temp_dir)
-    roles = ", ".join(f"{n.spec.role} ({n.spec.cpus} CPUs, resource {n.spec.resource})" for n in cluster.nodes.values())
+    roles = ", ".join(f"{n.role} ({n.cpus} CPUs, resource {n.resource})" for n in cluster.nodes)
     print(f"nodes: {roles}\nRAY_ADDRESS={cluster.address}\ndashboard: {cluster.dashboard}\n"
           f"ray job submit --address {cluster.dashboard} -- python -m fpa_ray.main run sampler.resources='{{sampler_node: 1}}' "
           "verifier.resources='{verifier_node: 1}' learner.resources='{learner_node: 1}'\n"
