@@ -13,9 +13,10 @@ fpa_ray.objectives). KTO's z0 is estimated once per step over the global batch (
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,17 +59,19 @@ def global_order(num_examples: int, step: int, batch: int, seed: int) -> list[in
     return permutation[offset * batch : (offset + 1) * batch].tolist()
 
 
-def restored_checkpoint() -> Path | None:
-    """A local copy of the checkpoint Ray Train restores this worker group from, if any."""
+@contextmanager
+def restored_checkpoint() -> Iterator[Path | None]:
+    """The checkpoint Ray Train restores this worker group from, if any, as a local directory while
+    the backend loads it: the storage's own directory, or a download removed afterwards (a copy
+    per restore left in /tmp would be a model's size each time a worker group restarts)."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return None
-    restore_dir = Path(tempfile.mkdtemp(prefix="fpa-restore-"))
+        yield None
+        return
     with checkpoint.as_directory() as directory:
-        shutil.copytree(directory, restore_dir, dirs_exist_ok=True)
-    return restore_dir
+        yield Path(directory)
 
 
 def needs_reference_model(objective_name: str, fpa: FPAConfig, precomputed: bool) -> bool:
@@ -106,7 +109,8 @@ def train_loop(config: dict) -> None:
     if learner.reference == "precomputed" and not precomputed:
         raise ValueError("learner.reference=precomputed but the dataset lacks reference log-prob columns (or rows were truncated)")
 
-    backend = build_backend(learner, setup.policy_path, restored_checkpoint(), total_steps, device)
+    with restored_checkpoint() as restore_dir:
+        backend = build_backend(learner, setup.policy_path, restore_dir, total_steps, device)
     reference = None
     if needs_reference_model(setup.objective.name, fpa, precomputed):
         reference = load_reference(setup.reference_path, backend.precision, device)

@@ -113,8 +113,9 @@ def grpo_loop(config: dict) -> None:
     pad_id = tokenizer.pad_token_id
 
     minibatches, G = setup.minibatches, learner.global_batch_size
-    restore_dir = restored_checkpoint()
-    backend = build_backend(learner, setup.policy_path, restore_dir, grpo.steps * minibatches, device)
+    with restored_checkpoint() as restore_dir:
+        backend = build_backend(learner, setup.policy_path, restore_dir, grpo.steps * minibatches, device)
+    resumed = restore_dir is not None
     world, precision = backend.world, backend.precision
     start = backend.start_step // minibatches
     reference = None
@@ -127,7 +128,7 @@ def grpo_loop(config: dict) -> None:
     def send_weights(step: int) -> None:
         sender.send(backend, step, _probe_logprobs(backend, tokenizer, device) if grpo.refresh_probe and sender.uses_probe else None)
 
-    if restore_dir is not None:  # the samplers may hold newer weights than the checkpoint
+    if resumed:  # the samplers may hold newer weights than the checkpoint
         send_weights(start)
 
     local = G // world
