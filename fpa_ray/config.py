@@ -207,7 +207,10 @@ class LearnerConfig(StrictModel):
     diagnostics_every: int | None = Field(10, ge=1, description="log cos(g_w, g_l) and |g_w|, |g_l| on the LM head every this many steps "
                                           "(first step included), on the first step's rows every time (learner/entanglement.py); null: never")
     keep_checkpoints: int = Field(2, ge=1)
-    max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint")
+    max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint (and, apart, start attempts that timed out)")
+    start_timeout_s: float = Field(300.0, gt=0, description="how long one start of the worker group may wait for its resources (a lost "
+                                   "node's replacement, an autoscaler's new node) before it counts as failed; once max_failures + 1 "
+                                   "starts have timed out the run fails, naming what the nodes lack")
 
     @model_validator(mode="after")
     def _batches_divide(self) -> LearnerConfig:

@@ -78,7 +78,8 @@ def run_trainer(loop, loop_config: dict, learner: LearnerConfig, output_dir: Pat
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=str(output_dir / "ray_train"),
-            failure_config=ray.train.FailureConfig(max_failures=learner.max_failures),
+            # Starts that time out waiting for resources have their own budget (Ray's default: retry forever).
+            failure_config=ray.train.FailureConfig(max_failures=learner.max_failures, controller_failure_limit=learner.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=learner.keep_checkpoints),
             worker_runtime_env={"env_vars": worker_env(learner)},
         ),
@@ -89,10 +90,33 @@ def run_trainer(loop, loop_config: dict, learner: LearnerConfig, output_dir: Pat
     # Ray Train 2.60's controller takes one report per worker per poll, every 2 s by default, and
     # ray.train.report blocks until it is taken: measured 1.9 s per step. Poll every 20 ms (0.028 s).
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.02")
-    result = trainer.fit()
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(learner.start_timeout_s)  # read by the controller it starts
+    try:
+        result = trainer.fit()
+    except ray.train.ControllerError as error:
+        if type(error.controller_failure).__name__ != "WorkerGroupStartupTimeoutError":
+            raise
+        raise LearnerUnschedulable(_shortfall(learner, name)) from error
     if result.checkpoint is None:
         raise RuntimeError(f"training {name!r} finished without a checkpoint (error: {result.error})")
     return result.checkpoint
+
+
+class LearnerUnschedulable(RuntimeError):
+    """The learner group's workers do not fit on the cluster's nodes (a node lost and not replaced)."""
+
+
+def _shortfall(learner: LearnerConfig, name: str) -> str:
+    import ray
+
+    need = {"CPU": learner.cpus_per_worker, **({"GPU": learner.gpus_per_worker} if learner.gpus_per_worker else {}), **learner.resources}
+    offered = [{k: v for k, v in node["Resources"].items() if k in need} for node in ray.nodes() if node["Alive"]]
+    offered = [node for node in offered if node]  # nodes with none of them (a head without CPUs) left out
+    fits = sum(int(min(node.get(k, 0) / v for k, v in need.items() if v > 0)) for node in offered)
+    return (f"training {name!r}: its {learner.num_workers} workers x {need} did not start within learner.start_timeout_s="
+            f"{learner.start_timeout_s:g} s in {learner.max_failures + 1} tries; the alive nodes offer {offered} in all, room for {fits} "
+            "such workers (a node was lost and not replaced?). Add nodes, or lower learner.num_workers, and rerun the same command: "
+            "finished stages and the last checkpoint are kept.")
 
 
 def _copy_model(source: Path, destination: Path) -> None:
