@@ -32,6 +32,7 @@ from fpa_ray.data.sources import PromptRow
 from fpa_ray.pipelines.offline import OfflinePipeline, write_json
 
 ONLINE_DIR = "online"
+POOL_START_PAUSES_S = (1, 2, 4, 8, 16)  # between starts of pools whose actors died while starting
 
 
 def held_resources(config: RunConfig) -> dict[str, float]:
@@ -84,22 +85,34 @@ class RolloutController:
 
     def _start_pools(self) -> None:
         """(Re)start both pools, the samplers on the latest weights: after an actor died, the retried
-        rollout is the same seeded rollout from the same policy, so nothing is lost or duplicated."""
+        rollout is the same seeded rollout from the same policy, so nothing is lost or duplicated.
+        Waits until every actor is up: one placed on a lost node that Ray has not yet declared dead
+        (that takes its missed health checks, ~15 s by default) dies at once, and is started again."""
         import ray
 
         from fpa_ray.sampler.rollout import start_rollout_workers
         from fpa_ray.verifier.stage import VerifierActor
 
-        for actor in self.samplers + self.verifiers:
-            ray.kill(actor)
         config, verifier = self.config, self.config.verifier
-        prefix = config.name if not self.restarts else f"{config.name}-r{self.restarts}"  # a killed actor's name may linger
-        self.restarts += 1
-        self.samplers = start_rollout_workers(Path(self.checkpoint), config.sampler, config.data.template, prefix)
-        self.verifiers = [
-            ray.remote(VerifierActor).options(name=f"{prefix}-verifier-{i}", num_cpus=verifier.workers_per_actor, resources=verifier.resources).remote(verifier)
-            for i in range(verifier.num_actors)
-        ]
+        for attempt in range(len(POOL_START_PAUSES_S) + 1):
+            for actor in self.samplers + self.verifiers:
+                ray.kill(actor)
+            prefix = config.name if not self.restarts else f"{config.name}-r{self.restarts}"  # a killed actor's name may linger
+            self.restarts += 1
+            self.samplers = start_rollout_workers(Path(self.checkpoint), config.sampler, config.data.template, prefix)
+            self.verifiers = [
+                ray.remote(VerifierActor).options(name=f"{prefix}-verifier-{i}", num_cpus=verifier.workers_per_actor,
+                                                  resources=verifier.resources).remote(verifier)
+                for i in range(verifier.num_actors)
+            ]
+            try:
+                ray.get([actor.__ray_ready__.remote() for actor in self.samplers + self.verifiers])
+                break
+            except ray.exceptions.RayActorError as error:
+                if attempt == len(POOL_START_PAUSES_S):
+                    raise
+                print(f"[grpo] a pool actor died while starting ({type(error).__name__}); starting the pools again", flush=True)
+                time.sleep(POOL_START_PAUSES_S[attempt])
         had_group, self.group = self.group is not None, None  # the new actors are in no group
         if self.latest is not None:  # restarted after an object-store sync: back to the latest weights, probed
             self._sync_samplers()
@@ -334,6 +347,7 @@ class OnlineGRPOPipeline(OfflinePipeline):
 
     def train_online(self, policy: Path) -> list[tuple[int, Path]]:
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from fpa_ray.learner.online import SNAPSHOTS_DIR, OnlineSetup, grpo_loop
         from fpa_ray.learner.trainer import run_trainer
@@ -346,7 +360,11 @@ class OnlineGRPOPipeline(OfflinePipeline):
             prompts = self._prompts([config.data.train])
             self.log(f"[grpo] {config.grpo.steps} steps x {config.grpo.prompts_per_step} prompts x {config.sampler.n} samples, "
                      f"holding {held_resources(config)}")
-            controller = ray.remote(RolloutController).options(num_cpus=0, name=f"{config.name}-rollout-controller").remote(
+            # On the driver's node, as Ray Train places its own controller: a lost worker node takes pool
+            # actors with it, which the controller restarts, never the controller and the loop's state.
+            on_driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+            controller = ray.remote(RolloutController).options(num_cpus=0, name=f"{config.name}-rollout-controller",
+                                                               scheduling_strategy=on_driver_node).remote(
                 config, str(policy), prompts, str(self.run_dir)
             )
             setup = OnlineSetup(
