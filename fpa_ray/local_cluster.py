@@ -32,6 +32,9 @@ from fpa_ray.cluster import LOCAL_RAY_ENV
 
 DEFAULT_TEMP_DIR = "/tmp/fpa-cluster"  # short: Ray's socket paths must fit in 107 bytes
 OBJECT_STORE_BYTES = 200 * 1024**2
+# The GCS declares a node dead after this many missed health checks, one a second (Ray's default:
+# 5 every 3 s): a lost node's actors are restarted elsewhere within ~5 s.
+HEALTH_CHECKS = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5"}
 WORKER_PORTS = 20000  # node k's workers listen on 20000 + 100 k ... + 99
 
 
@@ -46,10 +49,11 @@ class NodeSpec:
         return f"{self.role}_node"
 
 
-# The driver and Ray Data's read tasks on the head; each pool on a node of its own, with the CPUs
+# The drivers on the head, which offers no CPUs (as KubeRay advises: work never lands on the node
+# whose loss ends the cluster); each pool on a node of its own, with the CPUs
 # it asks for in tests/integration's small runs (a learner of 2 workers x 1 CPU; one sampler actor
 # and one verifier actor, plus what Ray Data runs beside them).
-DEFAULT_NODES = (NodeSpec("head", 2), NodeSpec("sampler", 2), NodeSpec("verifier", 2), NodeSpec("learner", 2))
+DEFAULT_NODES = (NodeSpec("head", 0), NodeSpec("sampler", 2), NodeSpec("verifier", 2), NodeSpec("learner", 2))
 
 
 @dataclass
@@ -59,6 +63,7 @@ class LocalCluster:
     dashboard: str  # http://127.0.0.1:port, for `ray job submit --address`
     nodes: tuple[NodeSpec, ...]
     env: dict[str, str]
+    started: int = 0  # nodes started so far, replacements included: each takes the next worker port range
 
 
 def _node_args(spec: NodeSpec, index: int) -> list[str]:
@@ -83,10 +88,11 @@ def start(nodes: tuple[NodeSpec, ...] = DEFAULT_NODES, temp_dir: str = DEFAULT_T
     if interfaces != ["lo"]:
         raise RuntimeError(f"a multi-node local cluster runs only in a network namespace whose one interface is lo (unshare -n); "
                            f"this one has {', '.join(interfaces)}")
-    env = {**os.environ, **LOCAL_RAY_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", **(env or {})}
+    env = {**os.environ, **LOCAL_RAY_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", **HEALTH_CHECKS, **(env or {})}
     env.pop("RAY_ADDRESS", None)
     gcs_port, dashboard_port = free_port(), free_port()
     cluster = LocalCluster(temp_dir, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", nodes, env)
+    cluster.started = len(nodes)
     _ray_start(["--head", f"--port={gcs_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}", "--disable-usage-stats", *_node_args(nodes[0], 0)],
                env, timeout_s)
@@ -122,6 +128,37 @@ def wait_for_nodes(cluster: LocalCluster, count: int, timeout_s: float = 120) ->
         if time.time() > deadline:
             raise TimeoutError(f"{len(alive)} of {count} nodes alive after {timeout_s:.0f} s")
         time.sleep(1)
+
+
+def raylet(node_id: str) -> psutil.Process:
+    """The raylet process of node `node_id` (its scheduler and object store): what dies with a node."""
+    for process in psutil.process_iter(["cmdline"]):
+        if f"--node_id={node_id}" in (process.info["cmdline"] or [])[1:]:
+            return process
+    raise LookupError(f"no raylet of node {node_id} runs on this machine")
+
+
+def kill_node(cluster: LocalCluster, node_id: str, timeout_s: float = 60) -> NodeSpec:
+    """SIGKILL the raylet of a worker node and wait until the GCS has declared the node dead (its
+    workers exit with it, the objects its store held are gone). Returns the node's spec, for
+    `add_node` to start a replacement."""
+    node = next(n for n in state(cluster, "nodes") if n["node_id"] == node_id)
+    if node["is_head_node"]:
+        raise ValueError("the head holds the GCS and the drivers: losing it ends the cluster, not a test of a lost node")
+    spec = next(s for s in cluster.nodes if s.resource in node["resources_total"])
+    raylet(node_id).kill()
+    deadline = time.time() + timeout_s
+    while not any(n["node_id"] == node_id and n["state"] == "DEAD" for n in state(cluster, "nodes")):
+        if time.time() > deadline:
+            raise TimeoutError(f"node {node_id} not declared dead {timeout_s:.0f} s after its raylet was killed")
+        time.sleep(0.5)
+    return spec
+
+
+def add_node(cluster: LocalCluster, spec: NodeSpec, timeout_s: float = 120) -> None:
+    """Start one more worker node (a replacement for a lost one, as KubeRay starts a new pod)."""
+    _ray_start(["--address", cluster.address, *_node_args(spec, cluster.started)], cluster.env, timeout_s)
+    cluster.started += 1
 
 
 def stop(temp_dir: str = DEFAULT_TEMP_DIR) -> int:

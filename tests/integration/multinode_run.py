@@ -1,11 +1,24 @@
-"""Run inside a network namespace of its own (`unshare -n`, by test_multinode.py): a four-node
-local cluster, the small offline main job submitted to it with each pool asking for its node's
-role resource, and what the dashboard's state API says of nodes, actors and the job, as JSON.
+"""Run inside a network namespace of its own (`unshare -n`, by test_multinode.py): a four-node local
+cluster (fpa_ray.local_cluster: a head without CPUs, a sampler, a verifier and a learner node) and on
+it, through `ray job submit`:
 
-    python -m tests.integration.multinode_placement OUT.json RUNS_DIR CACHE_DIR
+1. `placed`: the small offline job, each pool asking for its node's role resource. Its learner node
+   is SIGKILLed after the first checkpoint and not replaced: the job must fail saying what the
+   learner lacks. The node is replaced and the same command submitted again: it must resume.
+2. `lost`: the same job with the pools placed anywhere on the three worker nodes, and the node
+   running the stage's actor SIGKILLed in the middle of generate, verify, train and the evaluation;
+   each lost node is replaced once its stage has finished on the others.
+3. `reference`: round 1's training on `lost`'s dataset, uninterrupted, from this driver.
+4. `grpo`: the small GRPO job, the node running its rollout worker SIGKILLed after the first step.
+
+What happened is written as JSON: each kill (stage, progress at the kill, what ran on the node), each
+job's status and logs, and the state API's nodes and actors (dead ones included).
+
+    python -m tests.integration.multinode_run OUT.json RUNS_DIR CACHE_DIR
 """
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -15,25 +28,170 @@ from pathlib import Path
 
 from fpa_ray import local_cluster
 from tests.integration import jobs
-from tests.integration.small_run import SMALL
+from tests.integration.small_run import GRPO_SMALL, SMALL
 
 PLACED = ["sampler.resources={sampler_node: 1}", "verifier.resources={verifier_node: 1}", "learner.resources={learner_node: 1}"]
+# Twenty steps of ~0.15 s with a checkpoint every two: a node lost mid-train leaves one to resume from.
+TRAIN = ["learner.max_steps=20", "learner.checkpoint_every=2"]
+# The learner's lost node not replaced: two starts of 10 s each, then the error.
+UNRECOVERABLE = ["learner.max_failures=1", "learner.start_timeout_s=10"]
+SAMPLER, VERIFIER, TRAINER, ROLLOUT = "SamplerActor", "VerifierActor", "RayTrainWorker", "RolloutWorker"
+
+
+def alive(cluster, kind: str) -> list[dict]:
+    return [a for a in local_cluster.state(cluster, "actors") if kind in a["class_name"] and a["state"] == "ALIVE"]
+
+
+def finished_stages(run: Path) -> set[str]:
+    ledger = run / "ledger.jsonl"
+    lines = ledger.read_text().splitlines() if ledger.exists() else []
+    return {entry["stage"] for entry in map(json.loads, lines) if entry["completed"]}
+
+
+def finished_tasks(cluster, kind: str) -> int:
+    return sum(1 for t in local_cluster.state(cluster, "tasks") if kind in t.get("name", "") and t.get("state") == "FINISHED")
+
+
+def shards(directory: Path) -> int:
+    return len(list(directory.glob("shard-*.parquet")))
+
+
+def kill(cluster, victim: dict, stage: str, progress) -> tuple[dict, local_cluster.NodeSpec]:
+    """SIGKILL the node running `victim` (an actor of the state API) and wait until Ray has declared it dead."""
+    node = victim["node_id"]
+    on_node = sorted(a["class_name"] for a in local_cluster.state(cluster, "actors") if a["node_id"] == node and a["state"] == "ALIVE")
+    spec = local_cluster.kill_node(cluster, node)
+    return {"stage": stage, "node_id": node, "role": spec.role, "progress": progress, "actors": on_node, "time": time.time()}, spec
+
+
+def follow(cluster, job_id: str, run: Path, triggers: list, replace: bool = True) -> list[dict]:
+    """Poll the job until it ends; at each trigger's moment kill the node of the actor it names.
+    A trigger is (stage, actor kind, progress function: a value once the moment has come, else None);
+    the actor's node is looked up while waiting, so the kill follows the moment within a poll.
+    With `replace`, each lost node is replaced once its stage has finished."""
+    events, pending, victims = [], [], []
+    while jobs.get(f"{cluster.dashboard}/api/jobs/{job_id}")["status"] in ("PENDING", "RUNNING"):
+        for stage, spec in list(pending):
+            if stage in finished_stages(run):
+                local_cluster.add_node(cluster, spec)
+                pending.remove((stage, spec))
+        if triggers:
+            stage, kind, progress = triggers[0]
+            moment = progress()
+            if moment is not None and victims:
+                event, spec = kill(cluster, victims[0], stage, moment)
+                events.append(event)
+                triggers.pop(0)
+                victims = []
+                if replace:
+                    pending.append((stage, spec))
+            else:
+                victims = alive(cluster, kind)
+        time.sleep(0.1)
+    for _, spec in pending:  # the job ended before the stage's entry: bring the cluster back to its size
+        local_cluster.add_node(cluster, spec)
+    return events
+
+
+def job_record(cluster, job_id: str) -> dict:
+    job = jobs.get(f"{cluster.dashboard}/api/jobs/{job_id}")
+    return {"status": job["status"], "driver_node_id": job.get("driver_node_id"),
+            "logs": jobs.get(f"{cluster.dashboard}/api/jobs/{job_id}/logs")["logs"]}
+
+
+def submit(cluster, *command) -> str:
+    started = jobs.submit(cluster.env, cluster.dashboard, *command, wait=False)
+    return re.search(r"(raysubmit_\w+)", started.stdout + started.stderr).group(1)
+
+
+def replace_lost(cluster, events: list[dict]) -> None:
+    """A new node for each one `events` lost, and wait until the cluster is back to its size."""
+    for event in events:
+        local_cluster.add_node(cluster, next(s for s in cluster.nodes if s.role == event["role"]))
+    wait_for_nodes(cluster)
+
+
+def wait_for_nodes(cluster) -> None:
+    local_cluster.wait_for_nodes(cluster, len(cluster.nodes))
+
+
+def placed(cluster, runs: Path) -> dict:
+    command = ["run", "name=placed", f"output_dir={runs}", *SMALL, *PLACED, *TRAIN, *UNRECOVERABLE]
+    run = runs / "placed"
+    job_id = submit(cluster, *command)
+    checkpointed = lambda: 1 if list((run / "round_1" / "train" / "ray_train").glob("*/checkpoint_*")) else None  # noqa: E731
+    events = follow(cluster, job_id, run, [("train", TRAINER, checkpointed)], replace=False)
+    failed = job_record(cluster, job_id)
+    kept = {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.glob("round_1/*/manifest.json")}
+    replace_lost(cluster, events)
+    again = jobs.submit(cluster.env, cluster.dashboard, *command)
+    job_id2 = re.search(r"(raysubmit_\w+)", again.stdout + again.stderr)
+    time.sleep(2)  # the state API lists an actor that has exited a moment later
+    return {"events": events, "failed": failed, "kept": kept, "rerun": {"returncode": again.returncode, "output": again.stdout + again.stderr,
+            "job": job_record(cluster, job_id2.group(1)) if job_id2 else None},
+            "mtimes": {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.glob("round_1/*/manifest.json")},
+            "nodes": local_cluster.state(cluster, "nodes"), "actors": local_cluster.state(cluster, "actors")}
+
+
+def lost(cluster, runs: Path) -> dict:
+    run = runs / "lost"
+    job_id = submit(cluster, "run", "name=lost", f"output_dir={runs}", *SMALL, *TRAIN, "verifier.batch_size=32")
+    samples = run / "round_1" / "samples"
+    triggers = [
+        ("generate", SAMPLER, lambda: shards(samples) if 0 < shards(samples) < 4 else None),  # 4 shards of 16 prompts
+        ("verify", VERIFIER, lambda: (finished_tasks(cluster, VERIFIER) or None) if "generate" in finished_stages(run) else None),
+        ("train", TRAINER, lambda: len(list((run / "round_1" / "train" / "ray_train").glob("*/checkpoint_*"))) or None),
+        # the start's and round 1's policies, one shard each: the first written, the second not yet
+        ("eval_generate", SAMPLER, lambda: 1 if shards(run / "eval_0" / "samples") + shards(run / "eval_1" / "samples") == 1 else None),
+    ]
+    events = follow(cluster, job_id, run, triggers)
+    return {"events": events, "job": job_record(cluster, job_id)}
+
+
+def reference(cluster, runs: Path, cache: Path) -> str:
+    """Round 1's training of `lost`'s dataset from this driver, no node lost: the weights to match."""
+    os.environ.update(cluster.env)
+    os.environ["FPA_RAY_CACHE"] = str(cache)
+    import ray
+
+    from fpa_ray.cluster import init_ray
+    from fpa_ray.config import load_config
+    from fpa_ray.pipelines.offline import OfflinePipeline
+
+    init_ray(address=cluster.address)
+    pipeline = OfflinePipeline(load_config("tiny-cpu", ["name=reference", f"output_dir={runs}", *SMALL, *TRAIN]))
+    pipeline.prepare()
+    try:
+        return str(pipeline.train(1, runs / "lost" / "round_1" / "dataset", pipeline.initial_policy()))
+    finally:
+        ray.shutdown()  # a driver attached to a worker node's raylet would die with that node
+
+
+def grpo(cluster, runs: Path) -> dict:
+    run = runs / "grpo"
+    job_id = submit(cluster, "grpo", "name=grpo", f"output_dir={runs}", *SMALL, *GRPO_SMALL)
+    rollouts = run / "online" / "rollouts"
+    triggers = [("grpo", ROLLOUT, lambda: 1 if (rollouts / "step-00000.parquet").exists() else None)]
+    events = follow(cluster, job_id, run, triggers, replace=False)
+    replace_lost(cluster, events)
+    return {"events": events, "job": job_record(cluster, job_id)}
 
 
 def main(out: Path, runs: Path, cache: Path) -> int:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     temp_dir = tempfile.mkdtemp(prefix="/tmp/fmn")  # short: Ray's socket paths must fit in 107 bytes
     cluster = local_cluster.start(temp_dir=temp_dir, env={"FPA_RAY_CACHE": str(cache)})
+    result, times = {}, {}
     try:
-        done = jobs.submit(cluster.env, cluster.dashboard, "run", "name=placed", f"output_dir={runs}", *SMALL, *PLACED)
-        found = re.search(r"(raysubmit_\w+)", done.stdout + done.stderr)
-        time.sleep(2)  # the state API lists an actor that has exited a moment later
-        result = {"returncode": done.returncode, "output": (done.stdout + done.stderr)[-4000:],
-                  "job": jobs.get(f"{cluster.dashboard}/api/jobs/{found.group(1)}") if found else None,
-                  "nodes": local_cluster.state(cluster, "nodes"), "actors": local_cluster.state(cluster, "actors")}
+        for name, part in (("placed", lambda: placed(cluster, runs)), ("lost", lambda: lost(cluster, runs)),
+                           ("reference", lambda: reference(cluster, runs, cache)), ("grpo", lambda: grpo(cluster, runs))):
+            began = time.time()
+            result[name] = part()
+            times[name] = time.time() - began
+            out.write_text(json.dumps({**result, "seconds": times}))  # what is done so far, if a later part hangs
+            wait_for_nodes(cluster)
     finally:
         local_cluster.stop(temp_dir)
-    out.write_text(json.dumps(result))
     return 0
 
 
