@@ -9,7 +9,9 @@ from pathlib import Path
 
 from fpa_ray.config import FPAConfig, LearnerConfig, ObjectiveConfig
 from fpa_ray.learner.backends import STATE_DIR
-from fpa_ray.learner.loop import LearnerSetup, train_loop
+from fpa_ray.learner.data import REF_COLUMNS
+from fpa_ray.learner.loop import LearnerSetup, example_kind, train_loop
+from fpa_ray.learner.reference import add_reference_logprobs
 
 TORCH_EXTENSIONS_DIR = Path(os.environ.get("FPA_RAY_CACHE", Path.home() / ".cache" / "fpa_ray")) / "torch_extensions"
 
@@ -45,6 +47,11 @@ class TrainStage:
         self.learner, self.objective, self.fpa, self.seed = learner, objective, fpa, seed
 
     def run(self, dataset, policy: Path, reference: Path, output_dir: Path, name: str = "train", run: str | None = None) -> TrainResult:
+        kind = example_kind(self.objective.name)
+        if self.learner.reference == "precomputed" and not set(REF_COLUMNS[kind]) <= set(dataset.schema().names):
+            # Once per dataset, on the learner's resources and in its precision: the workers then load
+            # no reference and run no reference forward (but for exact FPA and KTO's z0, which need its logits).
+            dataset = add_reference_logprobs(dataset, reference, kind, self.learner, num_actors=self.learner.num_workers)
         # Every worker reads all rows (loop.py picks its slice): read them once into the object store.
         dataset = dataset.materialize()
         rows = dataset.count()

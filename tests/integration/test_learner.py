@@ -16,7 +16,6 @@ from transformers import AutoModelForCausalLM
 from fpa_ray.config import FPAConfig, LearnerConfig, ObjectiveConfig
 from fpa_ray.learner.data import collate
 from fpa_ray.learner.forward import shifted_targets
-from fpa_ray.learner.reference import add_reference_logprobs
 from fpa_ray.learner.trainer import TrainStage
 from fpa_ray.objectives import get_objective, masked_sum, token_logprobs
 
@@ -144,10 +143,10 @@ def test_a_killed_worker_resumes_from_its_checkpoint_to_the_same_weights(ray_clu
 
 
 def test_precomputed_reference_trains_like_the_online_one(ray_cluster, rows, tiny_policy, tmp_path, plain_dpo):
-    learner = LearnerConfig(num_workers=2, global_batch_size=8, micro_batch_size=4)
-    dataset = add_reference_logprobs(ray_cluster.data.from_items(rows[:24]), tiny_policy, "paired", learner)
-    assert all(r["ref_chosen_logp"] is not None for r in dataset.take_all())
-    precomputed = _train(ray_cluster, None, tiny_policy, tmp_path / "pre", epochs=3, dataset=dataset, reference="precomputed")
+    """learner.reference=precomputed on rows without the columns: the train stage adds them (a Ray Data
+    pass of the reference, learner/reference.py) and the workers train without a reference model
+    (the loop refuses to start if any row lacked its value)."""
+    precomputed = _train(ray_cluster, rows[:24], tiny_policy, tmp_path / "pre", epochs=3, reference="precomputed")
     assert [m["loss"] for m in precomputed.metrics] == pytest.approx([m["loss"] for m in plain_dpo.metrics], rel=1e-5)
 
 
