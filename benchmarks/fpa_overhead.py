@@ -10,6 +10,11 @@ the table shows median step times, their ratio to the plain step, and peak memor
 (CUDA: max_memory_allocated; CPU: peak RSS of a fresh process running one step, less its RSS
 before the step, with AdamW's state already allocated). Reference-free objectives (simper, offline_rl, reinforce) pay a reference
 forward under FPA that they otherwise skip; the `ref` column says when the reference ran.
+
+`plain+pre` and `sequence+pre` take the reference's summed log-probs precomputed once (what
+`learner.reference=precomputed` gives the learner): no reference forward in the step, for any
+objective; their ratio (`vs` plain+pre) is FPA sequence mode's own price. Exact mode has no such
+variant: its log Z_t needs the reference's full distribution at every position.
 """
 
 from __future__ import annotations
@@ -27,11 +32,13 @@ import torch
 
 from fpa_ray.config import FPAConfig
 from fpa_ray.demo import format_table, fpa_objectives, synthetic_pairs
+from fpa_ray.learner.forward import shifted_targets
 from fpa_ray.learner.step import objective_loss
-from fpa_ray.objectives import get_objective
+from fpa_ray.objectives import get_objective, masked_sum, token_logprobs
 from fpa_ray.tiny import QWEN2_VOCAB, qwen2_config, random_qwen2
 
-MODES = ("plain", "exact", "sequence")
+MODES = ("plain", "exact", "sequence", "plain+pre", "sequence+pre")
+BASELINE = {"plain": "plain", "exact": "plain", "sequence": "plain", "plain+pre": "plain+pre", "sequence+pre": "plain+pre"}
 # glibc returns each freed multi-hundred-MB logits buffer to the OS and page-faults it back in on
 # the next step; measured here that doubled the CPU step time (5.4 s -> 2.0 s) and its noise.
 # Keeping freed memory in the process needs both settings, before the interpreter starts.
@@ -39,9 +46,9 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": st
 
 
 def _fpa(mode: str, args: argparse.Namespace) -> FPAConfig:
-    if mode == "plain":
+    if mode.startswith("plain"):
         return FPAConfig(enabled=False, chunk_size=args.chunk_size)
-    return FPAConfig(enabled=True, lam=args.lam, mode=mode, chunk_size=args.chunk_size)
+    return FPAConfig(enabled=True, lam=args.lam, mode=mode.removesuffix("+pre"), chunk_size=args.chunk_size)
 
 
 def _setup(args: argparse.Namespace):
@@ -52,14 +59,20 @@ def _setup(args: argparse.Namespace):
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6)
     batch = synthetic_pairs(args.vocab, args.pairs, args.prompt_len, args.response_len - 8, 8)
     batch = type(batch)(*(t.to(args.device) for t in (batch.input_ids, batch.attention_mask, batch.response_mask, batch.correct)))
-    return policy, reference, optimizer, batch
+    with torch.no_grad():  # once per dataset, as learner/reference.py precomputes them
+        labels, mask = shifted_targets(batch)
+        logits = reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        ref_logp = masked_sum(token_logprobs(logits, labels, mask), mask)
+    return policy, reference, optimizer, batch, ref_logp
 
 
-def _step(name: str, mode: str, args, policy, reference, optimizer, batch) -> None:
+def _step(name: str, mode: str, args, policy, reference, optimizer, batch, ref_logp) -> None:
     # KTO's z0 (two no-grad forwards over the global batch per step, the same with and without FPA)
     # is outside what this benchmark compares: a fixed z0 stands in for it.
     z0 = torch.zeros((), device=args.device) if get_objective(name).needs_kl_reference else None
-    out = objective_loss(get_objective(name), {}, policy, reference, batch, _fpa(mode, args), kl_reference=z0)
+    precomputed = mode.endswith("+pre")
+    out = objective_loss(get_objective(name), {}, policy, None if precomputed else reference, batch, _fpa(mode, args),
+                         ref_logp=ref_logp if precomputed else None, kl_reference=z0)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     optimizer.step()
@@ -81,7 +94,7 @@ def _high_water_mark() -> int:
 def _cpu_peak_child(name: str, mode: str, args: argparse.Namespace, queue) -> None:
     torch.set_num_threads(args.threads)
     state = _setup(args)
-    policy, _, optimizer, _ = state
+    policy, _, optimizer, _, _ = state
     for param in policy.parameters():  # allocate AdamW's state now: it is not per-step memory
         param.grad = torch.zeros_like(param)
     optimizer.step()
@@ -160,23 +173,23 @@ def main() -> None:
                 _step(name, mode, args, *state)
                 _sync(args.device)
                 times[mode].append(time.perf_counter() - start)
-        plain_time = statistics.median(times["plain"])
-        plain_mem = None if args.no_memory else peak_memory(name, "plain", args, state)
+        memory = {} if args.no_memory else {mode: peak_memory(name, mode, args, state) for mode in MODES}
         for mode in MODES:
-            median = statistics.median(times[mode])
+            median, base = statistics.median(times[mode]), BASELINE[mode]
+            uses_reference = objective.needs_reference or not mode.startswith("plain")
             row = {
                 "objective": name,
                 "mode": mode,
-                "ref": "yes" if objective.needs_reference or mode != "plain" else "no",
+                "ref": ("sums" if mode.endswith("+pre") else "forward") if uses_reference else "no",
                 "step_ms": 1000 * median,
-                "time/plain": median / plain_time,
+                "vs": base,
+                "time/vs": median / statistics.median(times[base]),
             }
-            if plain_mem is not None:
-                memory = plain_mem if mode == "plain" else peak_memory(name, mode, args, state)
-                row["peak_MiB"] = memory / 2**20
-                row["mem/plain"] = memory / plain_mem
+            if memory:
+                row["peak_MiB"] = memory[mode] / 2**20
+                row["mem/vs"] = memory[mode] / memory[base]
             rows.append(row)
-        print(format_table(rows[-3:]).split("\n", 1)[1] if len(rows) > 3 else format_table(rows), flush=True)
+        print(format_table(rows[-len(MODES):]).split("\n", 1)[1] if len(rows) > len(MODES) else format_table(rows), flush=True)
     print("\n" + format_table(rows))
 
 
