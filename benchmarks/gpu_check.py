@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fpa_ray.config import FPAConfig, LearnerConfig  # noqa: E402
 from fpa_ray.learner.backends import build_backend, load_reference, precision_for  # noqa: E402
-from fpa_ray.learner.data import Example  # noqa: E402
+from fpa_ray.learner.data import Example, MicroBatching  # noqa: E402
 from fpa_ray.learner.loop import example_kind, global_order, needs_reference_model  # noqa: E402
 from fpa_ray.learner.step import train_step  # noqa: E402
 from fpa_ray.objectives import get_objective  # noqa: E402
@@ -124,7 +124,7 @@ def train(backend, reference, objective: str, fpa: FPAConfig, rows: list[Example
         _sync(backend.device)
         start = time.perf_counter()
         metrics.append(train_step(backend, get_objective(objective), {}, reference, rows, global_order(len(rows), step, GLOBAL_BATCH, 0),
-                                  example_kind(objective), 0, fpa, MICRO, 4096, precomputed=False))
+                                  example_kind(objective), 0, fpa, MicroBatching(MICRO), 4096, precomputed=False))
         _sync(backend.device)
         times.append(time.perf_counter() - start)
         current = backend.master_weights()

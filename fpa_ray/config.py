@@ -188,7 +188,13 @@ class LearnerConfig(StrictModel):
     resources: dict[str, float] = _placement("learner worker", "learner_node")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPUs that support it, else fp32")
     global_batch_size: int = Field(16, ge=1, description="pairs (or labelled samples) per optimizer step, all workers")
-    micro_batch_size: int = Field(8, ge=1, description="pairs (or samples) per forward pass on one worker")
+    micro_batch_size: int = Field(8, ge=1, description="pairs (or samples) per forward pass on one worker, at most")
+    padding_free: bool = Field(False, description="each forward pass is one row of its sequences, no padding, positions "
+                               "restarting per sequence (as TRL's padding_free, verl's remove_padding); attention stays within "
+                               "each sequence (SDPA with a block-diagonal mask: its cost grows with the row's length squared)")
+    micro_batch_tokens: int | None = Field(None, ge=1, description="padding_free only: at most this many prompt + response "
+                                           "tokens per forward pass (a pair longer than that alone); every worker then runs "
+                                           "the same number of forward passes, the most any of them needs")
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     lr: float = Field(1e-5, gt=0)
@@ -214,6 +220,8 @@ class LearnerConfig(StrictModel):
 
     @model_validator(mode="after")
     def _batches_divide(self) -> LearnerConfig:
+        if self.micro_batch_tokens is not None and not self.padding_free:
+            raise ValueError("micro_batch_tokens bounds a padding-free row: set padding_free=true with it")
         per_step = self.num_workers * self.micro_batch_size
         if self.global_batch_size % per_step:
             raise ValueError(

@@ -16,7 +16,7 @@ import torch
 
 from fpa_ray.config import FPAConfig, LearnerConfig
 from fpa_ray.learner.backends import DDPBackend, load_reference
-from fpa_ray.learner.data import Example
+from fpa_ray.learner.data import Example, MicroBatching
 from fpa_ray.learner.forward import TokenizedBatch
 from fpa_ray.learner.loop import example_kind
 from fpa_ray.learner.step import train_step
@@ -74,7 +74,7 @@ def run_demo(steps: int = 25, lr: float = 3e-4, lam: float = 1.0, seed: int = 0)
                 history, start = [], time.perf_counter()
                 for _ in range(steps):
                     history.append(train_step(backend, get_objective(name), {}, reference, examples, list(range(len(examples))), kind,
-                                              0, fpa, learner.micro_batch_size, learner.max_length, precomputed=False))
+                                              0, fpa, MicroBatching.of(learner), learner.max_length, precomputed=False))
                 seconds = (time.perf_counter() - start) / steps
                 rows.append(
                     {

@@ -6,9 +6,9 @@ Mixed precision as DeepSpeed and FSDP do it: master weights and optimizer state 
   AdamW on bf16 weights would round most updates away (at lr 5e-7, 10 steps moved 1.2% of them).
 - DeepSpeed holds the module in bf16 and its bf16 mode keeps fp32 master partitions that the optimizer
   updates (ZeRO-1: BF16_Optimizer; ZeRO-2/3: the ZeRO optimizer's fp32 partitions).
-Gradient accumulation: DDP skips the all-reduce on all but the last micro-batch (no_sync). DeepSpeed
-counts micro-batches itself; its engine must never enter no_sync (ZeRO-1 asserts in step(), ZeRO-2/3
-refuse the context), so it gets none.
+Gradient accumulation: DDP skips the all-reduce on all but the last micro-batch (no_sync). DeepSpeed's
+engine must never enter no_sync (ZeRO-1 asserts in step(), ZeRO-2/3 refuse the context); it is told
+which micro-batch ends the step, since with a token budget their number changes from step to step.
 The normalisation contract (fpa_ray.objectives): a micro-batch loss is already divided by the global
 unit count, so each backend scales it back by what its reduction divides by (workers; DeepSpeed also
 accumulation steps) before backward.
@@ -164,10 +164,11 @@ class DeepSpeedBackend:
         }
 
     def micro_batch(self, last: bool):
-        return contextlib.nullcontext()  # DeepSpeed owns accumulation boundaries; the module is already in the compute dtype
+        self.model.set_gradient_accumulation_boundary(last)
+        return contextlib.nullcontext()  # the module is already in the compute dtype
 
     def backward(self, loss: torch.Tensor) -> None:
-        # DeepSpeed divides by the accumulation steps and averages over workers: undo both.
+        # DeepSpeed divides by its configured accumulation steps and averages over workers: undo both.
         self.model.backward(loss * self.world * self.learner.accumulation_steps)
         self.model.step()  # every micro-batch; the update happens at the boundary
 

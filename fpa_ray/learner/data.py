@@ -43,6 +43,11 @@ class Example:
     def sort_key(self) -> tuple:
         return (self.prompt, self.responses, self.label is True)
 
+    @property
+    def num_tokens(self) -> int:
+        """Prompt + response tokens of every side: what the example adds to a packed micro-batch."""
+        return sum(len(self.prompt) + len(r) for r in self.responses)
+
 
 @dataclass
 class PreparedData:
@@ -111,26 +116,82 @@ def prepare_examples(rows: Iterable[dict[str, Any]], kind: Kind, max_length: int
 
 
 def collate(
-    examples: list[Example], kind: Kind, pad_id: int, device: torch.device | str = "cpu"
+    examples: list[Example], kind: Kind, pad_id: int, device: torch.device | str = "cpu", packed: bool = False
 ) -> tuple[TokenizedBatch, torch.Tensor | None]:
-    """Right-padded rows (paired: all chosen rows, then all rejected rows) and precomputed reference sums, on `device`."""
+    """The micro-batch's sequences (paired: all chosen, then all rejected) and precomputed reference
+    sums, on `device`: right-padded rows, or with `packed` one row of them all, no padding, positions
+    restarting at 0 with each sequence."""
     sequences = [(e.prompt, e.responses[side]) for side in range(len(RESPONSE_COLUMNS[kind])) for e in examples]
-    width = max(len(p) + len(r) for p, r in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long, device="cpu")
-    attention = torch.zeros((len(sequences), width), dtype=torch.long, device="cpu")
-    response_mask = torch.zeros((len(sequences), width), dtype=torch.bool, device="cpu")
+    lengths = [len(p) + len(r) for p, r in sequences]
+    rows, width = (1, sum(lengths)) if packed else (len(sequences), max(lengths))
+    input_ids = torch.full((rows, width), pad_id, dtype=torch.long, device="cpu")
+    attention = torch.zeros((rows, width), dtype=torch.long, device="cpu")
+    response_mask = torch.zeros((rows, width), dtype=torch.bool, device="cpu")
+    positions = torch.zeros((rows, width), dtype=torch.long, device="cpu") if packed else None
+    start = 0
     for i, (prompt, response) in enumerate(sequences):
-        length = len(prompt) + len(response)
-        input_ids[i, :length] = torch.tensor(prompt + response, device="cpu")
-        attention[i, :length] = 1
-        response_mask[i, len(prompt) : length] = True
+        row, start = (0, start) if packed else (i, 0)
+        end = start + lengths[i]
+        input_ids[row, start:end] = torch.tensor(prompt + response, device="cpu")
+        attention[row, start:end] = 1
+        response_mask[row, start + len(prompt) : end] = True
+        if packed:
+            positions[0, start:end] = torch.arange(lengths[i])
+            start = end
     correct = torch.tensor([bool(e.label) for e in examples], device="cpu") if kind == "labelled" else None
     ref = None
     if all(e.ref_logp is not None for e in examples):
         ref = torch.tensor([e.ref_logp[side] for side in range(len(RESPONSE_COLUMNS[kind])) for e in examples], dtype=torch.float32, device="cpu")
     # Built on the host (row by row), then moved in one copy per tensor.
     move = lambda t: None if t is None else t.to(device)  # noqa: E731
-    return TokenizedBatch(move(input_ids), move(attention), move(response_mask), move(correct)), move(ref)
+    return TokenizedBatch(move(input_ids), move(attention), move(response_mask), move(correct), move(positions)), move(ref)
+
+
+@dataclass(frozen=True)
+class MicroBatching:
+    """How a worker cuts its share of a global batch into forward passes: at most `size` units (pairs or
+    samples) each and, with a token budget, at most `tokens` prompt + response tokens (a unit longer than
+    the budget alone); `packed`: each micro-batch is one padding-free row (`collate`)."""
+
+    size: int
+    tokens: int | None = None
+    packed: bool = False
+
+    @classmethod
+    def of(cls, learner) -> MicroBatching:
+        return cls(learner.micro_batch_size, learner.micro_batch_tokens, learner.padding_free)
+
+    def plan(self, units: list[int], tokens: list[int]) -> list[list[int]]:
+        """Consecutive groups of `units` (`tokens[i]`: unit i's token count) within both limits."""
+        groups, used = [], 0
+        for unit, count in zip(units, tokens):
+            full = groups and (len(groups[-1]) == self.size or (self.tokens is not None and used + count > self.tokens))
+            if not groups or full:
+                groups.append([])
+                used = 0
+            groups[-1].append(unit)
+            used += count
+        return groups
+
+
+def split_to(groups: list[list[int]], tokens: dict[int, int], count: int) -> list[list[int]]:
+    """`groups` cut into `count` groups: the one with the most tokens (of those with two units or more)
+    halved by tokens, until there are `count`. Every worker of a ZeRO-2/3 step must run the same number of
+    micro-batches, since each backward pass holds collectives; halving never breaks either limit."""
+    groups = [list(g) for g in groups]
+    while len(groups) < count:
+        splittable = [g for g in groups if len(g) > 1]
+        if not splittable:
+            raise ValueError(f"cannot cut {sum(map(len, groups))} units into {count} micro-batches")
+        group = max(splittable, key=lambda g: sum(tokens[u] for u in g))
+        total, run, cut = sum(tokens[u] for u in group), 0, 1
+        for cut in range(1, len(group)):
+            run += tokens[group[cut - 1]]
+            if run >= total / 2:
+                break
+        index = groups.index(group)
+        groups[index : index + 1] = [group[:cut], group[cut:]]
+    return groups
 
 
 def mismatched_examples(examples: list[Example], max_length: int) -> list[Example]:

@@ -29,18 +29,48 @@ from fpa_ray.objectives import (
 
 @dataclass(frozen=True)
 class TokenizedBatch:
-    """Right-padded prompt+response token ids; `response_mask` is True on response tokens."""
+    """Prompt+response token ids, `response_mask` True on response tokens, in one of two layouts:
+    padded (one sequence per row, right-padded: `attention_mask` 0 on padding) or packed
+    (`position_ids` given: every sequence of the micro-batch in one row, no padding, positions
+    restarting at 0 with each sequence; the model then attends within each sequence only, via
+    flash-attention's varlen kernels on GPUs or a block-diagonal mask with SDPA)."""
 
-    input_ids: Tensor  # [N, T]
-    attention_mask: Tensor  # [N, T]
+    input_ids: Tensor  # [N, T], packed [1, S]
+    attention_mask: Tensor  # [N, T]; all ones when packed
     response_mask: Tensor  # [N, T], bool
-    correct: Tensor | None = None  # [N], bool, for labelled objectives
+    correct: Tensor | None = None  # [N sequences], bool, for labelled objectives
+    position_ids: Tensor | None = None  # [1, S] when packed
 
     def __post_init__(self) -> None:
         if not (self.input_ids.shape == self.attention_mask.shape == self.response_mask.shape):
             raise ValueError("input_ids, attention_mask and response_mask must share one [rows, tokens] shape")
         if self.response_mask.dtype != torch.bool:
             raise ValueError(f"response_mask must be bool, got {self.response_mask.dtype}")
+        if self.position_ids is not None and (self.position_ids.shape != self.input_ids.shape or self.input_ids.shape[0] != 1):
+            raise ValueError("a packed batch is one row: position_ids must have input_ids' [1, tokens] shape")
+
+    @property
+    def packed(self) -> bool:
+        return self.position_ids is not None
+
+    def model_inputs(self) -> dict:
+        """The model's keyword arguments: transformers detects packing from position ids only without
+        an attention mask and without a KV cache (which it otherwise creates in eval mode)."""
+        if self.packed:
+            return {"input_ids": self.input_ids, "position_ids": self.position_ids, "use_cache": False}
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+
+    def sequence_index(self) -> Tensor:
+        """[1, S]: the sequence each token of a packed row belongs to (0, 1, ...)."""
+        return (self.position_ids == 0).cumsum(-1) - 1
+
+    def sequence_sums(self, values: Tensor, mask: Tensor) -> Tensor:
+        """[N]: the sum of `values` over each sequence's masked tokens."""
+        if not self.packed:
+            return masked_sum(values, mask)
+        index = self.sequence_index()[0]
+        sums = torch.zeros(int(index[-1]) + 1, dtype=values.dtype, device=values.device)
+        return sums.index_add(0, index, (values * mask)[0])
 
 
 def sequence_stats(
@@ -49,22 +79,24 @@ def sequence_stats(
     labels: Tensor,
     mask: Tensor,
     fpa: FPAConfig | None = None,
+    sums=masked_sum,
 ) -> SequenceStats:
-    """Summed policy (with grad), reference and future log-probs of each row's labelled tokens."""
+    """Summed policy (with grad), reference and future log-probs of each sequence's labelled tokens;
+    `sums(values, mask)` reduces tokens to sequences (a packed batch's `sequence_sums`)."""
     chunk = fpa.chunk_size if fpa is not None else None  # None: automatic
-    logp = masked_sum(token_logprobs(policy_logits, labels, mask, chunk), mask)
+    logp = sums(token_logprobs(policy_logits, labels, mask, chunk), mask)
     ref_logp = future = None
     if ref_logits is not None:
         with torch.no_grad():
-            ref_logp = masked_sum(token_logprobs(ref_logits, labels, mask, chunk), mask)
+            ref_logp = sums(token_logprobs(ref_logits, labels, mask, chunk), mask)
     if fpa is not None and fpa.enabled:
         if ref_logp is None:
             raise ValueError("FPA needs the reference model's logits")
         if fpa.mode == "exact":
-            future = masked_sum(future_logprobs(policy_logits.detach(), ref_logits, labels, fpa.lam, mask, chunk), mask)
+            future = sums(future_logprobs(policy_logits.detach(), ref_logits, labels, fpa.lam, mask, chunk), mask)
         else:
             future = future_sequence_logprobs(logp, ref_logp, fpa.lam)
-    return SequenceStats(logp=logp, num_tokens=mask.sum(-1), ref_logp=ref_logp, future_logp=future)
+    return SequenceStats(logp=logp, num_tokens=sums(torch.ones_like(mask, dtype=torch.long), mask), ref_logp=ref_logp, future_logp=future)
 
 
 def forward_stats(
@@ -85,12 +117,12 @@ def forward_stats(
     if needs_ref_logits and ref_model is None:
         raise ValueError(f"objective {objective.name!r}{' with FPA' if fpa.enabled else ''} needs a reference model")
     labels, mask = shifted_targets(batch)
-    policy_logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    policy_logits = model(**batch.model_inputs()).logits
     ref_logits = None
     if needs_ref_logits:
         with torch.no_grad():
-            ref_logits = ref_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    stats = sequence_stats(policy_logits, ref_logits, labels, mask, fpa if ref_logits is not None else None)
+            ref_logits = ref_model(**batch.model_inputs()).logits
+    stats = sequence_stats(policy_logits, ref_logits, labels, mask, fpa if ref_logits is not None else None, batch.sequence_sums)
     if ref_logits is None and needs_ref:
         stats = dataclasses.replace(stats, ref_logp=ref_logp.to(stats.logp.device))
         if fpa.enabled:  # sequence mode from precomputed reference sums
@@ -101,11 +133,14 @@ def forward_stats(
 def shifted_targets(batch: TokenizedBatch) -> tuple[Tensor, Tensor]:
     """Labels and mask aligned with the model's logits: logits[:, t] predicts token t + 1.
 
-    The targets shift left rather than the logits right: slicing [B, T, V] logits copies them.
+    The targets shift left rather than the logits right: slicing [B, T, V] logits copies them. In a
+    packed row a sequence's last token predicts nothing (the next token opens another sequence).
     """
     labels = torch.roll(batch.input_ids, shifts=-1, dims=1)
     mask = torch.zeros_like(batch.response_mask)
     mask[:, :-1] = batch.response_mask[:, 1:]
+    if batch.packed:
+        mask[:, :-1] &= batch.position_ids[:, 1:] != 0
     return labels, mask
 
 

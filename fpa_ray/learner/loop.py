@@ -25,7 +25,7 @@ import torch
 from fpa_ray import metrics as app_metrics
 from fpa_ray.config import FPAConfig, LearnerConfig, ObjectiveConfig
 from fpa_ray.learner.backends import STATE_DIR, build_backend, load_reference
-from fpa_ray.learner.data import Kind, prepare_examples
+from fpa_ray.learner.data import Kind, MicroBatching, prepare_examples
 from fpa_ray.learner.entanglement import entanglement_metrics
 from fpa_ray.learner.step import train_step
 from fpa_ray.objectives import PairedBatch, get_objective
@@ -128,7 +128,7 @@ def train_loop(config: dict) -> None:
         if learner.diagnostics_every and step % learner.diagnostics_every == 0:  # at the weights the step starts from
             diagnostics = entanglement_metrics(backend, probe, kind, tokenizer.pad_token_id)
         metrics = train_step(backend, objective, setup.objective.params, reference, examples, order, kind, tokenizer.pad_token_id, fpa,
-                             learner.micro_batch_size, learner.max_length, precomputed)
+                             MicroBatching.of(learner), learner.max_length, precomputed)
         now = time.perf_counter()
         step_tokens = metrics.pop("tokens")
         metrics.update(diagnostics, step=step + 1, lr=lr, time=time.time(), tokens_per_s=step_tokens / (now - mark))

@@ -13,9 +13,19 @@ import torch
 from torch import nn
 
 from fpa_ray.config import FPAConfig
-from fpa_ray.learner.data import Example, Kind, collate, mismatched_examples
+from fpa_ray.learner.data import Example, Kind, MicroBatching, collate, mismatched_examples, split_to
 from fpa_ray.learner.forward import TokenizedBatch, forward_stats, objective_batch, shifted_targets
 from fpa_ray.objectives import LabelledBatch, Objective, ObjectiveOutput, kto_reference_point, masked_sum, token_logprobs
+
+
+def _max_over_workers(value: int) -> int:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    tensor = torch.tensor([value])
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor)
 
 
 def _all_gather(values: torch.Tensor) -> torch.Tensor:
@@ -83,7 +93,7 @@ def train_step(
     kind: Kind,
     pad_id: int,
     fpa: FPAConfig,
-    micro_batch_size: int,
+    batching: MicroBatching,
     max_length: int,
     precomputed: bool,
 ) -> dict[str, float]:
@@ -93,11 +103,14 @@ def train_step(
     mine = global_ids[rank * local : (rank + 1) * local]
     z0 = None
     if objective.needs_kl_reference:
-        z0 = global_kl_reference(backend, reference, [examples[i] for i in global_ids], micro_batch_size, pad_id, max_length, fpa.chunk_size)
-    micro_batches = [mine[i : i + micro_batch_size] for i in range(0, local, micro_batch_size)]
+        z0 = global_kl_reference(backend, reference, [examples[i] for i in global_ids], batching.size, pad_id, max_length, fpa.chunk_size)
+    tokens = {i: examples[i].num_tokens for i in mine}
+    micro_batches = batching.plan(mine, [tokens[i] for i in mine])
+    if batching.tokens is not None:  # the count depends on the rows: every worker runs the largest
+        micro_batches = split_to(micro_batches, tokens, _max_over_workers(len(micro_batches)))
     step_metrics = StepMetrics()
     for j, ids in enumerate(micro_batches):
-        batch, ref_logp = collate([examples[i] for i in ids], kind, pad_id, backend.device)
+        batch, ref_logp = collate([examples[i] for i in ids], kind, pad_id, backend.device, packed=batching.packed)
         with backend.micro_batch(last=j == len(micro_batches) - 1):
             out = objective_loss(objective, params, backend.model, reference, batch, fpa, normalizer=G,
                                  ref_logp=ref_logp if precomputed else None, kl_reference=z0)

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from fpa_ray.config import FPAConfig, LearnerConfig, ObjectiveConfig
-from fpa_ray.learner.data import collate
+from fpa_ray.learner.data import MicroBatching, collate
 from fpa_ray.learner.forward import shifted_targets
 from fpa_ray.learner.trainer import TrainStage
 from fpa_ray.objectives import get_objective, masked_sum, token_logprobs
@@ -171,7 +171,7 @@ def test_labelled_objectives_train_correct_samples_up_and_incorrect_ones_down(ra
     backend = DDPBackend(learner, str(tiny_policy), None, 1, torch.device("cpu"))
     reference = load_reference(str(tiny_policy), backend.precision, torch.device("cpu"))
     first = train_step(backend, get_objective(objective), {}, reference, examples, global_order(len(examples), 0, 8, 0), "labelled",
-                       AutoTokenizer.from_pretrained(tiny_policy).pad_token_id, FPAConfig(enabled=True, lam=1.0), 8, learner.max_length, False)
+                       AutoTokenizer.from_pretrained(tiny_policy).pad_token_id, FPAConfig(enabled=True, lam=1.0), MicroBatching(8), learner.max_length, False)
     for key in ("loss", "grad_norm", "C_w", "C_l", "logp_chosen", "logp_rejected"):
         assert result.metrics[0][key] == pytest.approx(first[key], rel=1e-5), key
 

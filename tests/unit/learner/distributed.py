@@ -78,6 +78,7 @@ def _worker(rank: int, world: int, port: int, model_dir: str, reference_dir: str
     from fpa_ray.config import FPAConfig, LearnerConfig
     from fpa_ray.learner.backends import build_backend, load_reference
     from fpa_ray.learner.loop import example_kind, global_order, needs_reference_model
+    from fpa_ray.learner.data import MicroBatching
     from fpa_ray.learner.step import train_step
     from fpa_ray.objectives import get_objective
 
@@ -98,7 +99,7 @@ def _worker(rank: int, world: int, port: int, model_dir: str, reference_dir: str
             metrics = []
             for step in range(case.steps):
                 metrics.append(train_step(backend, get_objective(case.objective), case.params, reference, rows,
-                                          global_order(len(rows), step, GLOBAL_BATCH, 0), kind, 0, fpa, learner.micro_batch_size,
+                                          global_order(len(rows), step, GLOBAL_BATCH, 0), kind, 0, fpa, MicroBatching.of(learner),
                                           learner.max_length, precomputed=False))
                 current = backend.master_weights()
                 moved = {name: moved[name] | (current[name] != previous[name]) for name in moved}

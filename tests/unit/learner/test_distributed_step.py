@@ -4,6 +4,8 @@
    1 worker x 1 micro-batch, whatever the split into 1 or 2 workers x 1, 2 or 4 accumulation steps
    (down to micro-batches of one row), for every objective with and without FPA. Adam's first
    update is about lr * sign(g), so the gradient's size is checked through the pre-clip norm.
+   Padding-free rows with a token budget, on 2 workers whose rows need different numbers of
+   micro-batches (cut to the same count), take that same step too.
 2. bf16 keeps fp32 master weights: in 5 steps at lr 5e-7 every entry that received a gradient (RMS
    above AdamW's eps) moved. bf16 weights without a master copy moved 1.2% of them.
 """
@@ -37,6 +39,20 @@ def _invariance_cases():
     return cases
 
 
+# tokens per micro-batch: with these rows one worker's plan has more micro-batches than the other's (2 and 1, 3 and 2)
+PACKED_BUDGET = {"rpo": 84, "kto": 25}
+
+
+def _packed_key(objective, fpa, strategy):
+    return _key(objective, fpa, strategy, 2, 1, "packed")
+
+
+def _packed_cases():
+    return [Case(_packed_key(objective, fpa, strategy), objective, fpa, 2, 1,
+                 {**settings, "lr": LR, "precision": "fp32", "padding_free": True, "micro_batch_tokens": PACKED_BUDGET[objective]})
+            for objective, fpa in FULL_MATRIX for strategy, settings in STRATEGIES.items()]
+
+
 def _bf16_cases():
     return [Case(_key("rpo", True, strategy, 2, 2, "bf16"), "rpo", True, 2, 2, {**settings, "lr": 5e-7, "precision": "bf16"}, steps=5)
             for strategy, settings in STRATEGIES.items()]
@@ -46,7 +62,7 @@ def _bf16_cases():
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     policy, reference = save_random_policy(root / "policy"), save_random_policy(root / "reference", sharpen=4.0)
-    return run_cases(_invariance_cases() + _bf16_cases(), policy, reference, root / "results")
+    return run_cases(_invariance_cases() + _packed_cases() + _bf16_cases(), policy, reference, root / "results")
 
 
 @pytest.mark.parametrize("objective,fpa", FULL_MATRIX + EXTREMES, ids=lambda v: str(v))
@@ -80,3 +96,23 @@ def test_bf16_training_moves_every_parameter_that_received_a_gradient(results, s
     assert received.float().mean() > 0.99  # almost every entry gets a gradient
     assert bool(moved[received].all()), f"{int((~moved[received]).sum())} of {int(received.sum())} entries with a gradient did not move"
     assert all(m["grad_norm"] > 0 for m in result["metrics"])
+
+
+@pytest.mark.parametrize("objective,fpa", FULL_MATRIX, ids=lambda v: str(v))
+def test_padding_free_rows_with_a_token_budget_take_the_same_step(results, objective, fpa):
+    from fpa_ray.learner.data import MicroBatching
+    from fpa_ray.learner.loop import example_kind, global_order
+
+    from .distributed import GLOBAL_BATCH, examples
+
+    rows, order = examples(example_kind(objective)), global_order(GLOBAL_BATCH, 0, GLOBAL_BATCH, 0)
+    plan = MicroBatching(4, PACKED_BUDGET[objective], True).plan
+    counts = [len(plan(part, [rows[i].num_tokens for i in part])) for part in (order[:4], order[4:])]
+    assert counts[0] != counts[1]  # the workers' own plans differ: one is cut to the other's count
+    base = results[_key(objective, fpa, "ddp", 1, 1)]["metrics"][0]
+    for strategy in STRATEGIES:
+        result = results[_packed_key(objective, fpa, strategy)]
+        assert result["metrics"][0]["loss"] == pytest.approx(base["loss"], rel=1e-5), strategy
+        assert result["metrics"][0]["grad_norm"] == pytest.approx(base["grad_norm"], rel=1e-4), strategy
+        diffs = torch.cat([(result["update"][n] - u).abs().flatten() for n, u in results[_key(objective, fpa, "ddp", 1, 1)]["update"].items()])
+        assert diffs.max() <= LR / 4 and (diffs > 1e-7).float().mean() <= 1e-3, (strategy, diffs.max())

@@ -13,7 +13,7 @@ import torch
 
 from fpa_ray.config import FPAConfig, LearnerConfig
 from fpa_ray.learner.backends import build_backend, load_reference
-from fpa_ray.learner.data import collate, prepare_examples
+from fpa_ray.learner.data import MicroBatching, collate, prepare_examples
 from fpa_ray.learner.forward import shifted_targets
 from fpa_ray.learner.online import _place, _token_logps
 from fpa_ray.learner.reference import ReferenceActor
@@ -40,7 +40,7 @@ def test_every_tensor_of_a_step_follows_the_model_device_not_the_default(policy,
     try:
         for objective, kind in (("kto", "labelled"), ("rpo", "paired")):  # KTO: z0's mismatched rows and their forward
             metrics = train_step(backend, get_objective(objective), {}, reference, rows[kind], list(range(8)), kind, 0,
-                                 FPAConfig(enabled=True, lam=1.0, chunk_size=5), 4, 512, precomputed=False)
+                                 FPAConfig(enabled=True, lam=1.0, chunk_size=5), MicroBatching(4), 512, precomputed=False)
             assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
         # GRPO's path: old and reference log-probs per row, placed back into [rows, tokens]
         batch, _ = collate(rows["labelled"][:4], "labelled", 0, CPU)
@@ -72,7 +72,7 @@ def test_precomputed_reference_equals_the_bf16_policy_at_step_zero(policy):
     assert all(e.ref_logp is not None for e in prepared.examples)
     backend = build_backend(learner, policy, None, 1, CPU)
     metrics = train_step(backend, get_objective("dpo"), {}, None, prepared.examples, list(range(8)), "paired", 0,
-                         FPAConfig(enabled=True, lam=2.0, mode="sequence"), 4, 512, precomputed=True)
+                         FPAConfig(enabled=True, lam=2.0, mode="sequence"), MicroBatching(4), 512, precomputed=True)
     assert metrics["reward_chosen"] == 0.0 and metrics["reward_rejected"] == 0.0
 
 

@@ -1,0 +1,111 @@
+"""Padding-free micro-batches: one row of sequences with positions restarting per sequence.
+
+1. Packed and padded give the same loss and the same gradient for every offline objective, with and
+   without FPA (exact and sequence mode), on sequences whose lengths differ (so the padded batch is
+   mostly padding in some rows and a shift, mask or boundary bug would show).
+2. The token budget: micro-batches stay within both limits, in order, and a worker cut into fewer
+   micro-batches than another is cut further to the same count (ZeRO-2/3 hold collectives per backward).
+"""
+
+import pytest
+import torch
+
+from fpa_ray.config import FPAConfig, LearnerConfig
+from fpa_ray.learner.data import Example, MicroBatching, collate, split_to
+from fpa_ray.learner.forward import shifted_targets
+from fpa_ray.learner.loop import example_kind
+from fpa_ray.learner.step import objective_loss
+from fpa_ray.objectives import get_objective
+from fpa_ray.tiny import qwen2_config, random_qwen2
+
+VOCAB = 97
+OBJECTIVES = ["dpo", "rpo", "simper", "kto", "offline_rl", "reinforce"]
+FPA = {"plain": FPAConfig(enabled=False), "exact": FPAConfig(enabled=True, lam=1.0, chunk_size=7),
+       "sequence": FPAConfig(enabled=True, lam=2.0, mode="sequence")}
+
+
+@pytest.fixture(scope="module")
+def models():
+    config = qwen2_config(VOCAB, hidden_size=64, num_layers=2, num_kv_heads=1)
+    policy, reference = random_qwen2(config, seed=1), random_qwen2(config, seed=2).eval().requires_grad_(False)
+    return policy, reference
+
+
+def _rows(kind: str, count: int = 6) -> list[Example]:
+    generator = torch.Generator().manual_seed(3)
+    ids = lambda n: tuple(torch.randint(1, VOCAB, (n,), generator=generator).tolist())  # noqa: E731
+    rows = []
+    for i in range(count):
+        prompt = ids(3 + 4 * i % 9)  # lengths from 3 to 11 and responses from 1 to 25: rows of very unequal size
+        if kind == "paired":
+            rows.append(Example(prompt, (ids(1 + 5 * i % 25), ids(2 + 7 * i % 23))))
+        else:
+            rows.append(Example(prompt, (ids(1 + 5 * i % 25),), label=i % 2 == 0))
+    return rows
+
+
+def _loss_and_grad(models, objective: str, fpa: FPAConfig, packed: bool):
+    policy, reference = models
+    kind = example_kind(objective)
+    batch, _ = collate(_rows(kind), kind, pad_id=0, packed=packed)
+    policy.zero_grad(set_to_none=True)
+    kl = torch.tensor(0.3) if get_objective(objective).needs_kl_reference else None
+    out = objective_loss(get_objective(objective), {}, policy, reference, batch, fpa, normalizer=6.0, kl_reference=kl)
+    out.loss.backward()
+    return out, {name: p.grad.clone() for name, p in policy.named_parameters()}
+
+
+@pytest.mark.parametrize("fpa", list(FPA))
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_packed_and_padded_give_the_same_loss_and_gradient(models, objective, fpa):
+    if objective == "reinforce" and fpa != "plain":
+        pytest.skip("REINFORCE has constant coefficients: FPA does not apply")
+    padded, padded_grad = _loss_and_grad(models, objective, FPA[fpa], packed=False)
+    packed, packed_grad = _loss_and_grad(models, objective, FPA[fpa], packed=True)
+    assert packed.loss.item() == pytest.approx(padded.loss.item(), rel=1e-5, abs=1e-7)
+    for key in ("C_w", "C_l", "logp_chosen", "logp_rejected"):
+        if key in padded.metrics:
+            assert float(packed.metrics[key]) == pytest.approx(float(padded.metrics[key]), rel=1e-5, abs=1e-7), key
+    scale = max(g.abs().max() for g in padded_grad.values())
+    assert scale > 0
+    for name, grad in padded_grad.items():
+        assert torch.allclose(packed_grad[name], grad, rtol=1e-4, atol=1e-6 * scale), name
+
+
+def test_a_packed_row_has_no_padding_and_masks_each_sequence_boundary():
+    rows = _rows("paired", 3)
+    rows[1] = Example((), rows[1].responses)  # no prompt: its first response token follows another sequence's last
+    batch, _ = collate(rows, "paired", pad_id=0, packed=True)
+    lengths = [len(e.prompt) + len(e.responses[side]) for side in (0, 1) for e in rows]
+    assert batch.input_ids.shape == (1, sum(lengths)) and bool(batch.attention_mask.all())
+    assert (batch.position_ids[0] == 0).sum() == 6
+    _, mask = shifted_targets(batch)
+    # each sequence's last token predicts the next sequence's first: never a target
+    ends = torch.tensor(lengths).cumsum(0) - 1
+    assert not mask[0, ends].any()
+    # a response token is a target when a token of its own sequence precedes it (as in a padded row)
+    targets = [len(e.responses[side]) - (len(e.prompt) == 0) for side in (0, 1) for e in rows]
+    assert batch.sequence_sums(torch.ones_like(mask, dtype=torch.long), mask).tolist() == targets
+
+
+def test_the_plan_keeps_order_and_both_limits():
+    tokens = [30, 50, 10, 70, 200, 20, 20, 20]
+    plan = MicroBatching(size=3, tokens=100, packed=True).plan(list(range(8)), tokens)
+    assert [u for group in plan for u in group] == list(range(8))
+    assert plan == [[0, 1, 2], [3], [4], [5, 6, 7]]  # 200 > 100: alone
+    assert MicroBatching(size=3).plan(list(range(8)), tokens) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+
+
+def test_a_worker_with_fewer_micro_batches_is_cut_to_the_largest_count():
+    tokens = {0: 10, 1: 10, 2: 60, 3: 10, 4: 10}
+    groups = split_to([[0, 1, 2, 3, 4]], tokens, 3)
+    assert len(groups) == 3 and [u for g in groups for u in g] == [0, 1, 2, 3, 4]
+    assert split_to([[0], [1]], tokens, 2) == [[0], [1]]
+    with pytest.raises(ValueError, match="cannot cut 2 units into 3"):
+        split_to([[0], [1]], tokens, 3)
+
+
+def test_a_token_budget_needs_padding_free_rows():
+    with pytest.raises(ValueError, match="padding_free=true"):
+        LearnerConfig(micro_batch_tokens=4096)
+    assert LearnerConfig(padding_free=True, micro_batch_tokens=4096).micro_batch_tokens == 4096
