@@ -12,7 +12,10 @@ Train worker runs):
    every weight entry that received a gradient moved after 5 steps;
 2. DeepSpeed ZeRO-2 and ZeRO-3 on one GPU with 4 accumulation steps (the recipes' 64 / (8 x 2)),
    bf16 mode, FPA-RPO and FPA-KTO (KTO's z0 on the GPU): the same checks on DeepSpeed's fp32 masters;
-3. step time and peak memory of each, and the FPA / plain step-time ratio.
+3. padding-free rows (learner.padding_free) on rows whose responses spread 8x in length: FPA-RPO
+   padded and padding-free on DDP, and padding-free with a token budget on ZeRO-3; the padding-free /
+   padded step-time ratio (SDPA with a block-diagonal mask: no flash-attention varlen kernels);
+4. step time and peak memory of each, and the FPA / plain step-time ratio.
 It prints one line per check and a JSON summary (also written to --out), and exits non-zero on any
 failure. What it does not cover: Ray, vLLM, the verifier, several GPUs (those run on the CPU suite).
 """
@@ -68,13 +71,15 @@ def save_random_model(directory: Path, tiny: bool, device: torch.device, sharpen
     return directory
 
 
-def examples(kind: str, vocab: int, prompt_len: int, response_len: int, count: int = GLOBAL_BATCH) -> list[Example]:
-    """Pairs sharing all but their last 16 tokens, or labelled rows (half correct)."""
+def examples(kind: str, vocab: int, prompt_len: int, response_len: int, count: int = GLOBAL_BATCH, spread: bool = False) -> list[Example]:
+    """Pairs sharing all but their last 16 tokens, or labelled rows (half correct); `spread`: the i-th
+    row's response is 1/8 to 8/8 of `response_len` long (in a shuffled order)."""
     generator = torch.Generator().manual_seed(1)
     rows = []
     for i in range(count):
         prompt = tuple(torch.randint(1, vocab, (prompt_len,), generator=generator).tolist())
-        shared = torch.randint(1, vocab, (response_len - 16,), generator=generator).tolist()
+        length = max(17, response_len * (1 + (5 * i) % 8) // 8) if spread else response_len
+        shared = torch.randint(1, vocab, (length - 16,), generator=generator).tolist()
         chosen, rejected = (tuple(shared + torch.randint(1, vocab, (16,), generator=generator).tolist()) for _ in range(2))
         rows.append(Example(prompt, (chosen, rejected)) if kind == "paired" else Example(prompt, (chosen,), label=i % 2 == 0))
     return rows
@@ -115,7 +120,7 @@ class Check:
         return result if result["ok"] else None
 
 
-def train(backend, reference, objective: str, fpa: FPAConfig, rows: list[Example], steps: int) -> dict:
+def train(backend, reference, objective: str, fpa: FPAConfig, rows: list[Example], steps: int, batching: MicroBatching) -> dict:
     """`steps` optimizer steps of train_step; figures: losses, gradient norms, seconds per step, movement."""
     previous = backend.master_weights()
     moved = {name: torch.zeros_like(w, dtype=torch.bool) for name, w in previous.items()}  # at some step: a later one may move it back
@@ -124,7 +129,7 @@ def train(backend, reference, objective: str, fpa: FPAConfig, rows: list[Example
         _sync(backend.device)
         start = time.perf_counter()
         metrics.append(train_step(backend, get_objective(objective), {}, reference, rows, global_order(len(rows), step, GLOBAL_BATCH, 0),
-                                  example_kind(objective), 0, fpa, MicroBatching(MICRO), 4096, precomputed=False))
+                                  example_kind(objective), 0, fpa, batching, 4096, precomputed=False))
         _sync(backend.device)
         times.append(time.perf_counter() - start)
         current = backend.master_weights()
@@ -187,13 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         reference = load_reference(reference_path, precision_for(learner, device), device)
         step_times = {}
 
-        def fresh(config, objective, fpa):
+        def fresh(config, objective, fpa, data=rows):
             """A new backend per case, so 'received a gradient' and 'moved' describe this case alone."""
             backend = build_backend(config, policy, None, args.steps, device)
             environment.setdefault("parameters", sum(p.numel() for p in backend.unwrapped.parameters()))  # ZeRO-3 partitions hide them
             uses = reference if needs_reference_model(objective, fpa, False) else None
             try:
-                return train(backend, uses, objective, fpa, rows[example_kind(objective)], args.steps)
+                return train(backend, uses, objective, fpa, data[example_kind(objective)], args.steps, MicroBatching.of(config))
             finally:
                 if hasattr(backend.model, "destroy"):
                     backend.model.destroy()
@@ -214,8 +219,23 @@ def main(argv: list[str] | None = None) -> int:
                 fpa = FPAConfig(enabled=True, lam=1.0, mode="exact", chunk_size=16)
                 check.run(f"zero{stage}-bf16 accumulation {zero.accumulation_steps} {objective} + FPA exact",
                           lambda z=zero, o=objective, f=fpa: fresh(z, o, f))
+
+        spread = {"paired": examples("paired", vocab, prompt_len, response_len, spread=True)}
+        exact = FPAConfig(enabled=True, lam=1.0, mode="exact", chunk_size=16)
+        layouts = {"padded": learner, "padding-free": learner.model_copy(update={"padding_free": True})}
+        packed_times = {}
+        for layout, config in layouts.items():
+            result = check.run(f"ddp-bf16 rpo + FPA exact, spread lengths, {layout}", lambda c=config: fresh(c, "rpo", exact, spread))
+            if result:
+                packed_times[layout] = result["s_per_step"]
+        budget = 2 * (prompt_len + response_len) + prompt_len  # about 1.5 of these pairs per forward pass
+        zero3 = learner.model_copy(update={"strategy": "deepspeed", "zero_stage": 3, "padding_free": True, "micro_batch_tokens": budget})
+        check.run(f"zero3-bf16 rpo + FPA exact, spread lengths, padding-free, {budget} tokens per micro-batch",
+                  lambda: fresh(zero3, "rpo", exact, spread))
+        packed_ratio = round(packed_times["padding-free"] / packed_times["padded"], 3) if len(packed_times) == 2 else None
+        print(f"padding-free / padded step time (DDP bf16, FPA-RPO, spread lengths): {packed_ratio}", flush=True)
     failed = [r["check"] for r in check.results if not r["ok"]]
-    summary = {"environment": environment, "results": check.results, "fpa_over_plain": ratios, "failed": failed,
+    summary = {"environment": environment, "results": check.results, "fpa_over_plain": ratios, "padding_free_over_padded": packed_ratio, "failed": failed,
                "wall_s": round(time.perf_counter() - started, 1)}
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)

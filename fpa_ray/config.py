@@ -189,9 +189,9 @@ class LearnerConfig(StrictModel):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPUs that support it, else fp32")
     global_batch_size: int = Field(16, ge=1, description="pairs (or labelled samples) per optimizer step, all workers")
     micro_batch_size: int = Field(8, ge=1, description="pairs (or samples) per forward pass on one worker, at most")
-    padding_free: bool = Field(False, description="each forward pass is one row of its sequences, no padding, positions "
-                               "restarting per sequence (as TRL's padding_free, verl's remove_padding); attention stays within "
-                               "each sequence (SDPA with a block-diagonal mask: its cost grows with the row's length squared)")
+    padding_free: bool = Field(False, description="pack each forward pass's sequences several to a row, no wider than the "
+                               "longest, positions restarting per sequence (as TRL's padding_free, verl's remove_padding); "
+                               "attention stays within each sequence (SDPA with a block-diagonal mask)")
     micro_batch_tokens: int | None = Field(None, ge=1, description="padding_free only: at most this many prompt + response "
                                            "tokens per forward pass (a pair longer than that alone); every worker then runs "
                                            "the same number of forward passes, the most any of them needs")

@@ -119,32 +119,57 @@ def collate(
     examples: list[Example], kind: Kind, pad_id: int, device: torch.device | str = "cpu", packed: bool = False
 ) -> tuple[TokenizedBatch, torch.Tensor | None]:
     """The micro-batch's sequences (paired: all chosen, then all rejected) and precomputed reference
-    sums, on `device`: right-padded rows, or with `packed` one row of them all, no padding, positions
-    restarting at 0 with each sequence."""
+    sums, on `device`: one right-padded row each, or with `packed` several per row, no wider than the
+    longest sequence (`pack_rows`), positions restarting at 0 with each."""
     sequences = [(e.prompt, e.responses[side]) for side in range(len(RESPONSE_COLUMNS[kind])) for e in examples]
     lengths = [len(p) + len(r) for p, r in sequences]
-    rows, width = (1, sum(lengths)) if packed else (len(sequences), max(lengths))
-    input_ids = torch.full((rows, width), pad_id, dtype=torch.long, device="cpu")
-    attention = torch.zeros((rows, width), dtype=torch.long, device="cpu")
-    response_mask = torch.zeros((rows, width), dtype=torch.bool, device="cpu")
-    positions = torch.zeros((rows, width), dtype=torch.long, device="cpu") if packed else None
-    start = 0
-    for i, (prompt, response) in enumerate(sequences):
-        row, start = (0, start) if packed else (i, 0)
-        end = start + lengths[i]
-        input_ids[row, start:end] = torch.tensor(prompt + response, device="cpu")
-        attention[row, start:end] = 1
-        response_mask[row, start + len(prompt) : end] = True
-        if packed:
-            positions[0, start:end] = torch.arange(lengths[i])
+    width = max(lengths)
+    layout = pack_rows(lengths, width) if packed else [[i] for i in range(len(sequences))]
+    shape = (len(layout), width)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long, device="cpu")
+    attention = torch.zeros(shape, dtype=torch.long, device="cpu")
+    response_mask = torch.zeros(shape, dtype=torch.bool, device="cpu")
+    positions = torch.zeros(shape, dtype=torch.long, device="cpu") if packed else None
+    sequence_ids = torch.full(shape, -1, dtype=torch.long, device="cpu") if packed else None
+    for row, members in enumerate(layout):
+        start = 0
+        for i in members:
+            prompt, response = sequences[i]
+            end = start + lengths[i]
+            input_ids[row, start:end] = torch.tensor(prompt + response, device="cpu")
+            attention[row, start:end] = 1
+            response_mask[row, start + len(prompt) : end] = True
+            if packed:
+                positions[row, start:end] = torch.arange(lengths[i])
+                sequence_ids[row, start:end] = i
             start = end
+        if packed:  # the tail's padding as a sequence of its own: no real token attends to it
+            positions[row, start:] = torch.arange(width - start)
     correct = torch.tensor([bool(e.label) for e in examples], device="cpu") if kind == "labelled" else None
     ref = None
     if all(e.ref_logp is not None for e in examples):
         ref = torch.tensor([e.ref_logp[side] for side in range(len(RESPONSE_COLUMNS[kind])) for e in examples], dtype=torch.float32, device="cpu")
     # Built on the host (row by row), then moved in one copy per tensor.
     move = lambda t: None if t is None else t.to(device)  # noqa: E731
-    return TokenizedBatch(move(input_ids), move(attention), move(response_mask), move(correct), move(positions)), move(ref)
+    return TokenizedBatch(move(input_ids), move(attention), move(response_mask), move(correct), move(positions), move(sequence_ids)), move(ref)
+
+
+def pack_rows(lengths: list[int], width: int) -> list[list[int]]:
+    """Sequence indices per row, first-fit by decreasing length into rows of `width` tokens. Rows no wider
+    than the longest sequence keep SDPA's block-diagonal attention (a row's width squared) at most what
+    the padded batch costs, while the padding the LM head and MLPs ran on is gone; one row of everything
+    would cost the micro-batch's total length squared."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        row = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if row is None:
+            rows.append([])
+            room.append(width)
+            row = len(rows) - 1
+        rows[row].append(i)
+        room[row] -= lengths[i]
+    return rows
 
 
 @dataclass(frozen=True)

@@ -31,23 +31,25 @@ from fpa_ray.objectives import (
 class TokenizedBatch:
     """Prompt+response token ids, `response_mask` True on response tokens, in one of two layouts:
     padded (one sequence per row, right-padded: `attention_mask` 0 on padding) or packed
-    (`position_ids` given: every sequence of the micro-batch in one row, no padding, positions
-    restarting at 0 with each sequence; the model then attends within each sequence only, via
-    flash-attention's varlen kernels on GPUs or a block-diagonal mask with SDPA)."""
+    (`position_ids` and `sequence_ids` given: several sequences per row, positions restarting at 0 with
+    each; the model then attends within each sequence only, a block-diagonal mask under SDPA)."""
 
-    input_ids: Tensor  # [N, T], packed [1, S]
-    attention_mask: Tensor  # [N, T]; all ones when packed
-    response_mask: Tensor  # [N, T], bool
+    input_ids: Tensor  # [R, T]
+    attention_mask: Tensor  # [R, T]: 1 on every sequence's tokens (the count of trained tokens)
+    response_mask: Tensor  # [R, T], bool
     correct: Tensor | None = None  # [N sequences], bool, for labelled objectives
-    position_ids: Tensor | None = None  # [1, S] when packed
+    position_ids: Tensor | None = None  # [R, T] when packed; a row's tail padding is a segment of its own
+    sequence_ids: Tensor | None = None  # [R, T] when packed: the sequence (0 .. N-1) each token belongs to, -1 on padding
 
     def __post_init__(self) -> None:
         if not (self.input_ids.shape == self.attention_mask.shape == self.response_mask.shape):
             raise ValueError("input_ids, attention_mask and response_mask must share one [rows, tokens] shape")
         if self.response_mask.dtype != torch.bool:
             raise ValueError(f"response_mask must be bool, got {self.response_mask.dtype}")
-        if self.position_ids is not None and (self.position_ids.shape != self.input_ids.shape or self.input_ids.shape[0] != 1):
-            raise ValueError("a packed batch is one row: position_ids must have input_ids' [1, tokens] shape")
+        if (self.position_ids is None) != (self.sequence_ids is None):
+            raise ValueError("a packed batch needs both position_ids and sequence_ids")
+        if self.packed and not (self.position_ids.shape == self.sequence_ids.shape == self.input_ids.shape):
+            raise ValueError("position_ids and sequence_ids must have input_ids' [rows, tokens] shape")
 
     @property
     def packed(self) -> bool:
@@ -60,17 +62,14 @@ class TokenizedBatch:
             return {"input_ids": self.input_ids, "position_ids": self.position_ids, "use_cache": False}
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
-    def sequence_index(self) -> Tensor:
-        """[1, S]: the sequence each token of a packed row belongs to (0, 1, ...)."""
-        return (self.position_ids == 0).cumsum(-1) - 1
-
     def sequence_sums(self, values: Tensor, mask: Tensor) -> Tensor:
-        """[N]: the sum of `values` over each sequence's masked tokens."""
+        """[N]: the sum of `values` over each sequence's masked tokens, in sequence order."""
         if not self.packed:
             return masked_sum(values, mask)
-        index = self.sequence_index()[0]
-        sums = torch.zeros(int(index[-1]) + 1, dtype=values.dtype, device=values.device)
-        return sums.index_add(0, index, (values * mask)[0])
+        count = int(self.sequence_ids.max()) + 1
+        index = torch.where(self.sequence_ids >= 0, self.sequence_ids, count).reshape(-1)  # padding: one bin more, dropped
+        sums = torch.zeros(count + 1, dtype=values.dtype, device=values.device)
+        return sums.index_add(0, index, (values * mask).reshape(-1))[:count]
 
 
 def sequence_stats(

@@ -19,8 +19,9 @@ def test_gpu_check_runs_every_case_and_reports_figures_on_cpu(tmp_path):
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     assert run.returncode == 0, [r for r in summary["results"] if not r["ok"]] or run.stderr[-3000:]
     checks = [r["check"] for r in summary["results"]]
-    assert len(checks) == 14 and summary["failed"] == []
-    assert sum("zero3" in c for c in checks) == 2 and sum("kto" in c for c in checks) == 4
+    assert len(checks) == 17 and summary["failed"] == []
+    assert sum("zero3" in c for c in checks) == 3 and sum("kto" in c for c in checks) == 4 and sum("padding-free" in c for c in checks) == 2
+    assert summary["padding_free_over_padded"] > 0
     for result in summary["results"]:
         moved, received = map(int, result["moved"].split("/"))
         assert moved == received > 0 and result["grad_norm"] > 0 and result["s_per_step"] > 0

@@ -1,4 +1,4 @@
-"""Padding-free micro-batches: one row of sequences with positions restarting per sequence.
+"""Padding-free micro-batches: several sequences per row, positions restarting per sequence.
 
 1. Packed and padded give the same loss and the same gradient for every offline objective, with and
    without FPA (exact and sequence mode), on sequences whose lengths differ (so the padded batch is
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fpa_ray.config import FPAConfig, LearnerConfig
-from fpa_ray.learner.data import Example, MicroBatching, collate, split_to
+from fpa_ray.learner.data import Example, MicroBatching, collate, pack_rows, split_to
 from fpa_ray.learner.forward import shifted_targets
 from fpa_ray.learner.loop import example_kind
 from fpa_ray.learner.step import objective_loss
@@ -72,20 +72,31 @@ def test_packed_and_padded_give_the_same_loss_and_gradient(models, objective, fp
         assert torch.allclose(packed_grad[name], grad, rtol=1e-4, atol=1e-6 * scale), name
 
 
-def test_a_packed_row_has_no_padding_and_masks_each_sequence_boundary():
-    rows = _rows("paired", 3)
+def test_packed_rows_hold_every_sequence_once_no_wider_than_the_longest_and_mask_each_boundary():
+    rows = _rows("paired", 4)
     rows[1] = Example((), rows[1].responses)  # no prompt: its first response token follows another sequence's last
     batch, _ = collate(rows, "paired", pad_id=0, packed=True)
     lengths = [len(e.prompt) + len(e.responses[side]) for side in (0, 1) for e in rows]
-    assert batch.input_ids.shape == (1, sum(lengths)) and bool(batch.attention_mask.all())
-    assert (batch.position_ids[0] == 0).sum() == 6
+    padded, _ = collate(rows, "paired", pad_id=0)
+    assert batch.input_ids.shape[1] == max(lengths) and batch.input_ids.shape[0] < padded.input_ids.shape[0]
+    assert int(batch.attention_mask.sum()) == sum(lengths)  # every token once
+    ids = batch.sequence_ids[batch.sequence_ids >= 0]
+    assert sorted(ids.bincount().tolist()) == sorted(lengths) and ids.bincount().tolist() == lengths
+    for i, length in enumerate(lengths):  # each sequence whole, in order, positions from 0
+        where = batch.sequence_ids == i
+        row = int(where.any(1).nonzero()[0])
+        assert batch.position_ids[where].tolist() == list(range(length))
+        prompt, response = (rows + rows)[i].prompt, rows[i % 4].responses[i // 4]
+        assert batch.input_ids[row][where[row]].tolist() == list(prompt + response)
     _, mask = shifted_targets(batch)
-    # each sequence's last token predicts the next sequence's first: never a target
-    ends = torch.tensor(lengths).cumsum(0) - 1
-    assert not mask[0, ends].any()
     # a response token is a target when a token of its own sequence precedes it (as in a padded row)
     targets = [len(e.responses[side]) - (len(e.prompt) == 0) for side in (0, 1) for e in rows]
     assert batch.sequence_sums(torch.ones_like(mask, dtype=torch.long), mask).tolist() == targets
+
+
+def test_rows_are_filled_first_fit_by_decreasing_length():
+    assert pack_rows([5, 10, 3, 2, 7], 10) == [[1], [4, 2], [0, 3]]
+    assert pack_rows([4, 4, 4], 4) == [[0], [1], [2]]
 
 
 def test_the_plan_keeps_order_and_both_limits():
