@@ -138,21 +138,37 @@ def raylet(node_id: str) -> psutil.Process:
     raise LookupError(f"no raylet of node {node_id} runs on this machine")
 
 
-def kill_node(cluster: LocalCluster, node_id: str, timeout_s: float = 60) -> NodeSpec:
-    """SIGKILL the raylet of a worker node and wait until the GCS has declared the node dead (its
-    workers exit with it, the objects its store held are gone). Returns the node's spec, for
-    `add_node` to start a replacement."""
+@dataclass(frozen=True)
+class WorkerNode:
+    """A worker node found ahead of its loss: what `kill_node` needs without asking the cluster again."""
+    node_id: str
+    spec: NodeSpec
+    raylet: psutil.Process
+
+
+def worker_node(cluster: LocalCluster, node_id: str) -> WorkerNode:
     node = next(n for n in state(cluster, "nodes") if n["node_id"] == node_id)
     if node["is_head_node"]:
         raise ValueError("the head holds the GCS and the drivers: losing it ends the cluster, not a test of a lost node")
-    spec = next(s for s in cluster.nodes if s.resource in node["resources_total"])
-    raylet(node_id).kill()
+    return WorkerNode(node_id, next(s for s in cluster.nodes if s.resource in node["resources_total"]), raylet(node_id))
+
+
+def kill_node(cluster: LocalCluster, node: WorkerNode, timeout_s: float = 60) -> None:
+    """SIGKILL every process of a worker node at once (its raylet and what the raylet started: the
+    workers, the agents) and wait until the GCS has declared the node dead; `add_node(cluster,
+    node.spec)` starts a replacement. The raylet alone is not a lost node: its workers ran on for
+    seconds after it (long enough to finish a train stage) until they noticed."""
+    processes = [node.raylet, *node.raylet.children(recursive=True)]
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
     deadline = time.time() + timeout_s
-    while not any(n["node_id"] == node_id and n["state"] == "DEAD" for n in state(cluster, "nodes")):
+    while not any(n["node_id"] == node.node_id and n["state"] == "DEAD" for n in state(cluster, "nodes")):
         if time.time() > deadline:
-            raise TimeoutError(f"node {node_id} not declared dead {timeout_s:.0f} s after its raylet was killed")
+            raise TimeoutError(f"node {node.node_id} not declared dead {timeout_s:.0f} s after its raylet was killed")
         time.sleep(0.5)
-    return spec
 
 
 def add_node(cluster: LocalCluster, spec: NodeSpec, timeout_s: float = 120) -> None:

@@ -21,7 +21,8 @@ import pandas as pd
 import pytest
 from safetensors.torch import load_file
 
-pytestmark = pytest.mark.slow
+LIMIT_S = 1500  # s; alone, the run first builds the warm start (~4 min) that earlier tests of a full session built
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(LIMIT_S)]
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS, N, EVAL_PROBLEMS, EVAL_SAMPLES, STEPS = 64, 8, 16, 2, 20  # small_run.SMALL, multinode_run.TRAIN
 
@@ -32,9 +33,18 @@ def cluster_run(tmp_path_factory):
         pytest.skip("needs `unshare -n` (root, or user namespaces) for a loopback-only multi-node cluster")
     out, runs = tmp_path_factory.mktemp("multinode"), tmp_path_factory.mktemp("multinode-runs")
     cache = tmp_path_factory.getbasetemp() / "pipeline-cache"  # the session's warm start
-    done = subprocess.run(["unshare", "-n", sys.executable, "-m", "tests.integration.multinode_run", str(out / "result.json"),
-                           str(runs), str(cache)], cwd=ROOT, capture_output=True, text=True, timeout=1500)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    process = subprocess.Popen(["unshare", "-n", sys.executable, "-m", "tests.integration.multinode_run", str(out / "result.json"),
+                                str(runs), str(cache)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = process.communicate(timeout=LIMIT_S - 60)
+    finally:  # a time limit reached: SIGTERM lets the run stop its cluster (a SIGKILL would leave it running jobs)
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    assert process.returncode == 0, output[-4000:]
     return json.loads((out / "result.json").read_text()), runs
 
 
