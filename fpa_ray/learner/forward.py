@@ -20,9 +20,9 @@ from fpa_ray.objectives import (
     Objective,
     PairedBatch,
     SequenceStats,
-    future_logprobs,
     future_sequence_logprobs,
     masked_sum,
+    reference_and_future_logprobs,
     token_logprobs,
 )
 
@@ -84,16 +84,17 @@ def sequence_stats(
     `sums(values, mask)` reduces tokens to sequences (a packed batch's `sequence_sums`)."""
     chunk = fpa.chunk_size if fpa is not None else None  # None: automatic
     logp = sums(token_logprobs(policy_logits, labels, mask, chunk), mask)
+    fpa = fpa if fpa is not None and fpa.enabled else None
+    if fpa is not None and ref_logits is None:
+        raise ValueError("FPA needs the reference model's logits")
     ref_logp = future = None
-    if ref_logits is not None:
+    if fpa is not None and fpa.mode == "exact":  # the reference's and pi_hat's log-sum-exps in one pass over its logits
+        ref_tokens, future_tokens = reference_and_future_logprobs(policy_logits.detach(), ref_logits, labels, fpa.lam, mask, chunk)
+        ref_logp, future = sums(ref_tokens, mask), sums(future_tokens, mask)
+    elif ref_logits is not None:
         with torch.no_grad():
             ref_logp = sums(token_logprobs(ref_logits, labels, mask, chunk), mask)
-    if fpa is not None and fpa.enabled:
-        if ref_logp is None:
-            raise ValueError("FPA needs the reference model's logits")
-        if fpa.mode == "exact":
-            future = sums(future_logprobs(policy_logits.detach(), ref_logits, labels, fpa.lam, mask, chunk), mask)
-        else:
+        if fpa is not None:
             future = future_sequence_logprobs(logp, ref_logp, fpa.lam)
     return SequenceStats(logp=logp, num_tokens=sums(torch.ones_like(mask, dtype=torch.long), mask), ref_logp=ref_logp, future_logp=future)
 

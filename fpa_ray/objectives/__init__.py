@@ -10,7 +10,7 @@ from fpa_ray.objectives import grpo, preference, unpaired  # noqa: F401
 from fpa_ray.objectives.batches import LabelledBatch, PairedBatch, SequenceStats, TokenBatch
 from fpa_ray.objectives.diagnostics import gradient_entanglement
 from fpa_ray.objectives.grpo import group_advantages
-from fpa_ray.objectives.logprobs import future_logprobs, future_sequence_logprobs, masked_sum, token_logprobs
+from fpa_ray.objectives.logprobs import future_logprobs, future_sequence_logprobs, masked_sum, reference_and_future_logprobs, token_logprobs
 from fpa_ray.objectives.registry import (
     Objective,
     ObjectiveOutput,
@@ -35,6 +35,7 @@ __all__ = [
     "kto_reference_point",
     "masked_sum",
     "objective_names",
+    "reference_and_future_logprobs",
     "register_objective",
     "token_logprobs",
 ]

@@ -132,6 +132,37 @@ def future_logprobs(
     return out.view(labels.shape)
 
 
+@torch.no_grad()
+def reference_and_future_logprobs(
+    policy_logits: Tensor, ref_logits: Tensor, labels: Tensor, lam: float, mask: Tensor, chunk_size: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Per-token log pi_ref(labels) and exact log pi_hat(labels) (as `token_logprobs(ref_logits, ...)` and
+    `future_logprobs(...)`) in one chunked pass: each chunk of the reference's logits is read for both
+    log-sum-exps while it is in cache, and the extrapolated logits of every chunk go into one buffer."""
+    check_lam(lam)
+    if ref_logits.shape != policy_logits.shape:
+        raise ValueError(f"ref_logits has shape {tuple(ref_logits.shape)} but policy_logits has {tuple(policy_logits.shape)}")
+    _check_token_inputs(policy_logits, labels, mask)
+    policy, flat_labels = _flatten(policy_logits, labels, mask)
+    ref = ref_logits.reshape(policy.shape)
+    dtype = _accumulation_dtype(policy_logits, ref_logits)
+    ref_out = torch.zeros(flat_labels.shape, dtype=dtype, device=policy_logits.device)
+    future_out = torch.zeros_like(ref_out)
+    buffer = None
+    for start, end in _row_ranges(mask, policy_logits.shape[-1], chunk_size):
+        h_ref, y = ref[start:end].to(dtype), flat_labels[start:end]
+        if buffer is None:
+            buffer = torch.empty_like(h_ref)
+        extrapolated = torch.lerp(h_ref, policy[start:end].to(dtype), 1 + lam, out=buffer[: end - start])
+        ref_out[start:end] = _selected_logprob(h_ref, y)
+        future_out[start:end] = _selected_logprob(extrapolated, y)
+    ref_out *= mask.reshape(-1)
+    future_out *= mask.reshape(-1)
+    if not torch.isfinite(future_out).all():
+        raise ValueError("future log-probs are not finite: the policy or reference logits hold NaN or inf")
+    return ref_out.view(labels.shape), future_out.view(labels.shape)
+
+
 def future_sequence_logprobs(logp: Tensor, ref_logp: Tensor, lam: float) -> Tensor:
     """`sequence`-mode log pi_hat from sampled-token log-probs alone: (1 + lam) l - lam l_ref, detached."""
     check_lam(lam)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fpa_ray.objectives import future_logprobs, future_sequence_logprobs, masked_sum, token_logprobs
+from fpa_ray.objectives import future_logprobs, future_sequence_logprobs, masked_sum, reference_and_future_logprobs, token_logprobs
 
 B, T, V = 3, 7, 50
 
@@ -37,6 +37,18 @@ def test_chunked_equals_unchunked_and_masked_positions_are_zero():
         torch.testing.assert_close(future_logprobs(policy, ref, labels, 1.0, mask, chunk_size=chunk), whole)
     assert (whole[~mask] == 0).all()
     assert (whole[mask] < 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_the_one_pass_reference_and_future_log_probs_equal_the_two_functions(dtype):
+    policy, ref, labels, mask = _inputs(seed=4, dtype=dtype)
+    for chunk in (None, 1, 4, 1000):
+        ref_tokens, future_tokens = reference_and_future_logprobs(policy, ref, labels, 2.0, mask, chunk)
+        torch.testing.assert_close(ref_tokens, token_logprobs(ref, labels, mask, chunk), rtol=0, atol=0)
+        torch.testing.assert_close(future_tokens, future_logprobs(policy, ref, labels, 2.0, mask, chunk), rtol=0, atol=0)
+    ref[1, 3, 0] = float("nan")
+    with pytest.raises(ValueError, match="not finite"):
+        reference_and_future_logprobs(policy, ref, labels, 2.0, mask)
 
 
 def test_lambda_zero_returns_policy_logprobs():
