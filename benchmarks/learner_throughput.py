@@ -1,13 +1,22 @@
 """Learner throughput: trained tokens/s of fpa_ray's learner group (2 Ray Train workers, DDP and
-DeepSpeed ZeRO-2) against TRL's DPOTrainer on the same model, data and global batch, in one run.
+DeepSpeed ZeRO-2, padded and padding-free) against TRL's DPOTrainer on the same model, data and global
+batch, in one run.
 
     python benchmarks/learner_throughput.py [--steps 30 --batch 16]
+    python benchmarks/learner_throughput.py --lengths spread --vocab qwen2 --steps 8
 
 Plain DPO (beta 0.1, online reference model) on correct-vs-wrong-answer pairs of the synthetic
-task, with the embedded default's warm-started tiny policy. Ours: 2 workers x 1 CPU thread.
-TRL: one process with 2 threads (the same two cores), installed only in benchmarks/.venv-trl
-(created on first use: pip install trl==1.16.0 with this project's torch and transformers).
-Tokens = prompt + response tokens of both rows of each pair, no padding; steps 1-2 are warm-up.
+task. `--lengths spread`: each row's solution written out 1 to 8 times (log-uniform), so response
+lengths spread over 10x as real math solutions do (24 to about 420 tokens: every pair fits the
+tiny policy's 512 positions, so neither trainer cuts one); `uniform` (default) is the task as it is. `--vocab tiny`:
+the embedded default's warm-started policy; `qwen2`: the same shape with a random 151,936-token
+vocabulary (where the LM head, and so every padded position, dominates the cost). Padding-free cells
+pack the same micro-batches (8 pairs per worker) into one row each.
+Ours: 2 workers x 1 CPU thread. TRL: one process with 2 threads (the same two cores), padded (its
+padding_free needs flash-attention), installed only in benchmarks/.venv-trl (created on first use:
+pip install trl==1.16.0 with this project's torch and transformers).
+Tokens = prompt + response tokens of both rows of each pair, no padding; steps 1-2 are warm-up. Each
+cell's result is kept in benchmarks/results/issue23/learner_throughput/ as it finishes; a rerun skips it.
 """
 
 from __future__ import annotations
@@ -32,29 +41,54 @@ def trl_python() -> Path:
     return python
 
 
-def pair_rows(policy: Path, count: int) -> list[dict]:
+def pair_rows(policy: Path, count: int, spread: bool) -> list[dict]:
+    import random
+
     from transformers import AutoTokenizer
 
     from fpa_ray.config import SyntheticTaskConfig
     from fpa_ray.data.synthetic import generate
 
     tokenizer = AutoTokenizer.from_pretrained(policy)
-    rows = []
+    rows, draw = [], random.Random(5)
     for problem in generate(SyntheticTaskConfig(), "train", count, seed=11):
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": problem.prompt}], add_generation_prompt=True, tokenize=False)
-        wrong = problem.solution.replace(f"\\boxed{{{problem.answer}}}", f"\\boxed{{{int(problem.answer) + 1}}}")
+        solution = " ".join([problem.solution] * (round(8 ** draw.random()) if spread else 1))
+        wrong = solution.replace(f"\\boxed{{{problem.answer}}}", f"\\boxed{{{int(problem.answer) + 1}}}")
         ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         rows.append({
-            "prompt": prompt, "chosen": problem.solution, "rejected": wrong, "prompt_token_ids": ids(prompt),
-            "chosen_token_ids": ids(problem.solution) + [tokenizer.eos_token_id], "rejected_token_ids": ids(wrong) + [tokenizer.eos_token_id],
+            "prompt": prompt, "chosen": solution, "rejected": wrong, "prompt_token_ids": ids(prompt),
+            "chosen_token_ids": ids(solution) + [tokenizer.eos_token_id], "rejected_token_ids": ids(wrong) + [tokenizer.eos_token_id],
         })
     return rows
+
+
+def qwen2_vocab_policy(tiny_policy: Path, directory: Path) -> Path:
+    """The tiny policy's shape and tokenizer with a random Qwen2-sized (151,936) vocabulary."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from fpa_ray.tiny import QWEN2_VOCAB, random_qwen2
+
+    config = AutoConfig.from_pretrained(tiny_policy)
+    config.vocab_size = QWEN2_VOCAB
+    random_qwen2(config, seed=0).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(tiny_policy).save_pretrained(directory)
+    return directory
+
+
+CELLS = {  # name: (strategy, padding_free)
+    "ddp": ("ddp", False), "ddp-padding-free": ("ddp", True),
+    "zero2": ("deepspeed", False), "zero2-padding-free": ("deepspeed", True),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lengths", choices=["uniform", "spread"], default="uniform")
+    parser.add_argument("--vocab", choices=["tiny", "qwen2"], default="tiny")
+    parser.add_argument("--cells", nargs="+", choices=[*CELLS, "trl"], default=[*CELLS, "trl"])
     args = parser.parse_args()
 
     import ray
@@ -65,32 +99,47 @@ def main() -> None:
     from fpa_ray.learner.trainer import TrainStage
     from fpa_ray.warmstart import warm_start
 
+    name = f"{args.lengths}-{args.vocab}-{args.steps}x{args.batch}"
+    results = HERE / "results" / "issue23" / "learner_throughput" / name
+    results.mkdir(parents=True, exist_ok=True)
     defaults = RunConfig()
     policy = warm_start(defaults.policy.tiny, defaults.policy.sft, defaults.data.synthetic).path
-    rows = pair_rows(policy, args.steps * args.batch)
-    python = trl_python()
-    table = []
+    rows = pair_rows(policy, args.steps * args.batch, args.lengths == "spread")
+    lengths = sorted(len(r["chosen_token_ids"]) for r in rows)
     with tempfile.TemporaryDirectory() as tmp:
+        if args.vocab == "qwen2":
+            policy = qwen2_vocab_policy(policy, Path(tmp) / "policy")
         data = Path(tmp) / "pairs.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        init_ray(num_cpus=4)
-        for strategy in ("ddp", "deepspeed"):
+        todo = [c for c in args.cells if c != "trl" and not (results / f"{c}.json").exists()]
+        if todo:
+            init_ray(num_cpus=4)
+        for cell in todo:
+            strategy, packed = CELLS[cell]
             learner = LearnerConfig(strategy=strategy, zero_stage=2, num_workers=2, global_batch_size=args.batch, micro_batch_size=args.batch // 2,
-                                    lr=1e-5, checkpoint_every=10**6)
+                                    padding_free=packed, lr=1e-5, checkpoint_every=10**6, diagnostics_every=None)
             stage = TrainStage(learner, ObjectiveConfig(name="dpo", params={"beta": 0.1}), FPAConfig(enabled=False), seed=0)
-            metrics = stage.run(ray.data.from_items(rows), policy, policy, Path(tmp) / strategy).metrics[2:]
-            table.append({"trainer": f"fpa_ray {strategy}{'-zero2' if strategy == 'deepspeed' else ''}, 2 workers",
-                          "tokens_per_s": sum(m["tokens_per_s"] for m in metrics) / len(metrics)})
-        ray.shutdown()
-        trl = subprocess.run([str(python), str(HERE / "trl_dpo_run.py"), str(policy), str(data), str(args.steps), str(args.batch), "2", str(Path(tmp) / "trl")],
-                             capture_output=True, text=True, check=False)
-        if trl.returncode != 0:
-            raise SystemExit(f"TRL run failed:\n{trl.stderr[-3000:]}")
-        result = json.loads(trl.stdout.strip().splitlines()[-1])
-        table.append({"trainer": "TRL DPOTrainer 1.16.0, 1 process x 2 threads", "tokens_per_s": result["tokens_per_s"]})
+            metrics = stage.run(ray.data.from_items(rows), policy, policy, Path(tmp) / cell).metrics[2:]
+            tokens_per_s = sum(m["tokens_per_s"] for m in metrics) / len(metrics)
+            (results / f"{cell}.json").write_text(json.dumps({"trainer": f"fpa_ray {cell}, 2 workers", "tokens_per_s": tokens_per_s}))
+        if todo:
+            ray.shutdown()
+        if "trl" in args.cells and not (results / "trl.json").exists():
+            trl = subprocess.run([str(trl_python()), str(HERE / "trl_dpo_run.py"), str(policy), str(data), str(args.steps), str(args.batch), "2",
+                                  str(Path(tmp) / "trl")], capture_output=True, text=True, check=False)
+            if trl.returncode != 0:
+                raise SystemExit(f"TRL run failed:\n{trl.stderr[-3000:]}")
+            result = json.loads(trl.stdout.strip().splitlines()[-1])
+            (results / "trl.json").write_text(json.dumps({"trainer": "TRL DPOTrainer 1.16.0, 1 process x 2 threads, padded",
+                                                          "tokens_per_s": result["tokens_per_s"]}))
+    table = [json.loads((results / f"{c}.json").read_text()) for c in args.cells if (results / f"{c}.json").exists()]
+    trl_row = next((r for r in table if r["trainer"].startswith("TRL")), None)
     for row in table:
-        row["vs_trl"] = row["tokens_per_s"] / table[-1]["tokens_per_s"]
-    print(f"DPO, tiny policy, {args.steps} steps of {args.batch} pairs, fp32, CPU")
+        row["vs_trl"] = row["tokens_per_s"] / trl_row["tokens_per_s"] if trl_row else float("nan")
+    header = (f"DPO, {args.vocab} vocabulary, {args.lengths} lengths (chosen response tokens: min {lengths[0]}, median "
+              f"{lengths[len(lengths) // 2]}, max {lengths[-1]}), {args.steps} steps of {args.batch} pairs, fp32, CPU")
+    (results / "summary.md").write_text(f"{header}\n\n```\n{format_table(table)}\n```\n")
+    print(header)
     print(format_table(table))
 
 

@@ -113,6 +113,12 @@ def test_verifier_section():
         load_config("tiny-cpu", ["verifier.max_failure_share=1.5"])
 
 
+def test_padding_free_is_for_the_offline_objectives():
+    with pytest.raises(ConfigError, match="GRPO learner pads its rows"):
+        load_config("tiny-cpu-grpo", ["learner.padding_free=true"])
+    assert load_config("tiny-cpu", ["learner.padding_free=true", "learner.micro_batch_tokens=2048"]).learner.micro_batch_tokens == 2048
+
+
 def test_kto_needs_two_rows_per_step_for_its_mismatched_pairs():
     with pytest.raises(ConfigError, match="KTO's z0 pairs each prompt with another row's response"):
         load_config("tiny-cpu", ["objective.name=kto", "learner.global_batch_size=1", "learner.micro_batch_size=1", "learner.num_workers=1"])
