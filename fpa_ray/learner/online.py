@@ -123,7 +123,7 @@ def grpo_loop(config: dict) -> None:
         reference = load_reference(setup.reference_path, precision, device)
     output_dir = Path(setup.output_dir)
     writer = MetricsWriter(output_dir, backend.start_step) if rank == 0 else None
-    sender = make_sender(grpo.weight_sync, controller, output_dir, setup.policy_path, setup.run, device)
+    sender = make_sender(grpo.weight_sync, controller, output_dir, setup.policy_path, setup.run, device, grpo.sync_join_timeout_s)
 
     def send_weights(step: int) -> None:
         sender.send(backend, step, _probe_logprobs(backend, tokenizer, device) if grpo.refresh_probe and sender.uses_probe else None)

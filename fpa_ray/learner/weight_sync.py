@@ -24,24 +24,35 @@ class CollectiveSender:
 
     uses_probe = True  # the learner's probe log-probs go along
 
-    def __init__(self, controller, run: str, device):
-        self.controller, self.run, self.device = controller, run, device
+    def __init__(self, controller, run: str, device, join_timeout_s: float):
+        self.controller, self.run, self.device, self.join_timeout_s = controller, run, device, join_timeout_s
         self.group = None  # its GroupAddress, on rank 0
         self.opened = 0
 
-    def _open(self) -> None:
+    def _open(self) -> bool:
+        """Open a new group with every sampler; False when a sampler was lost before it joined (the
+        controller then restarted the pools): a wait of its own would last until the join timeout."""
         import ray
+        import torch.distributed as dist
 
         from fpa_ray.sampler import weight_group
 
         backend = weight_group.backend_for(self.device)
         world = 1 + ray.get(self.controller.weight_group_ranks.remote())
         self.opened += 1
-        address = weight_group.new_address(f"{self.run}-weights-{self.opened}", world, backend)
+        address = weight_group.new_address(f"{self.run}-weights-{self.opened}", world, backend, self.join_timeout_s)
         joined = self.controller.open_weight_group.remote(address)
-        weight_group.join(address, 0, address.host)
-        ray.get(joined)
-        self.group = address
+        try:
+            weight_group.join(address, 0, address.host)
+            opened = True
+        except dist.DistStoreError as error:
+            print(f"[grpo] the weight group did not open within {self.join_timeout_s:.0f} s: {error}", flush=True)
+            opened = False
+        if ray.get(joined) and opened:
+            self.group = address
+            return True
+        weight_group.leave(address.name)
+        return False
 
     def send(self, backend, step: int, expected: list[float] | None) -> None:
         import ray
@@ -52,9 +63,9 @@ class CollectiveSender:
             if backend.rank != 0:
                 return
             state = backend.unwrapped.state_dict()
-            for _ in range(2):  # a sampler lost mid-broadcast: the pool restarts, and one more try on a new group
-                if self.group is None:
-                    self._open()
+            for _ in range(2):  # a sampler lost while joining or mid-broadcast: the pool restarts, and one more try on a new group
+                if self.group is None and not self._open():
+                    continue
                 reply = self.controller.receive.remote(weight_group.specs(state.items()), step, expected)
                 try:
                     weight_group.send(self.group.name, state.values(), self.device)
@@ -63,7 +74,7 @@ class CollectiveSender:
                 if not ray.get(reply)["resync"]:
                     return
                 self.reset()
-        raise RuntimeError("a sampler actor died during two weight broadcasts in a row; the run stops here (rerun to resume)")
+        raise RuntimeError("a sampler actor died during two weight syncs in a row; the run stops here (rerun to resume)")
 
     def reset(self) -> None:
         if self.group is not None:
@@ -116,9 +127,9 @@ class DiskSender:
         pass
 
 
-def make_sender(mode: str, controller, output_dir: Path, policy_path: str, run: str, device):
+def make_sender(mode: str, controller, output_dir: Path, policy_path: str, run: str, device, join_timeout_s: float):
     if mode == "collective":
-        return CollectiveSender(controller, run, device)
+        return CollectiveSender(controller, run, device, join_timeout_s)
     if mode == "object_store":
         return ObjectStoreSender(controller)
     return DiskSender(controller, output_dir, policy_path)

@@ -273,16 +273,23 @@ class RolloutController:
         """Ranks the sampler engines take in the learner's weight group (one per tensor-parallel worker)."""
         return self.config.sampler.num_actors * self.config.sampler.tensor_parallel_size
 
-    def open_weight_group(self, address) -> None:
-        """Every sampler joins the learner's weight group (the learner's rank 0 joins it meanwhile as rank 0)."""
+    def open_weight_group(self, address) -> bool:
+        """Every sampler joins the learner's weight group (the learner's rank 0 joins it meanwhile as rank 0).
+        False when a sampler died first: the pools restart, and the learner opens a new group with them."""
         import ray
 
         first, joins = 1, []
         for worker in self.samplers:
             joins.append(worker.join_weight_group.remote(address, first))
             first += self.config.sampler.tensor_parallel_size
-        ray.get(joins)
+        try:
+            ray.get(joins)
+        except ray.exceptions.RayActorError as error:
+            print(f"[grpo] a sampler died while joining the weight group ({type(error).__name__}); restarting the pools", flush=True)
+            self._start_pools()
+            return False
         self.group, self.stale, self.latest = address.name, False, None
+        return True
 
     def receive(self, tensors: list, step: int, expected: list[float] | None) -> dict:
         """Every sampler receives the learner's broadcast of `tensors` (names, dtypes, shapes) over the

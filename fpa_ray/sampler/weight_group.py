@@ -19,7 +19,7 @@ from datetime import timedelta
 
 import torch
 
-TIMEOUT = timedelta(minutes=10)  # a peer that never joins or dies mid-transfer fails the sync after this
+TIMEOUT = timedelta(minutes=10)  # a peer that dies mid-transfer fails the sync after this
 _GROUPS: dict[str, object] = {}  # this process's open groups, by name
 
 
@@ -32,6 +32,7 @@ class GroupAddress:
     port: int
     world_size: int
     backend: str  # "nccl" or "gloo"
+    join_timeout_s: float = TIMEOUT.total_seconds()  # how long each rank waits for the others to join
 
 
 TensorSpec = tuple[str, str, tuple[int, ...]]  # name, dtype name ("float32"), shape
@@ -48,22 +49,23 @@ def node_address() -> str:
     return ray.util.get_node_ip_address()
 
 
-def new_address(name: str, world_size: int, backend: str) -> GroupAddress:
+def new_address(name: str, world_size: int, backend: str, join_timeout_s: float = TIMEOUT.total_seconds()) -> GroupAddress:
     """A group to be opened by this process as rank 0, on a port free now on this node."""
     host = node_address()
     with socket.socket() as probe:
         probe.bind((host, 0))
         port = probe.getsockname()[1]
-    return GroupAddress(name, host, port, world_size, backend)
+    return GroupAddress(name, host, port, world_size, backend, join_timeout_s)
 
 
 def join(address: GroupAddress, rank: int, host: str) -> None:
     """Open `address` as `rank` from this process (`host`: this process's node address).
 
-    Blocks until every rank has joined (or TIMEOUT)."""
+    Blocks until every rank has joined; after `address.join_timeout_s` raises DistStoreError."""
     import torch.distributed as dist
 
-    store = dist.TCPStore(address.host, address.port, address.world_size, is_master=rank == 0, timeout=TIMEOUT)
+    waited = timedelta(seconds=address.join_timeout_s)
+    store = dist.TCPStore(address.host, address.port, address.world_size, is_master=rank == 0, timeout=waited)
     if address.backend == "gloo":
         options = dist.ProcessGroupGloo._Options()
         options._timeout = TIMEOUT

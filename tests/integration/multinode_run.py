@@ -50,6 +50,16 @@ def finished_tasks(cluster, kind: str) -> int:
     return sum(1 for t in local_cluster.state(cluster, "tasks") if kind in t.get("name", "") and t.get("state") == "FINISHED")
 
 
+def registered_checkpoints(run: Path) -> int:
+    """Checkpoints Ray Train has recorded (its controller's snapshot): a checkpoint_* directory appears
+    before that, and a node lost in between leaves one that a restart does not resume from."""
+    snapshots = list((run / "round_1" / "train" / "ray_train").glob("*/checkpoint_manager_snapshot.json"))
+    try:
+        return sum(len(json.loads(path.read_text())["checkpoint_results"]) for path in snapshots)
+    except (OSError, ValueError):  # being written
+        return 0
+
+
 def shards(directory: Path) -> int:
     return len(list(directory.glob("shard-*.parquet")))
 
@@ -142,7 +152,7 @@ def placed(cluster, runs: Path) -> dict:
     command = ["run", "name=placed", f"output_dir={runs}", *SMALL, *PLACED, *TRAIN, *UNRECOVERABLE]
     run = runs / "placed"
     job_id = submit(cluster, *command)
-    checkpointed = lambda: 1 if list((run / "round_1" / "train" / "ray_train").glob("*/checkpoint_*")) else None  # noqa: E731
+    checkpointed = lambda: registered_checkpoints(run) or None  # noqa: E731
     events = follow(cluster, job_id, run, [("train", TRAINER, checkpointed)], replace=False)
     failed = job_record(cluster, job_id)
     kept = {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.glob("round_1/*/manifest.json")}
@@ -163,7 +173,7 @@ def lost(cluster, runs: Path) -> dict:
     triggers = [
         ("generate", SAMPLER, lambda: shards(samples) if 0 < shards(samples) < 4 else None),  # 4 shards of 16 prompts
         ("verify", VERIFIER, lambda: (finished_tasks(cluster, VERIFIER) or None) if "generate" in finished_stages(run) else None),
-        ("train", TRAINER, lambda: len(list((run / "round_1" / "train" / "ray_train").glob("*/checkpoint_*"))) or None),
+        ("train", TRAINER, lambda: registered_checkpoints(run) or None),
         # the start's and round 1's policies, one shard each: the first written, the second not yet
         ("eval_generate", SAMPLER, lambda: 1 if shards(run / "eval_0" / "samples") + shards(run / "eval_1" / "samples") == 1 else None),
     ]
@@ -192,7 +202,8 @@ def reference(cluster, runs: Path, cache: Path) -> str:
 
 def grpo(cluster, runs: Path) -> dict:
     run = runs / "grpo"
-    job_id = submit(cluster, "grpo", "name=grpo", f"output_dir={runs}", *SMALL, *GRPO_SMALL)
+    # The node goes as the first weight sync opens its group: the learner waits 20 s for the lost sampler, not the default 120.
+    job_id = submit(cluster, "grpo", "name=grpo", f"output_dir={runs}", *SMALL, *GRPO_SMALL, "grpo.sync_join_timeout_s=20")
     rollouts = run / "online" / "rollouts"
     triggers = [("grpo", ROLLOUT, lambda: 1 if (rollouts / "step-00000.parquet").exists() else None)]
     events = follow(cluster, job_id, run, triggers, replace=False)

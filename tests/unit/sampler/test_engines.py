@@ -188,3 +188,25 @@ def test_hf_engine_receives_the_learners_broadcast_over_a_gloo_group(checkpoint)
     weight_group.leave(sender.name)
     with pytest.raises(RuntimeError, match="weight group 'test-weights' is not open in this process"):
         next(weight_group.receive(address.name, [("x", "float32", (1,))], torch.device("cpu")))
+
+
+def test_a_weight_group_whose_sampler_never_joins_fails_after_its_join_timeout():
+    """A sampler lost before it joins (its node gone): the learner's rank 0 stops waiting after
+    grpo.sync_join_timeout_s and opens a new group, instead of the transfer timeout's 10 minutes."""
+    import socket
+    import time
+
+    import torch.distributed as dist
+
+    from fpa_ray.sampler import weight_group
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = weight_group.GroupAddress("never-joined", "127.0.0.1", port, 2, "gloo", join_timeout_s=2)
+    started = time.monotonic()
+    with pytest.raises(dist.DistStoreError):
+        weight_group.join(address, 0, "127.0.0.1")
+    assert 1.5 < time.monotonic() - started < 30
+    with pytest.raises(RuntimeError, match="not open"):
+        weight_group.send(address.name, [], torch.device("cpu"))
