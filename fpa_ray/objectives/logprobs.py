@@ -94,6 +94,16 @@ def token_logprobs(logits: Tensor, labels: Tensor, mask: Tensor, chunk_size: int
     return (out * mask.reshape(-1)).view(labels.shape)
 
 
+def _future_inputs(policy_logits: Tensor, ref_logits: Tensor, labels: Tensor, lam: float, mask: Tensor):
+    """Checked inputs of the future log-probs: flattened policy and reference logits, labels, accumulation dtype."""
+    check_lam(lam)
+    if ref_logits.shape != policy_logits.shape:
+        raise ValueError(f"ref_logits has shape {tuple(ref_logits.shape)} but policy_logits has {tuple(policy_logits.shape)}")
+    _check_token_inputs(policy_logits, labels, mask)
+    policy, flat_labels = _flatten(policy_logits, labels, mask)
+    return policy, ref_logits.reshape(policy.shape), flat_labels, _accumulation_dtype(policy_logits, ref_logits)
+
+
 @torch.no_grad()
 def future_logprobs(
     policy_logits: Tensor,
@@ -110,15 +120,9 @@ def future_logprobs(
     unnormalised (1 + lam) log pi - lam log pi_ref, which drops -log Z_t and so overestimates.
     Cost per chunk: one fused pass lerp(h_ref, h, 1 + lam) = (1 + lam) h - lam h_ref, one log-sum-exp.
     """
-    check_lam(lam)
-    if ref_logits.shape != policy_logits.shape:
-        raise ValueError(f"ref_logits has shape {tuple(ref_logits.shape)} but policy_logits has {tuple(policy_logits.shape)}")
     if mode not in ("exact", "sequence"):
         raise ValueError(f"mode must be 'exact' or 'sequence', got {mode!r}")
-    _check_token_inputs(policy_logits, labels, mask)
-    policy, flat_labels = _flatten(policy_logits, labels, mask)
-    ref = ref_logits.reshape(policy.shape)
-    dtype = _accumulation_dtype(policy_logits, ref_logits)
+    policy, ref, flat_labels, dtype = _future_inputs(policy_logits, ref_logits, labels, lam, mask)
     out = torch.zeros(flat_labels.shape, dtype=dtype, device=policy_logits.device)
     for start, end in _row_ranges(mask, policy_logits.shape[-1], chunk_size):
         h, h_ref, y = policy[start:end].to(dtype), ref[start:end].to(dtype), flat_labels[start:end]
@@ -139,13 +143,7 @@ def reference_and_future_logprobs(
     """Per-token log pi_ref(labels) and exact log pi_hat(labels) (as `token_logprobs(ref_logits, ...)` and
     `future_logprobs(...)`) in one chunked pass: each chunk of the reference's logits is read for both
     log-sum-exps while it is in cache, and the extrapolated logits of every chunk go into one buffer."""
-    check_lam(lam)
-    if ref_logits.shape != policy_logits.shape:
-        raise ValueError(f"ref_logits has shape {tuple(ref_logits.shape)} but policy_logits has {tuple(policy_logits.shape)}")
-    _check_token_inputs(policy_logits, labels, mask)
-    policy, flat_labels = _flatten(policy_logits, labels, mask)
-    ref = ref_logits.reshape(policy.shape)
-    dtype = _accumulation_dtype(policy_logits, ref_logits)
+    policy, ref, flat_labels, dtype = _future_inputs(policy_logits, ref_logits, labels, lam, mask)
     ref_out = torch.zeros(flat_labels.shape, dtype=dtype, device=policy_logits.device)
     future_out = torch.zeros_like(ref_out)
     buffer = None
