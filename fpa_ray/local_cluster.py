@@ -141,6 +141,7 @@ def raylet(node_id: str) -> psutil.Process:
 @dataclass(frozen=True)
 class WorkerNode:
     """A worker node found ahead of its loss: what `kill_node` needs without asking the cluster again."""
+
     node_id: str
     spec: NodeSpec
     raylet: psutil.Process
@@ -167,7 +168,7 @@ def kill_node(cluster: LocalCluster, node: WorkerNode, timeout_s: float = 60) ->
     deadline = time.time() + timeout_s
     while not any(n["node_id"] == node.node_id and n["state"] == "DEAD" for n in state(cluster, "nodes")):
         if time.time() > deadline:
-            raise TimeoutError(f"node {node.node_id} not declared dead {timeout_s:.0f} s after its raylet was killed")
+            raise TimeoutError(f"node {node.node_id} not declared dead {timeout_s:.0f} s after its processes were killed")
         time.sleep(0.5)
 
 
