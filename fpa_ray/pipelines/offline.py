@@ -132,7 +132,7 @@ class OfflinePipeline:
     def generate_many(self, round_label, parts: list[tuple[Path, Path]], sampler: SamplerConfig | None = None, prompts=None,
                       stage="generate", seed=None) -> list[Path]:
         """Sample every (policy, stage directory) of `parts` in one stage: one actor pool, new weights in place."""
-        from fpa_ray.sampler.stage import GenerateStage, Target
+        from fpa_ray.sampler.stage import GenerateStage, Target, timing_summary
 
         config = self.config
         sampler = sampler or config.sampler
@@ -154,7 +154,7 @@ class OfflinePipeline:
                     name=f"{config.name}-{stage}-{round_label}",
                 )
             metrics.samples_generated(config.name, stage, sum(m["rows"] for m in done) - before)
-            self.log(f"[{stage}] {' + '.join(str(m['rows']) for m in done)} samples")
+            self.log(f"[{stage}] {' + '.join(str(m['rows']) for m in done)} samples; {timing_summary(done)}")
         return [d for _, d in parts]
 
     def verify(self, round_index: int, samples_dir: Path, stage_dir: Path | None = None, stage="verify") -> Path:

@@ -28,7 +28,8 @@ class RolloutWorker(SamplerActor):
     @on_engine_thread
     def rollout(self, prompts: list[PromptRow], seed: int, policy_id: str) -> pa.Table:
         self.seed = seed
-        return self._generate(prompts, policy_id)
+        table, _ = self._generate(prompts, policy_id)
+        return table
 
     @on_engine_thread
     def refresh(self, checkpoint: str, probe: bool, tolerance: float) -> float | None:

