@@ -378,9 +378,6 @@ class RunConfig(StrictModel):
     def _grpo_batches_divide(self) -> RunConfig:
         if self.objective.name != "grpo":
             return self
-        if self.learner.padding_free:
-            raise ValueError("learner.padding_free: the GRPO learner pads its rows (its per-token ratios are not packed yet); "
-                             "padding_free applies to the offline objectives")
         if self.sampler.n < 2:
             raise ValueError(f"sampler.n: GRPO normalises rewards within a group of samples and needs at least 2, got {self.sampler.n}")
         if self.grpo.overlong_buffer is not None and self.grpo.overlong_buffer >= self.sampler.max_new_tokens:

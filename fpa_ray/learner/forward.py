@@ -62,11 +62,45 @@ class TokenizedBatch:
             return {"input_ids": self.input_ids, "position_ids": self.position_ids, "use_cache": False}
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
+    def token_sequences(self, mask: Tensor) -> Tensor:
+        """The sequence (0 .. N-1) of each of `mask`'s positions, in row-major order."""
+        if self.packed:
+            return self.sequence_ids[mask]
+        return torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)[mask]
+
+    def sequence_tokens(self, values: Tensor, mask: Tensor) -> list[Tensor]:
+        """`values` at `mask`'s positions, one 1-D tensor per sequence, in sequence order."""
+        owner = self.token_sequences(mask)
+        order = torch.argsort(owner, stable=True)
+        counts = torch.bincount(owner, minlength=self.num_sequences).tolist()
+        return list(values[mask][order].split(counts))
+
+    def place(self, per_sequence: list[Tensor], mask: Tensor) -> Tensor:
+        """The inverse of `sequence_tokens`: per-sequence 1-D values into a [rows, tokens] tensor, 0 elsewhere."""
+        order = torch.argsort(self.token_sequences(mask), stable=True)
+        flat = torch.empty(order.numel(), dtype=per_sequence[0].dtype, device=mask.device)
+        flat[order] = torch.cat(per_sequence).to(mask.device)
+        out = torch.zeros(mask.shape, dtype=flat.dtype, device=mask.device)
+        out[mask] = flat
+        return out
+
+    def per_token(self, per_sequence: Tensor) -> Tensor:
+        """[N] values, one per sequence: [N] again when padded (one sequence per row), else each
+        token's sequence's value, [rows, tokens] (0 on padding)."""
+        if not self.packed:
+            return per_sequence
+        padded = torch.cat([per_sequence, per_sequence.new_zeros(1)])  # the padding's bin: -1 reads the last entry
+        return padded[self.sequence_ids]
+
+    @property
+    def num_sequences(self) -> int:
+        return int(self.sequence_ids.max()) + 1 if self.packed else self.input_ids.shape[0]
+
     def sequence_sums(self, values: Tensor, mask: Tensor) -> Tensor:
         """[N]: the sum of `values` over each sequence's masked tokens, in sequence order."""
         if not self.packed:
             return masked_sum(values, mask)
-        count = int(self.sequence_ids.max()) + 1
+        count = self.num_sequences
         index = torch.where(self.sequence_ids >= 0, self.sequence_ids, count).reshape(-1)  # padding: one bin more, dropped
         sums = torch.zeros(count + 1, dtype=values.dtype, device=values.device)
         return sums.index_add(0, index, (values * mask).reshape(-1))[:count]

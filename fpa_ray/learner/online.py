@@ -9,7 +9,9 @@ A rollout of P prompts x G samples is split into P*G / global_batch_size optimiz
 (mini-batches, seeded order); with more than one, the log-probs of the policy that sampled are recomputed by the learner before the first update, so the clipped ratio is
 measured in one engine (vLLM and the learner differ by ~1e-5 nats, measured in issue 5).
 Token-level normalisation: each mini-batch's loss is divided by its response-token count over
-all workers (fpa_ray.objectives' contract).
+all workers (fpa_ray.objectives' contract). Forward passes are cut and laid out as the offline
+learner's (`learner.micro_batch_size`, `micro_batch_tokens`, `padding_free`): packed rows take each
+token's advantage from its own sequence.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ import torch
 from fpa_ray import metrics as app_metrics
 from fpa_ray.config import GRPOConfig, LearnerConfig, ObjectiveConfig
 from fpa_ray.learner.backends import build_backend, load_reference
-from fpa_ray.learner.data import Example, collate
-from fpa_ray.learner.forward import shifted_targets
+from fpa_ray.learner.data import Example, MicroBatching, collate
+from fpa_ray.learner.forward import TokenizedBatch, shifted_targets
 from fpa_ray.learner.loop import MetricsWriter, global_order, report, restored_checkpoint, save_hf
-from fpa_ray.learner.step import StepMetrics
+from fpa_ray.learner.step import StepMetrics, plan_micro_batches
 from fpa_ray.learner.weight_sync import make_sender
-from fpa_ray.objectives import TokenBatch, get_objective, token_logprobs
+from fpa_ray.objectives import ObjectiveOutput, TokenBatch, get_objective, token_logprobs
 from fpa_ray.sampler.refresh import probe_ids
 
 SNAPSHOTS_DIR = "snapshots"  # step_<k>: policies kept for evaluation
@@ -75,24 +77,32 @@ def _broadcast(value, rank: int):
 
 
 @torch.no_grad()
-def _token_logps(net, examples: list[Example], micro: int, pad_id: int, device, precision) -> list[torch.Tensor]:
-    """Per-row response-token log-probs (1-D each), for the sampling policy or the reference, in the training precision."""
-    rows = []
-    for start in range(0, len(examples), micro):
-        batch, _ = collate(examples[start : start + micro], "labelled", pad_id, device)
+def _token_logps(net, examples: list[Example], batching: MicroBatching, pad_id: int, device, precision) -> list[torch.Tensor]:
+    """Per-row response-token log-probs (1-D each, in `examples` order), for the sampling policy or the
+    reference, in the training precision."""
+    rows: list[torch.Tensor] = [torch.empty(0)] * len(examples)
+    everything = list(range(len(examples)))
+    for ids in plan_micro_batches(batching, everything, {i: examples[i].num_tokens for i in everything}):
+        batch, _ = collate([examples[i] for i in ids], "labelled", pad_id, device, packed=batching.packed)
         labels, mask = shifted_targets(batch)
         with precision.autocast(device):
-            logits = net(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        logp = token_logprobs(logits, labels, mask)
-        rows.extend(logp[i][mask[i]] for i in range(logp.shape[0]))
+            logits = net(**batch.model_inputs()).logits
+        for i, values in zip(ids, batch.sequence_tokens(token_logprobs(logits, labels, mask), mask)):
+            rows[i] = values
     return rows
 
 
-def _place(rows: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-    """Per-row 1-D values back into a [rows, tokens] tensor at the mask's positions (row-major)."""
-    out = torch.zeros(mask.shape, dtype=rows[0].dtype, device=mask.device)
-    out[mask] = torch.cat(rows).to(mask.device)
-    return out
+def grpo_loss(objective, params: dict, model, batch: TokenizedBatch, advantages: torch.Tensor, normalizer: float,
+              old: list[torch.Tensor] | None = None, ref: list[torch.Tensor] | None = None) -> tuple[ObjectiveOutput, torch.Tensor]:
+    """The objective on one micro-batch, padded or packed, and its response mask. `advantages`: one per
+    sequence; `old`, `ref`: each sequence's response-token log-probs under the sampling policy (None: the
+    policy's own, detached) and the reference (None: no KL term)."""
+    labels, mask = shifted_targets(batch)
+    logp = token_logprobs(model(**batch.model_inputs()).logits, labels, mask)
+    old_logp = batch.place(old, mask) if old else logp.detach()
+    ref_logp = batch.place(ref, mask) if ref else None
+    inputs = TokenBatch(logp, old_logp, mask, batch.per_token(advantages.to(logp.device)), ref_logp)
+    return objective(inputs, normalizer=normalizer, **params), mask
 
 
 def grpo_loop(config: dict) -> None:
@@ -112,7 +122,7 @@ def grpo_loop(config: dict) -> None:
     tokenizer = AutoTokenizer.from_pretrained(setup.policy_path)
     pad_id = tokenizer.pad_token_id
 
-    minibatches, G = setup.minibatches, learner.global_batch_size
+    minibatches, G, batching = setup.minibatches, learner.global_batch_size, MicroBatching.of(learner)
     with restored_checkpoint() as restore_dir:
         backend = build_backend(learner, setup.policy_path, restore_dir, grpo.steps * minibatches, device)
     resumed = restore_dir is not None
@@ -145,28 +155,24 @@ def grpo_loop(config: dict) -> None:
         mine = sorted({i for m in range(minibatches) for i in order[m * G + rank * local : m * G + (rank + 1) * local]})
         old = {}
         if minibatches > 1:
-            values = _token_logps(backend.model, [examples[i] for i in mine], learner.micro_batch_size, pad_id, device, precision)
+            values = _token_logps(backend.model, [examples[i] for i in mine], batching, pad_id, device, precision)
             old = dict(zip(mine, values))
         ref = {}
         if reference is not None:
-            ref = dict(zip(mine, _token_logps(reference, [examples[i] for i in mine], learner.micro_batch_size, pad_id, device, precision)))
+            ref = dict(zip(mine, _token_logps(reference, [examples[i] for i in mine], batching, pad_id, device, precision)))
         for m in range(minibatches):
             ids = order[m * G : (m + 1) * G]
             normalizer = float(sum(response_tokens[i] for i in ids))  # every worker's tokens of this mini-batch
             local_ids = ids[rank * local : (rank + 1) * local]
-            micro_batches = [local_ids[i : i + learner.micro_batch_size] for i in range(0, local, learner.micro_batch_size)]
+            micro_batches = plan_micro_batches(batching, local_ids, {i: examples[i].num_tokens for i in local_ids})
             step_metrics = StepMetrics()
             lr = backend.scheduler.get_last_lr()[0]
             for j, rows in enumerate(micro_batches):
-                batch, _ = collate([examples[i] for i in rows], "labelled", pad_id, device)
-                labels, mask = shifted_targets(batch)
+                batch, _ = collate([examples[i] for i in rows], "labelled", pad_id, device, packed=batching.packed)
                 with backend.micro_batch(last=j == len(micro_batches) - 1):
-                    logits = backend.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-                    logp = token_logprobs(logits, labels, mask)
-                    old_logp = _place([old[i] for i in rows], mask) if old else logp.detach()
-                    ref_logp = _place([ref[i] for i in rows], mask) if ref else None
-                    adv = torch.tensor([advantages[i] for i in rows], device=device, dtype=torch.float32)
-                    out = objective(TokenBatch(logp, old_logp, mask, adv, ref_logp), normalizer=normalizer, **params)
+                    adv = torch.tensor([advantages[i] for i in rows], dtype=torch.float32)
+                    out, mask = grpo_loss(objective, params, backend.model, batch, adv, normalizer,
+                                          [old[i] for i in rows] if old else None, [ref[i] for i in rows] if ref else None)
                     backend.backward(out.loss)
                 step_metrics.add(out.metrics, float(mask.sum()), float(batch.attention_mask.sum()))
             grad_norm = backend.step()
@@ -203,4 +209,4 @@ def _probe_logprobs(backend, tokenizer, device) -> list[float]:
     the forward: ZeRO-3 gathers each layer's parameters inside it)."""
     prompt, continuation = probe_ids(tokenizer)
     example = Example(tuple(prompt), (tuple(continuation),), label=False)
-    return _token_logps(backend.model, [example], 1, tokenizer.pad_token_id, device, backend.precision)[0].float().tolist()
+    return _token_logps(backend.model, [example], MicroBatching(1), tokenizer.pad_token_id, device, backend.precision)[0].float().tolist()

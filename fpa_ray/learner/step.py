@@ -39,6 +39,16 @@ def _all_gather(values: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def plan_micro_batches(batching: MicroBatching, ids: list[int], tokens: dict[int, int]) -> list[list[int]]:
+    """This worker's `ids` cut into forward passes (`tokens[i]`: row i's token count). With a token
+    budget the count depends on the rows, and every worker runs the largest: ZeRO-2/3 hold collectives
+    in each backward (and ZeRO-3 in each forward) pass."""
+    micro_batches = batching.plan(ids, [tokens[i] for i in ids])
+    if batching.tokens is not None:
+        micro_batches = split_to(micro_batches, tokens, _max_over_workers(len(micro_batches)))
+    return micro_batches
+
+
 @torch.no_grad()
 def global_kl_reference(backend, ref_model: nn.Module, rows: list[Example], micro_batch_size: int, pad_id: int, max_length: int,
                  chunk_size: int | None) -> torch.Tensor:
@@ -104,10 +114,7 @@ def train_step(
     z0 = None
     if objective.needs_kl_reference:
         z0 = global_kl_reference(backend, reference, [examples[i] for i in global_ids], batching.size, pad_id, max_length, fpa.chunk_size)
-    tokens = {i: examples[i].num_tokens for i in mine}
-    micro_batches = batching.plan(mine, [tokens[i] for i in mine])
-    if batching.tokens is not None:  # the count depends on the rows: every worker runs the largest
-        micro_batches = split_to(micro_batches, tokens, _max_over_workers(len(micro_batches)))
+    micro_batches = plan_micro_batches(batching, mine, {i: examples[i].num_tokens for i in mine})
     step_metrics = StepMetrics()
     for j, ids in enumerate(micro_batches):
         batch, ref_logp = collate([examples[i] for i in ids], kind, pad_id, backend.device, packed=batching.packed)

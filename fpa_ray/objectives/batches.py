@@ -112,12 +112,13 @@ class LabelledBatch:
 
 @dataclass(frozen=True)
 class TokenBatch:
-    """Per-token inputs of the online policy-gradient baseline (GRPO), shape [B, T]."""
+    """Per-token inputs of the online policy-gradient baseline (GRPO), shape [B, T]. `advantages` is one
+    per row ([B], a sequence per row) or one per token ([B, T]: rows that pack several sequences)."""
 
     logp: Tensor  # log pi_theta(y_t), carries the gradient
     old_logp: Tensor  # log-probs under the policy that sampled the tokens
     mask: Tensor  # bool, True on response tokens
-    advantages: Tensor  # [B], one per sequence
+    advantages: Tensor  # [B], one per sequence, or [B, T], one per token
     ref_logp: Tensor | None = None  # log pi_ref(y_t), needed when a KL penalty is used
 
     def validate(self) -> int:
@@ -131,8 +132,13 @@ class TokenBatch:
             raise ValueError(f"mask must be a bool tensor, got {self.mask.dtype}")
         if not self.mask.any():
             raise ValueError("mask selects no tokens: every response in the batch is empty")
-        _check_vector("advantages", self.advantages, self.logp.shape[0])
-        _check_finite("advantages", self.advantages)
+        if isinstance(self.advantages, Tensor) and self.advantages.dim() == 2:
+            if self.advantages.shape != self.logp.shape:
+                raise ValueError(f"per-token advantages have shape {tuple(self.advantages.shape)} but logp has {tuple(self.logp.shape)}")
+            _check_finite("advantages", self.advantages, where=self.mask)
+        else:
+            _check_vector("advantages", self.advantages, self.logp.shape[0])
+            _check_finite("advantages", self.advantages)
         for field in ("logp", "old_logp", "ref_logp"):
             value = getattr(self, field)
             if value is not None:

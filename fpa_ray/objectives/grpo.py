@@ -61,7 +61,7 @@ def grpo(
     # Padding may hold any value; zero it before exp so it cannot overflow into the masked sum.
     log_ratio = torch.where(mask, batch.logp - batch.old_logp, 0.0).clamp(-20.0, 20.0)
     ratio = torch.exp(log_ratio)
-    advantages = batch.advantages.unsqueeze(1)
+    advantages = batch.advantages.unsqueeze(1) if batch.advantages.dim() == 1 else batch.advantages
     high = clip_eps if clip_eps_high is None else clip_eps_high
     unclipped = ratio * advantages
     clipped = ratio.clamp(1 - clip_eps, 1 + high) * advantages

@@ -113,10 +113,11 @@ def test_verifier_section():
         load_config("tiny-cpu", ["verifier.max_failure_share=1.5"])
 
 
-def test_padding_free_is_for_the_offline_objectives():
-    with pytest.raises(ConfigError, match="GRPO learner pads its rows"):
-        load_config("tiny-cpu-grpo", ["learner.padding_free=true"])
-    assert load_config("tiny-cpu", ["learner.padding_free=true", "learner.micro_batch_tokens=2048"]).learner.micro_batch_tokens == 2048
+def test_a_token_budget_needs_padding_free_rows():
+    with pytest.raises(ConfigError, match="micro_batch_tokens bounds a padding-free row"):
+        load_config("tiny-cpu-grpo", ["learner.micro_batch_tokens=2048"])
+    for recipe in ("tiny-cpu", "tiny-cpu-grpo"):  # the offline objectives and GRPO alike
+        assert load_config(recipe, ["learner.padding_free=true", "learner.micro_batch_tokens=2048"]).learner.micro_batch_tokens == 2048
 
 
 def test_kto_needs_two_rows_per_step_for_its_mismatched_pairs():

@@ -3,7 +3,9 @@
 1. Packed and padded give the same loss and the same gradient for every offline objective, with and
    without FPA (exact and sequence mode), on sequences whose lengths differ (so the padded batch is
    mostly padding in some rows and a shift, mask or boundary bug would show).
-2. The token budget: micro-batches stay within both limits, in order, and a worker cut into fewer
+2. GRPO's per-token loss likewise: packed rows take each token's advantage, old and reference
+   log-probs from its own sequence, and give the padded loss, metrics and gradient.
+3. The token budget: micro-batches stay within both limits, in order, and a worker cut into fewer
    micro-batches than another is cut further to the same count (ZeRO-2/3 hold collectives per backward).
 """
 
@@ -13,7 +15,9 @@ import torch
 from fpa_ray.config import FPAConfig, LearnerConfig
 from fpa_ray.learner.data import Example, MicroBatching, collate, pack_rows, split_to
 from fpa_ray.learner.forward import shifted_targets
+from fpa_ray.learner.backends import Precision
 from fpa_ray.learner.loop import example_kind
+from fpa_ray.learner.online import _token_logps, grpo_loss
 from fpa_ray.learner.step import objective_loss
 from fpa_ray.objectives import get_objective
 from fpa_ray.tiny import qwen2_config, random_qwen2
@@ -71,6 +75,53 @@ def test_packed_and_padded_give_the_same_loss_and_gradient(models, objective, fp
     assert scale > 0
     for name, grad in padded_grad.items():
         assert torch.allclose(packed_grad[name], grad, rtol=1e-4, atol=1e-6 * scale), name
+
+
+FP32 = Precision(torch.float32, torch.float32)
+
+
+def _grpo_loss_and_grad(models, packed: bool):
+    policy, reference = models
+    rows = _rows("labelled")
+    batching = MicroBatching(4, tokens=40, packed=packed)  # 2+ forward passes for the log-probs, packed or not
+    old = _token_logps(reference, rows, batching, 0, torch.device("cpu"), FP32)  # another policy: ratios != 1, clipping on
+    ref = _token_logps(policy, rows, batching, 0, torch.device("cpu"), FP32)
+    ref = [r + 0.05 * torch.arange(len(r)) for r in ref]  # and a reference apart from both
+    advantages = torch.tensor([1.5, -0.7, 0.3, -2.0, 0.9, -0.1])
+    batch, _ = collate(rows, "labelled", pad_id=0, packed=packed)
+    policy.zero_grad(set_to_none=True)
+    out, mask = grpo_loss(get_objective("grpo"), {"clip_eps": 0.1, "kl_coef": 0.1}, policy, batch, advantages, 50.0, old, ref)
+    out.loss.backward()
+    return out, old, {name: p.grad.clone() for name, p in policy.named_parameters()}
+
+
+def test_grpo_packed_and_padded_give_the_same_loss_metrics_and_gradient(models):
+    padded, padded_old, padded_grad = _grpo_loss_and_grad(models, packed=False)
+    packed, packed_old, packed_grad = _grpo_loss_and_grad(models, packed=True)
+    assert [len(v) for v in packed_old] == [len(e.responses[0]) for e in _rows("labelled")]  # each row's own tokens, in order
+    for a, b in zip(packed_old, padded_old):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert packed.loss.item() == pytest.approx(padded.loss.item(), rel=1e-5, abs=1e-7)
+    assert 0 < float(padded.metrics["clip_fraction"]) < 1 and float(padded.metrics["kl"]) > 0  # every term is live
+    for key in ("clip_fraction", "ratio", "kl", "dual_clip_fraction"):
+        assert float(packed.metrics[key]) == pytest.approx(float(padded.metrics[key]), rel=1e-5, abs=1e-7), key
+    scale = max(g.abs().max() for g in padded_grad.values())
+    assert scale > 0
+    for name, grad in padded_grad.items():
+        assert torch.allclose(packed_grad[name], grad, rtol=1e-4, atol=1e-6 * scale), name
+
+
+def test_per_sequence_values_go_back_where_they_came_from():
+    rows = _rows("labelled")
+    batch, _ = collate(rows, "labelled", pad_id=0, packed=True)
+    _, mask = shifted_targets(batch)
+    values = torch.randn(mask.shape)
+    split = batch.sequence_tokens(values, mask)
+    assert [len(v) for v in split] == [len(e.responses[0]) for e in rows]
+    placed = batch.place(split, mask)
+    assert torch.equal(placed[mask], values[mask]) and not placed[~mask].any()
+    per_token = batch.per_token(torch.arange(len(rows), dtype=torch.float32))
+    assert torch.equal(per_token[batch.sequence_ids >= 0], batch.sequence_ids[batch.sequence_ids >= 0].float())
 
 
 def test_packed_rows_hold_every_sequence_once_no_wider_than_the_longest_and_mask_each_boundary():
