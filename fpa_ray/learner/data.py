@@ -140,11 +140,11 @@ def collate(
             attention[row, start:end] = 1
             response_mask[row, start + len(prompt) : end] = True
             if packed:
-                positions[row, start:end] = torch.arange(lengths[i])
+                positions[row, start:end] = torch.arange(lengths[i], device="cpu")
                 sequence_ids[row, start:end] = i
             start = end
         if packed:  # the tail's padding as a sequence of its own: no real token attends to it
-            positions[row, start:] = torch.arange(width - start)
+            positions[row, start:] = torch.arange(width - start, device="cpu")
     correct = torch.tensor([bool(e.label) for e in examples], device="cpu") if kind == "labelled" else None
     ref = None
     if all(e.ref_logp is not None for e in examples):

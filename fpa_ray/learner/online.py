@@ -80,7 +80,7 @@ def _broadcast(value, rank: int):
 def _token_logps(net, examples: list[Example], batching: MicroBatching, pad_id: int, device, precision) -> list[torch.Tensor]:
     """Per-row response-token log-probs (1-D each, in `examples` order), for the sampling policy or the
     reference, in the training precision."""
-    rows: list[torch.Tensor] = [torch.empty(0)] * len(examples)
+    rows: list[torch.Tensor | None] = [None] * len(examples)
     everything = list(range(len(examples)))
     for ids in plan_micro_batches(batching, everything, {i: examples[i].num_tokens for i in everything}):
         batch, _ = collate([examples[i] for i in ids], "labelled", pad_id, device, packed=batching.packed)
@@ -92,7 +92,7 @@ def _token_logps(net, examples: list[Example], batching: MicroBatching, pad_id: 
     return rows
 
 
-def grpo_loss(objective, params: dict, model, batch: TokenizedBatch, advantages: torch.Tensor, normalizer: float,
+def grpo_loss(objective, params: dict, model, batch: TokenizedBatch, advantages: torch.Tensor, normalizer: float | None,
               old: list[torch.Tensor] | None = None, ref: list[torch.Tensor] | None = None) -> tuple[ObjectiveOutput, torch.Tensor]:
     """The objective on one micro-batch, padded or packed, and its response mask. `advantages`: one per
     sequence; `old`, `ref`: each sequence's response-token log-probs under the sampling policy (None: the

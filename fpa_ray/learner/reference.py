@@ -19,7 +19,7 @@ from fpa_ray.config import LearnerConfig
 from fpa_ray.learner.backends import load_reference, precision_for
 from fpa_ray.learner.data import REF_COLUMNS, Example, Kind, collate, prepare_row
 from fpa_ray.learner.forward import shifted_targets
-from fpa_ray.objectives import masked_sum, token_logprobs
+from fpa_ray.objectives import token_logprobs
 
 
 class ReferenceActor:
@@ -32,7 +32,7 @@ class ReferenceActor:
         self.precision = precision_for(learner, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         self.model = load_reference(checkpoint, self.precision, self.device)
-        self.kind, self.max_length = kind, learner.max_length
+        self.kind, self.max_length, self.packed = kind, learner.max_length, learner.padding_free  # the learner's layout
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -43,11 +43,11 @@ class ReferenceActor:
         sides = len(REF_COLUMNS[self.kind])
         values = np.full((sides, count), np.nan)
         if usable:
-            tokenized, _ = collate([examples[i] for i in usable], self.kind, self.tokenizer.pad_token_id, self.device)
+            tokenized, _ = collate([examples[i] for i in usable], self.kind, self.tokenizer.pad_token_id, self.device, packed=self.packed)
             labels, mask = shifted_targets(tokenized)
             with self.precision.autocast(self.device):
-                logits = self.model(input_ids=tokenized.input_ids, attention_mask=tokenized.attention_mask).logits
-            sums = masked_sum(token_logprobs(logits, labels, mask), mask).view(sides, len(usable))
+                logits = self.model(**tokenized.model_inputs()).logits
+            sums = tokenized.sequence_sums(token_logprobs(logits, labels, mask), mask).view(sides, len(usable))
             values[:, usable] = sums.double().cpu().numpy()
         out = dict(batch)
         for side, column in enumerate(REF_COLUMNS[self.kind]):

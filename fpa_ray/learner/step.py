@@ -15,7 +15,7 @@ from torch import nn
 from fpa_ray.config import FPAConfig
 from fpa_ray.learner.data import Example, Kind, MicroBatching, collate, mismatched_examples, split_to
 from fpa_ray.learner.forward import TokenizedBatch, forward_stats, objective_batch, shifted_targets
-from fpa_ray.objectives import LabelledBatch, Objective, ObjectiveOutput, kto_reference_point, masked_sum, token_logprobs
+from fpa_ray.objectives import LabelledBatch, Objective, ObjectiveOutput, kto_reference_point, token_logprobs
 
 
 def _max_over_workers(value: int) -> int:
@@ -51,20 +51,21 @@ def plan_micro_batches(batching: MicroBatching, ids: list[int], tokens: dict[int
 
 @torch.no_grad()
 def global_kl_reference(backend, ref_model: nn.Module, rows: list[Example], micro_batch_size: int, pad_id: int, max_length: int,
-                 chunk_size: int | None) -> torch.Tensor:
-    """KTO's z0 over a whole global batch of `rows` (each worker forwards its slice of the KL rows, all gather)."""
+                 chunk_size: int | None, packed: bool = False) -> torch.Tensor:
+    """KTO's z0 over a whole global batch of `rows` (each worker forwards its slice of the KL rows, all gather),
+    in `micro_batch_size` rows per pass on every worker alike (ZeRO-3 gathers parameters in each forward)."""
     kl_rows = mismatched_examples(rows, max_length)
     local = len(kl_rows) // backend.world
     mine = kl_rows[backend.rank * local : (backend.rank + 1) * local]
     device = backend.device
     logp, ref_logp = [], []
     for start in range(0, len(mine), micro_batch_size):
-        batch, _ = collate(mine[start : start + micro_batch_size], "labelled", pad_id, device)
+        batch, _ = collate(mine[start : start + micro_batch_size], "labelled", pad_id, device, packed=packed)
         labels, mask = shifted_targets(batch)
         with backend.precision.autocast(device):
             for net, out in ((backend.model, logp), (ref_model, ref_logp)):
-                logits = net(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-                out.append(masked_sum(token_logprobs(logits, labels, mask, chunk_size), mask))
+                logits = net(**batch.model_inputs()).logits
+                out.append(batch.sequence_sums(token_logprobs(logits, labels, mask, chunk_size), mask))
     return kto_reference_point(_all_gather(torch.cat(logp)), _all_gather(torch.cat(ref_logp)))
 
 
@@ -113,7 +114,8 @@ def train_step(
     mine = global_ids[rank * local : (rank + 1) * local]
     z0 = None
     if objective.needs_kl_reference:
-        z0 = global_kl_reference(backend, reference, [examples[i] for i in global_ids], batching.size, pad_id, max_length, fpa.chunk_size)
+        z0 = global_kl_reference(backend, reference, [examples[i] for i in global_ids], batching.size, pad_id, max_length, fpa.chunk_size,
+                                 batching.packed)
     micro_batches = plan_micro_batches(batching, mine, {i: examples[i].num_tokens for i in mine})
     step_metrics = StepMetrics()
     for j, ids in enumerate(micro_batches):

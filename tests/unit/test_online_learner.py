@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from fpa_ray.config import load_config
-from fpa_ray.learner.online import _place, rollout_examples
+from fpa_ray.learner.forward import TokenizedBatch
+from fpa_ray.learner.online import rollout_examples
 from fpa_ray.config import ConfigError
 from fpa_ray.learner.loop import global_order
 from fpa_ray.pipelines.online_grpo import _spans, held_resources, step_prompts
@@ -18,8 +19,10 @@ def test_rollout_rows_are_cut_to_max_length_and_counted():
 
 def test_per_row_values_go_back_to_their_mask_positions():
     mask = torch.tensor([[False, True, True, False], [False, False, True, False]])
-    placed = _place([torch.tensor([-1.0, -2.0]), torch.tensor([-3.0])], mask)
+    batch = TokenizedBatch(torch.zeros(2, 4, dtype=torch.long), torch.ones(2, 4, dtype=torch.long), mask)  # padded: a row per sequence
+    placed = batch.place([torch.tensor([-1.0, -2.0]), torch.tensor([-3.0])], mask)
     assert placed.tolist() == [[0.0, -1.0, -2.0, 0.0], [0.0, 0.0, -3.0, 0.0]]
+    assert [v.tolist() for v in batch.sequence_tokens(placed, mask)] == [[-1.0, -2.0], [-3.0]]
 
 
 def test_work_is_split_evenly_and_held_resources_add_up():

@@ -14,11 +14,10 @@ import torch
 from fpa_ray.config import FPAConfig, LearnerConfig
 from fpa_ray.learner.backends import build_backend, load_reference
 from fpa_ray.learner.data import MicroBatching, collate, prepare_examples
-from fpa_ray.learner.forward import shifted_targets
-from fpa_ray.learner.online import _place, _token_logps
+from fpa_ray.learner.online import _token_logps, grpo_loss
 from fpa_ray.learner.reference import ReferenceActor
 from fpa_ray.learner.step import train_step
-from fpa_ray.objectives import TokenBatch, get_objective, token_logprobs
+from fpa_ray.objectives import get_objective
 
 from .distributed import examples, save_random_policy
 
@@ -30,8 +29,8 @@ def policy(tmp_path_factory):
     return str(save_random_policy(tmp_path_factory.mktemp("policy")))
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_every_tensor_of_a_step_follows_the_model_device_not_the_default(policy, precision):
+@pytest.mark.parametrize("precision,packed", [("fp32", False), ("bf16", False), ("bf16", True)])
+def test_every_tensor_of_a_step_follows_the_model_device_not_the_default(policy, precision, packed):
     learner = LearnerConfig(num_workers=1, global_batch_size=8, micro_batch_size=4, precision=precision)
     backend = build_backend(learner, policy, None, 4, CPU)
     reference = load_reference(policy, backend.precision, CPU)
@@ -40,15 +39,13 @@ def test_every_tensor_of_a_step_follows_the_model_device_not_the_default(policy,
     try:
         for objective, kind in (("kto", "labelled"), ("rpo", "paired")):  # KTO: z0's mismatched rows and their forward
             metrics = train_step(backend, get_objective(objective), {}, reference, rows[kind], list(range(8)), kind, 0,
-                                 FPAConfig(enabled=True, lam=1.0, chunk_size=5), MicroBatching(4), 512, precomputed=False)
+                                 FPAConfig(enabled=True, lam=1.0, chunk_size=5), MicroBatching(4, packed=packed), 512, precomputed=False)
             assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
         # GRPO's path: old and reference log-probs per row, placed back into [rows, tokens]
-        batch, _ = collate(rows["labelled"][:4], "labelled", 0, CPU)
-        labels, mask = shifted_targets(batch)
-        old = _place(_token_logps(reference, rows["labelled"][:4], 2, 0, CPU, backend.precision), mask)
+        batch, _ = collate(rows["labelled"][:4], "labelled", 0, CPU, packed=packed)
+        old = _token_logps(reference, rows["labelled"][:4], MicroBatching(2, packed=packed), 0, CPU, backend.precision)
         with backend.micro_batch(last=True):
-            logp = token_logprobs(backend.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, labels, mask)
-            out = get_objective("grpo")(TokenBatch(logp, old, mask, torch.ones(4, device=CPU)))
+            out, _ = grpo_loss(get_objective("grpo"), {"kl_coef": 0.1}, backend.model, batch, torch.ones(4, device=CPU), None, old, old)
         out.loss.backward()
         assert torch.isfinite(out.loss) and out.loss.device == CPU
     finally:
@@ -62,9 +59,11 @@ def _rows(kind: str) -> list[dict]:
     return [{"prompt_token_ids": list(e.prompt), "completion_token_ids": list(e.responses[0]), "label": e.label} for e in examples("labelled")]
 
 
-def test_precomputed_reference_equals_the_bf16_policy_at_step_zero(policy):
-    """Sequence-mode FPA trains from precomputed sums alone; at step 0 the reference is the policy, so l - l_ref = 0."""
-    learner = LearnerConfig(num_workers=1, global_batch_size=8, micro_batch_size=4, precision="bf16")
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_precomputed_reference_equals_the_bf16_policy_at_step_zero(policy, padding_free):
+    """Sequence-mode FPA trains from precomputed sums alone; at step 0 the reference is the policy, so l - l_ref = 0
+    (exactly, in bf16: the reference actor lays rows out as the learner does, packed or padded)."""
+    learner = LearnerConfig(num_workers=1, global_batch_size=8, micro_batch_size=4, precision="bf16", padding_free=padding_free)
     rows = _rows("paired")
     actor = ReferenceActor(policy, "paired", learner)
     columns = actor({key: np.array([row[key] for row in rows], dtype=object) for key in rows[0]})
@@ -72,7 +71,7 @@ def test_precomputed_reference_equals_the_bf16_policy_at_step_zero(policy):
     assert all(e.ref_logp is not None for e in prepared.examples)
     backend = build_backend(learner, policy, None, 1, CPU)
     metrics = train_step(backend, get_objective("dpo"), {}, None, prepared.examples, list(range(8)), "paired", 0,
-                         FPAConfig(enabled=True, lam=2.0, mode="sequence"), MicroBatching(4), 512, precomputed=True)
+                         FPAConfig(enabled=True, lam=2.0, mode="sequence"), MicroBatching.of(learner), 512, precomputed=True)
     assert metrics["reward_chosen"] == 0.0 and metrics["reward_rejected"] == 0.0
 
 
