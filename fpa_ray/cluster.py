@@ -21,11 +21,16 @@ LOCAL_RAY_ENV = {
 }
 
 
-def init_ray(num_cpus: int | None = 4, address: str | None = None) -> None:
-    """Join `address` / $RAY_ADDRESS, or start a loopback-only local cluster with `num_cpus` logical CPUs.
+MIN_LOCAL_CPUS = 4
 
-    Four logical CPUs on a 2-core machine: with two, a 2-worker Ray Train run that ingests a
-    Ray Dataset deadlocks (read tasks starve), measured in ENVIRONMENT.md.
+
+def init_ray(num_cpus: int | None = None, address: str | None = None, num_gpus: int | None = None) -> None:
+    """Join `address` / $RAY_ADDRESS, or start a loopback-only local cluster of this machine.
+
+    The local cluster has `num_cpus` logical CPUs (default: the machine's, at least four) and
+    `num_gpus` GPUs (default: those Ray detects), so a bare GPU node runs the GPU recipes as it is.
+    At least four logical CPUs even on a 2-core machine: with two, a 2-worker Ray Train run that
+    ingests a Ray Dataset deadlocks (its read tasks starve).
     """
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -53,7 +58,8 @@ def init_ray(num_cpus: int | None = 4, address: str | None = None) -> None:
     # log files, which each run links as <run>/ray-logs (`link_logs`). A joined cluster (`ray job
     # submit`) keeps Ray's default of streaming it into the job's logs.
     ray.init(
-        num_cpus=num_cpus,
+        num_cpus=num_cpus if num_cpus is not None else max(MIN_LOCAL_CPUS, os.cpu_count() or 1),
+        num_gpus=num_gpus,
         _node_ip_address="127.0.0.1",
         include_dashboard=True,  # the state API and the dashboard, on loopback only
         dashboard_host="127.0.0.1",

@@ -29,6 +29,8 @@ STAGES: dict[str, str] = {
     "compare": "accuracy against resource-hours for finished runs: compare runs/A runs/B ... (table and plot)",
     "warmstart": "build the tiny policy and warm-start it with SFT, or reuse the cached one; print its accuracy",
     "demo": "every objective with and without FPA, a few steps on a small random Qwen2 (no Ray)",
+    "plan": "print where each pool goes and the learner's estimated memory per GPU (weights, gradients, optimizer state, "
+    "reference, activations with and without checkpointing), warning where it does not fit; starts nothing",
     "config": "print the resolved config (YAML) and exit",
     "objectives": "list the registered objectives and their hyperparameters",
 }
@@ -51,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         default = GRPO_CONFIG if name == "grpo" else DEFAULT_CONFIG
         sub.add_argument("--config", default=default, help="config name in configs/ or a YAML path (default: %(default)s)")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. fpa.lam=2 objective.name=rpo")
+        if name == "plan":
+            sub.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory of one GPU, GiB (default: %(default)s)")
         if name in ROUND_STAGES:
             sub.add_argument("--round", type=int, default=1, help="the round whose directory the stage reads and writes (default 1)")
             sub.add_argument("--checkpoint", type=Path, help="policy to use instead of the round's own (generate, train, evaluate)")
@@ -153,6 +157,16 @@ def _run_compare(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from fpa_ray.placement import ClusterTooSmall
+
+    try:
+        return _main(argv)
+    except ClusterTooSmall as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(["run", *(argv if argv is not None else sys.argv[1:])] if _no_stage(argv) else argv)
     if args.stage == "compare":
         return _run_compare(args)
@@ -163,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.stage == "config":
         print(config.to_yaml(), end="")
+    elif args.stage == "plan":
+        from fpa_ray.memory_plan import describe_plan
+
+        print(describe_plan(config, args.gpu_memory_gb)[0])
     elif args.stage == "objectives":
         _run_objectives()
     elif args.stage == "warmstart":

@@ -26,6 +26,7 @@ from fpa_ray.data.sources import PromptRow, load_prompts
 from fpa_ray.evaluation import paired_difference, score, score_by_benchmark, total_gain_loss
 from fpa_ray.learner.loop import SNAPSHOTS_DIR
 from fpa_ray.objectives import PairedBatch, get_objective
+from fpa_ray.placement import check_fit, cluster_nodes
 
 
 class StageInputsChanged(RuntimeError):
@@ -68,6 +69,9 @@ class OfflinePipeline:
         """Create the run directory or check that it was made with the same config."""
         from fpa_ray.cluster import init_ray, link_logs
 
+        init_ray()
+        for problem in check_fit(self.config, cluster_nodes()):  # raises unless fit_check=warn, before anything is written
+            self.log(f"[ray] warning: {problem} (fit_check=warn: going on, waiting for nodes)")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         saved = self.run_dir / "config.yaml"
         text = self.config.to_yaml()
@@ -76,7 +80,6 @@ class OfflinePipeline:
                 f"{self.run_dir} was made with another config (see {saved}); use another name= or remove the directory"
             )
         saved.write_text(text)
-        init_ray()
         logs = link_logs(self.run_dir)
         if logs is not None:
             self.log(f"[ray] the actors' and libraries' output: {logs}")
