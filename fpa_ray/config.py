@@ -176,6 +176,15 @@ class SamplerConfig(StrictModel):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     shard_size: int = Field(64, ge=1, description="prompts per output shard (the unit of restart)")
 
+    @model_validator(mode="after")
+    def _engine_holds_its_tensor_parallel_gpus(self) -> SamplerConfig:
+        # vLLM places one tensor-parallel rank per visible GPU and refuses to start otherwise; fail here, not in every actor.
+        tp = self.tensor_parallel_size
+        if tp > 1 and self.gpus_per_actor != tp:
+            raise ValueError(f"tensor_parallel_size={tp} shards each engine over {tp} GPUs of its actor: set gpus_per_actor={tp} "
+                             f"(got {self.gpus_per_actor:g})")
+        return self
+
 
 class LearnerConfig(StrictModel):
     """The learner group: Ray Train workers running the objective with DDP or DeepSpeed ZeRO."""
@@ -195,6 +204,9 @@ class LearnerConfig(StrictModel):
     micro_batch_tokens: int | None = Field(None, ge=1, description="padding_free only: at most this many prompt + response "
                                            "tokens per forward pass (a pair longer than that alone); every worker then runs "
                                            "the same number of forward passes, the most any of them needs")
+    gradient_checkpointing: bool = Field(False, description="recompute each decoder layer's activations in the backward pass "
+                                         "instead of keeping them (one layer's input per token kept): activation memory from "
+                                         "~layers x to ~1 x a layer's, for about a third more compute per step")
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     lr: float = Field(1e-5, gt=0)
@@ -345,6 +357,9 @@ class RunConfig(StrictModel):
     name: str = Field("tiny-cpu", description="run name; the run directory is <output_dir>/<name>")
     seed: int = 0
     output_dir: Path = Path("runs")
+    fit_check: Literal["fail", "warn"] = Field(
+        "fail", description="before any stage, check that every pool fits the cluster's nodes: fail naming the pool, or only warn "
+        "(a cluster that autoscales adds its nodes on demand)")
     rounds: int = Field(1, ge=1, description="regenerate -> verify -> build -> train rounds")
     rounds_patience: int | None = Field(
         None, ge=1,

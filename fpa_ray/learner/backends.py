@@ -60,18 +60,30 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+def load_policy(path: str | Path, learner: LearnerConfig, precision: Precision, device: torch.device):
+    """The policy to train, stored in the precision's parameter dtype. With gradient checkpointing each
+    decoder layer keeps only its input and recomputes the rest in the backward pass (non-reentrant, as
+    the anchors run it under DeepSpeed); transformers checkpoints only in train mode, which the policies
+    here (Qwen2, Llama: no dropout) compute exactly as in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    policy = AutoModelForCausalLM.from_pretrained(path, dtype=precision.param_dtype).to(device)
+    if learner.gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        policy.train()
+    return policy
+
+
 class DDPBackend:
     """torch DistributedDataParallel (gloo on CPU, NCCL on GPUs); fp32 weights, autocast compute."""
 
     def __init__(self, learner: LearnerConfig, policy_path: str, restore_dir: Path | None, total_steps: int, device: torch.device):
-        from transformers import AutoModelForCausalLM
-
         self.learner, self.device = learner, device
         self.precision = precision_for(learner, device)
         self.rank, self.world = _world()
         # A DDP checkpoint holds the fp32 master weights themselves, so resuming loads them.
         source = restore_dir if restore_dir is not None else policy_path
-        self.unwrapped = AutoModelForCausalLM.from_pretrained(source, dtype=self.precision.param_dtype).to(device)
+        self.unwrapped = load_policy(source, learner, self.precision, device)
         self.model = self.unwrapped
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -85,6 +97,10 @@ class DDPBackend:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.start_step = state["step"]
+
+    def frozen_reference(self, path: str):
+        """The frozen reference, a whole copy in each worker."""
+        return load_reference(path, self.precision, self.device)
 
     def micro_batch(self, last: bool):
         """Forward and backward of one micro-batch: all-reduce only on the step's last one."""
@@ -127,7 +143,6 @@ class DeepSpeedBackend:
 
     def __init__(self, learner: LearnerConfig, policy_path: str, restore_dir: Path | None, total_steps: int, device: torch.device):
         import deepspeed
-        from transformers import AutoModelForCausalLM
 
         self.learner, self.device = learner, device
         self.precision = precision_for(learner, device)
@@ -137,7 +152,7 @@ class DeepSpeedBackend:
             # init (63 s on this 2-core machine, per extensions directory) that only inference tensor
             # parallelism calls (inference_all_reduce); ZeRO's collectives go through torch.distributed.
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=self.precision.param_dtype).to(device)
+        policy = load_policy(policy_path, learner, self.precision, device)
         optimizer, scheduler = build_optimizer(policy, learner, total_steps)
         # DeepSpeed steps the schedule at its accumulation boundaries, once per optimizer step.
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -162,6 +177,18 @@ class DeepSpeedBackend:
             "bf16": {"enabled": precision.param_dtype == torch.bfloat16},
             "steps_per_print": 10**9,
         }
+
+    def frozen_reference(self, path: str):
+        """The frozen reference: under ZeRO-3 sharded across the workers as the policy is (OpenRLHF's way), each
+        forward gathering its layers, so no worker holds a whole copy; under ZeRO-1/2 (which shard no weights)
+        a whole copy. Every worker then runs the same number of reference forwards, as it does the policy's."""
+        if self.learner.zero_stage != 3:
+            return load_reference(path, self.precision, self.device)
+        import deepspeed
+
+        config = {**self.config(self.learner, self.precision), "zero_optimization": {"stage": 3}}
+        engine, *_ = deepspeed.initialize(model=load_reference(path, self.precision, self.device), config=config)
+        return engine.eval()
 
     def micro_batch(self, last: bool):
         self.model.set_gradient_accumulation_boundary(last)
@@ -217,6 +244,17 @@ BACKENDS = {"ddp": DDPBackend, "deepspeed": DeepSpeedBackend}
 def build_backend(learner: LearnerConfig, policy_path: str, restore_dir: Path | None, total_steps: int, device: torch.device) -> Backend:
     """The strategy's backend, restored from `restore_dir` when given."""
     return BACKENDS[learner.strategy](learner, policy_path, restore_dir, total_steps, device)
+
+
+def worker_device(learner: LearnerConfig) -> torch.device:
+    """The device of this Ray Train worker: its GPU (Ray Train maps local ranks to devices), or the CPU."""
+    from fpa_ray.devices import compute_device
+
+    if compute_device(learner.gpus_per_worker, "the learner worker").type == "cpu":
+        return torch.device("cpu")
+    import ray.train.torch
+
+    return ray.train.torch.get_device()
 
 
 def load_reference(path: str, precision: Precision, device: torch.device):

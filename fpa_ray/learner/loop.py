@@ -24,7 +24,7 @@ import torch
 
 from fpa_ray import metrics as app_metrics
 from fpa_ray.config import FPAConfig, LearnerConfig, ObjectiveConfig
-from fpa_ray.learner.backends import STATE_DIR, build_backend, load_reference
+from fpa_ray.learner.backends import STATE_DIR, build_backend, worker_device
 from fpa_ray.learner.data import Kind, MicroBatching, prepare_examples
 from fpa_ray.learner.entanglement import entanglement_metrics
 from fpa_ray.learner.step import train_step
@@ -84,12 +84,11 @@ def needs_reference_model(objective_name: str, fpa: FPAConfig, precomputed: bool
 def train_loop(config: dict) -> None:
     """Entry point of each Ray Train worker."""
     import ray.train
-    import ray.train.torch
 
     setup: LearnerSetup = config["setup"]
     learner, fpa = setup.learner, setup.fpa
     rank = ray.train.get_context().get_world_rank()
-    device = ray.train.torch.get_device()
+    device = worker_device(learner)
     torch.manual_seed(setup.seed)
     objective = get_objective(setup.objective.name)
     kind = example_kind(setup.objective.name)
@@ -113,7 +112,7 @@ def train_loop(config: dict) -> None:
         backend = build_backend(learner, setup.policy_path, restore_dir, total_steps, device)
     reference = None
     if needs_reference_model(setup.objective.name, fpa, precomputed):
-        reference = load_reference(setup.reference_path, backend.precision, device)
+        reference = backend.frozen_reference(setup.reference_path)
 
     output_dir = Path(setup.output_dir)
     writer = MetricsWriter(output_dir, backend.start_step) if rank == 0 else None

@@ -24,7 +24,7 @@ import torch
 
 from fpa_ray import metrics as app_metrics
 from fpa_ray.config import GRPOConfig, LearnerConfig, ObjectiveConfig
-from fpa_ray.learner.backends import build_backend, load_reference
+from fpa_ray.learner.backends import build_backend, worker_device
 from fpa_ray.learner.data import Example, MicroBatching, collate
 from fpa_ray.learner.forward import TokenizedBatch, shifted_targets
 from fpa_ray.learner.loop import MetricsWriter, global_order, report, restored_checkpoint, save_hf
@@ -82,7 +82,7 @@ def _token_logps(net, examples: list[Example], batching: MicroBatching, pad_id: 
     reference, in the training precision."""
     rows: list[torch.Tensor | None] = [None] * len(examples)
     everything = list(range(len(examples)))
-    for ids in plan_micro_batches(batching, everything, {i: examples[i].num_tokens for i in everything}):
+    for ids in plan_micro_batches(batching, everything, {i: examples[i].num_tokens for i in everything}, device):
         batch, _ = collate([examples[i] for i in ids], "labelled", pad_id, device, packed=batching.packed)
         labels, mask = shifted_targets(batch)
         with precision.autocast(device):
@@ -109,14 +109,13 @@ def grpo_loop(config: dict) -> None:
     """Entry point of each Ray Train worker of the online run."""
     import ray
     import ray.train
-    import ray.train.torch
     from transformers import AutoTokenizer
 
     setup: OnlineSetup = config["setup"]
     controller = config["controller"]
     learner, grpo = setup.learner, setup.grpo
     rank = ray.train.get_context().get_world_rank()
-    device = ray.train.torch.get_device()
+    device = worker_device(learner)
     torch.manual_seed(setup.seed)
     objective, params = get_objective("grpo"), setup.objective.params
     tokenizer = AutoTokenizer.from_pretrained(setup.policy_path)
@@ -130,7 +129,7 @@ def grpo_loop(config: dict) -> None:
     start = backend.start_step // minibatches
     reference = None
     if params.get("kl_coef", 0.0) > 0:
-        reference = load_reference(setup.reference_path, precision, device)
+        reference = backend.frozen_reference(setup.reference_path)
     output_dir = Path(setup.output_dir)
     writer = MetricsWriter(output_dir, backend.start_step) if rank == 0 else None
     sender = make_sender(grpo.weight_sync, controller, output_dir, setup.policy_path, setup.run, device, grpo.sync_join_timeout_s)
@@ -164,7 +163,7 @@ def grpo_loop(config: dict) -> None:
             ids = order[m * G : (m + 1) * G]
             normalizer = float(sum(response_tokens[i] for i in ids))  # every worker's tokens of this mini-batch
             local_ids = ids[rank * local : (rank + 1) * local]
-            micro_batches = plan_micro_batches(batching, local_ids, {i: examples[i].num_tokens for i in local_ids})
+            micro_batches = plan_micro_batches(batching, local_ids, {i: examples[i].num_tokens for i in local_ids}, device)
             step_metrics = StepMetrics()
             lr = backend.scheduler.get_last_lr()[0]
             for j, rows in enumerate(micro_batches):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from fpa_ray.config import LearnerConfig
+from fpa_ray.devices import compute_device, stand_in_env
 from fpa_ray.learner.backends import load_reference, precision_for
 from fpa_ray.learner.data import REF_COLUMNS, Example, Kind, collate, prepare_row
 from fpa_ray.learner.forward import shifted_targets
@@ -28,7 +29,7 @@ class ReferenceActor:
     def __init__(self, checkpoint: str, kind: Kind, learner: LearnerConfig):
         from transformers import AutoTokenizer
 
-        self.device = torch.device("cuda" if learner.gpus_per_worker > 0 else "cpu")
+        self.device = compute_device(learner.gpus_per_worker, "the reference log-prob actor")
         self.precision = precision_for(learner, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         self.model = load_reference(checkpoint, self.precision, self.device)
@@ -68,4 +69,5 @@ def add_reference_logprobs(dataset, checkpoint: Path, kind: Kind, learner: Learn
         num_cpus=learner.cpus_per_worker,
         num_gpus=learner.gpus_per_worker,
         resources=learner.resources,
+        runtime_env={"env_vars": stand_in_env()},
     )

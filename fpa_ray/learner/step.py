@@ -18,12 +18,13 @@ from fpa_ray.learner.forward import TokenizedBatch, forward_stats, objective_bat
 from fpa_ray.objectives import LabelledBatch, Objective, ObjectiveOutput, kto_reference_point, token_logprobs
 
 
-def _max_over_workers(value: int) -> int:
+def _max_over_workers(value: int, device: torch.device) -> int:
+    """The largest `value` of all workers, all-reduced on `device` (NCCL takes CUDA tensors only)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return value
-    tensor = torch.tensor([value])
+    tensor = torch.tensor([value], device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return int(tensor)
 
@@ -39,13 +40,13 @@ def _all_gather(values: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def plan_micro_batches(batching: MicroBatching, ids: list[int], tokens: dict[int, int]) -> list[list[int]]:
+def plan_micro_batches(batching: MicroBatching, ids: list[int], tokens: dict[int, int], device: torch.device) -> list[list[int]]:
     """This worker's `ids` cut into forward passes (`tokens[i]`: row i's token count). With a token
-    budget the count depends on the rows, and every worker runs the largest: ZeRO-2/3 hold collectives
-    in each backward (and ZeRO-3 in each forward) pass."""
+    budget the count depends on the rows, and every worker runs the largest (agreed over the learner's
+    group on `device`): ZeRO-2/3 hold collectives in each backward (and ZeRO-3 in each forward) pass."""
     micro_batches = batching.plan(ids, [tokens[i] for i in ids])
     if batching.tokens is not None:
-        micro_batches = split_to(micro_batches, tokens, _max_over_workers(len(micro_batches)))
+        micro_batches = split_to(micro_batches, tokens, _max_over_workers(len(micro_batches), device))
     return micro_batches
 
 
@@ -116,7 +117,7 @@ def train_step(
     if objective.needs_kl_reference:
         z0 = global_kl_reference(backend, reference, [examples[i] for i in global_ids], batching.size, pad_id, max_length, fpa.chunk_size,
                                  batching.packed)
-    micro_batches = plan_micro_batches(batching, mine, {i: examples[i].num_tokens for i in mine})
+    micro_batches = plan_micro_batches(batching, mine, {i: examples[i].num_tokens for i in mine}, backend.device)
     step_metrics = StepMetrics()
     for j, ids in enumerate(micro_batches):
         batch, ref_logp = collate([examples[i] for i in ids], kind, pad_id, backend.device, packed=batching.packed)

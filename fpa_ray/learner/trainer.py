@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fpa_ray.config import FPAConfig, LearnerConfig, ObjectiveConfig
+from fpa_ray.devices import collective_backend, stand_in_env
 from fpa_ray.learner.backends import STATE_DIR
 from fpa_ray.learner.data import REF_COLUMNS
 from fpa_ray.learner.loop import LearnerSetup, example_kind, train_loop
@@ -27,8 +28,9 @@ def worker_env(learner: LearnerConfig) -> dict[str, str]:
         "TOKENIZERS_PARALLELISM": "false",
         "TORCH_EXTENSIONS_DIR": str(TORCH_EXTENSIONS_DIR),
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' load/save bars, once per checkpoint, drown the progress lines
+        **stand_in_env(),
     }
-    if learner.gpus_per_worker == 0:
+    if collective_backend(learner.gpus_per_worker) == "gloo":  # computing on the CPU
         env.update(
             DS_ACCELERATOR="cpu",
             OMP_NUM_THREADS=str(max(1, int(learner.cpus_per_worker))),
@@ -92,7 +94,7 @@ def run_trainer(loop, loop_config: dict, learner: LearnerConfig, output_dir: Pat
         ),
         datasets=datasets or {},
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # every worker sees all rows; loop.py picks its slice
-        torch_config=TorchConfig(backend="nccl" if learner.gpus_per_worker > 0 else "gloo"),
+        torch_config=TorchConfig(backend=collective_backend(learner.gpus_per_worker)),
     )
     # Ray Train 2.60's controller takes one report per worker per poll, every 2 s by default, and
     # ray.train.report blocks until it is taken: measured 1.9 s per step. Poll every 20 ms (0.028 s).

@@ -2,7 +2,9 @@
 Hugging Face transformers (the fallback and the reference).
 
 Determinism: every sample carries its own seed (derived from the run seed, the prompt id and the
-sample index), so its tokens do not depend on which other requests share the batch or the actor.
+sample index), so on the CPU its tokens do not depend on which other requests share the batch or the
+actor. On GPUs vLLM's kernels give logits that depend on the batch's composition unless
+VLLM_BATCH_INVARIANT=1 (slower): the seed is the same, the tokens may differ between runs.
 vLLM takes it as SamplingParams.seed; the HF engine draws each row's Gumbel noise from that row's
 own generator. Log-probs of the sampled tokens come from the sampling distribution (after
 temperature and top-p, `logprobs_mode="processed"`) or from the raw model (`"raw"`).
@@ -20,6 +22,7 @@ from typing import Protocol
 import torch
 
 from fpa_ray.config import SamplerConfig
+from fpa_ray.devices import compute_device
 
 
 Weights = Iterable[tuple[str, torch.Tensor]]  # Hugging Face parameter names and values
@@ -224,6 +227,11 @@ class HFEngine:
             self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).eval()
         except Exception as error:
             raise SamplerError(f"transformers could not load {checkpoint}: {type(error).__name__}: {error}") from error
+        try:
+            self.device = compute_device(config.gpus_per_actor, "the sampler actor")
+        except RuntimeError as error:
+            raise SamplerError(str(error)) from None
+        self.model.to(self.device)  # and the weight group's receive buffers follow it (NCCL takes CUDA tensors only)
         self.eos = self.tokenizer.eos_token_id
 
     def load_weights(self, checkpoint: Path) -> None:
@@ -249,9 +257,9 @@ class HFEngine:
 
     @torch.no_grad()
     def continuation_logprobs(self, prompt_token_ids: list[int], continuation: list[int]) -> list[float]:
-        ids = torch.tensor([prompt_token_ids + continuation])
+        ids = torch.tensor([prompt_token_ids + continuation], device=self.device)
         logits = self.model(ids).logits[0, len(prompt_token_ids) - 1 : -1].float()
-        return logits.log_softmax(-1).gather(-1, torch.tensor(continuation).unsqueeze(-1)).squeeze(-1).tolist()
+        return logits.log_softmax(-1).gather(-1, torch.tensor(continuation, device=self.device).unsqueeze(-1)).squeeze(-1).tolist()
 
     def generate(self, requests: list[SampleRequest], stop: tuple[str, ...] = ()) -> list[Completion]:
         out: list[Completion] = []
@@ -274,6 +282,7 @@ class HFEngine:
         logprobs: list[list[float]] = [[] for _ in range(rows)]
         texts = [""] * rows
         finished = [None] * rows
+        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
         position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
         past, step_ids = None, input_ids
         for _ in range(config.max_new_tokens):
@@ -281,12 +290,13 @@ class HFEngine:
             past = output.past_key_values
             logits = output.logits[:, -1].float()
             chosen, chosen_logprobs = self._sample(logits, generators)
+            picked, picked_logprobs = chosen.tolist(), chosen_logprobs.tolist()  # one device-to-host copy per step
             for i in range(rows):
                 if finished[i] is not None:
                     continue
-                token = int(chosen[i])
+                token = picked[i]
                 tokens[i].append(token)
-                logprobs[i].append(float(chosen_logprobs[i]))
+                logprobs[i].append(picked_logprobs[i])
                 if token == self.eos:
                     finished[i] = "stop"
                 elif stop:
@@ -296,7 +306,7 @@ class HFEngine:
             if all(f is not None for f in finished):
                 break
             step_ids = chosen.unsqueeze(1)
-            attention = torch.cat([attention, torch.ones((rows, 1), dtype=attention.dtype)], dim=1)
+            attention = torch.cat([attention, attention.new_ones((rows, 1))], dim=1)
             position_ids = position_ids[:, -1:] + 1
         completions = []
         for i in range(rows):
@@ -319,7 +329,8 @@ class HFEngine:
             outside = sorted_logprobs.exp().cumsum(-1) - sorted_logprobs.exp() >= config.top_p
             processed = processed.masked_fill(outside.scatter(-1, order, outside), float("-inf")).log_softmax(-1)
         # Gumbel-max with each row's own generator: the row's draw does not depend on its batch.
-        uniform = torch.stack([torch.rand(logits.shape[-1], generator=g) for g in generators]).clamp_(1e-20, 1.0)
+        # Drawn on the CPU whatever the device: the same seed gives the same sample on a GPU and on the CPU.
+        uniform = torch.stack([torch.rand(logits.shape[-1], generator=g) for g in generators]).to(logits.device).clamp_(1e-20, 1.0)
         chosen = (processed - torch.log(-torch.log(uniform))).argmax(-1)
         source = processed if config.logprobs_mode == "processed" else raw
         return chosen, source.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)

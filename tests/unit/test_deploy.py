@@ -97,6 +97,7 @@ def test_rayjob_lifecycle_and_entrypoint(path):
     args = build_parser().parse_args(words[3:])
     config = load_config(args.config, args.overrides)  # raises, naming the key, if the entrypoint is wrong
     assert (args.stage == "grpo") == (config.objective.name == "grpo") and args.stage in ("run", "grpo")
+    assert str(config.output_dir) == "/shared/runs" != str(load_config(args.config).output_dir)  # the shared volume; recipes write runs/
     assert document["metadata"]["labels"]["fpa-ray/pipeline"] == ("grpo" if args.stage == "grpo" else "offline")
     gpus = sum(int(g["rayStartParams"].get("num-gpus", 0)) * g["replicas"] for g in spec["rayClusterSpec"]["workerGroupSpecs"])
     wanted = max(config.sampler.num_actors * config.sampler.gpus_per_actor, config.learner.num_workers * config.learner.gpus_per_worker)

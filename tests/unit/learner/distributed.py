@@ -76,7 +76,7 @@ def _worker(rank: int, world: int, port: int, model_dir: str, reference_dir: str
     import torch.distributed as dist
 
     from fpa_ray.config import FPAConfig, LearnerConfig
-    from fpa_ray.learner.backends import build_backend, load_reference
+    from fpa_ray.learner.backends import build_backend
     from fpa_ray.learner.loop import example_kind, global_order, needs_reference_model
     from fpa_ray.learner.data import MicroBatching
     from fpa_ray.learner.step import train_step
@@ -93,7 +93,7 @@ def _worker(rank: int, world: int, port: int, model_dir: str, reference_dir: str
             rows = examples(kind)
             backend = build_backend(learner, model_dir, None, case.steps, device)
             needs_reference = needs_reference_model(case.objective, fpa, False)
-            reference = load_reference(reference_dir, backend.precision, device) if needs_reference else None
+            reference = backend.frozen_reference(reference_dir) if needs_reference else None
             before = previous = backend.master_weights()
             moved = {name: torch.zeros_like(w, dtype=torch.bool) for name, w in before.items()}  # at some step
             metrics = []
@@ -107,7 +107,12 @@ def _worker(rank: int, world: int, port: int, model_dir: str, reference_dir: str
             received = backend.received_gradient()
             if rank == 0:
                 update = {name: previous[name] - before[name] for name in before}
-                torch.save({"metrics": metrics, "update": update, "moved": moved, "received": received}, Path(out) / f"{case.key}.pt")
+                torch.save({"metrics": metrics, "update": update, "moved": moved, "received": received,
+                            "checkpointing": backend.unwrapped.is_gradient_checkpointing and backend.unwrapped.training,
+                            # the reference's elements this worker holds between forwards (ZeRO-3: its partition only)
+                            "reference_held": None if reference is None else sum(getattr(p, "ds_tensor", p.data).numel() for p in reference.parameters()),
+                            "reference_total": None if reference is None else sum(getattr(p, "ds_numel", p.numel()) for p in reference.parameters())},
+                           Path(out) / f"{case.key}.pt")
     finally:
         dist.destroy_process_group()
 

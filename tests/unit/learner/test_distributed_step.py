@@ -6,7 +6,9 @@
    update is about lr * sign(g), so the gradient's size is checked through the pre-clip norm.
    Padding-free rows with a token budget, on 2 workers whose rows need different numbers of
    micro-batches (cut to the same count), take that same step too.
-2. bf16 keeps fp32 master weights: in 5 steps at lr 5e-7 every entry that received a gradient (RMS
+2. Gradient checkpointing (DDP, ZeRO-3; padded and padding-free) takes the step taken without it.
+3. Under ZeRO-3 the frozen reference is sharded across the workers as the policy is.
+4. bf16 keeps fp32 master weights: in 5 steps at lr 5e-7 every entry that received a gradient (RMS
    above AdamW's eps) moved. bf16 weights without a master copy moved 1.2% of them.
 """
 
@@ -53,6 +55,20 @@ def _packed_cases():
             for objective, fpa in FULL_MATRIX for strategy, settings in STRATEGIES.items()]
 
 
+CHECKPOINTED = ("ddp", "zero3")
+
+
+def _checkpointed_cases():
+    """FPA-RPO with gradient checkpointing, padded (2 workers x 2 micro-batches) and padding-free with a budget."""
+    cases = []
+    for strategy in CHECKPOINTED:
+        settings = {**STRATEGIES[strategy], "lr": LR, "precision": "fp32", "gradient_checkpointing": True}
+        cases.append(Case(_key("rpo", True, strategy, 2, 2, "checkpointed"), "rpo", True, 2, 2, settings))
+        packed = {**settings, "padding_free": True, "micro_batch_tokens": PACKED_BUDGET["rpo"]}
+        cases.append(Case(_packed_key("rpo", True, strategy) + "-checkpointed", "rpo", True, 2, 1, packed))
+    return cases
+
+
 def _bf16_cases():
     return [Case(_key("rpo", True, strategy, 2, 2, "bf16"), "rpo", True, 2, 2, {**settings, "lr": 5e-7, "precision": "bf16"}, steps=5)
             for strategy, settings in STRATEGIES.items()]
@@ -62,7 +78,7 @@ def _bf16_cases():
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     policy, reference = save_random_policy(root / "policy"), save_random_policy(root / "reference", sharpen=4.0)
-    return run_cases(_invariance_cases() + _packed_cases() + _bf16_cases(), policy, reference, root / "results")
+    return run_cases(_invariance_cases() + _packed_cases() + _checkpointed_cases() + _bf16_cases(), policy, reference, root / "results")
 
 
 @pytest.mark.parametrize("objective,fpa", FULL_MATRIX + EXTREMES, ids=lambda v: str(v))
@@ -116,3 +132,26 @@ def test_padding_free_rows_with_a_token_budget_take_the_same_step(results, objec
         assert result["metrics"][0]["grad_norm"] == pytest.approx(base["grad_norm"], rel=1e-4), strategy
         diffs = torch.cat([(result["update"][n] - u).abs().flatten() for n, u in results[_key(objective, fpa, "ddp", 1, 1)]["update"].items()])
         assert diffs.max() <= LR / 4 and (diffs > 1e-7).float().mean() <= 1e-3, (strategy, diffs.max())
+
+
+@pytest.mark.parametrize("strategy", CHECKPOINTED)
+def test_gradient_checkpointing_takes_the_same_step_padded_and_padding_free(results, strategy):
+    for plain, checkpointed in ((_key("rpo", True, strategy, 2, 2), _key("rpo", True, strategy, 2, 2, "checkpointed")),
+                                (_packed_key("rpo", True, strategy), _packed_key("rpo", True, strategy) + "-checkpointed")):
+        base, result = results[plain], results[checkpointed]
+        assert result["checkpointing"] and not base["checkpointing"], checkpointed  # the layers recomputed in backward
+        assert result["metrics"][0]["loss"] == pytest.approx(base["metrics"][0]["loss"], rel=1e-6), checkpointed
+        assert result["metrics"][0]["grad_norm"] == pytest.approx(base["metrics"][0]["grad_norm"], rel=1e-5), checkpointed
+        diffs = torch.cat([(result["update"][n] - u).abs().flatten() for n, u in base["update"].items()])
+        assert diffs.max() <= LR / 4 and (diffs > 1e-7).float().mean() <= 1e-3, (checkpointed, diffs.max())
+
+
+def test_under_zero3_the_reference_is_sharded_across_the_workers_not_copied(results):
+    for strategy, workers in (("ddp", 2), ("zero2", 2), ("zero3", 2)):
+        result = results[_key("rpo", True, strategy, workers, 4)]
+        held, total = result["reference_held"], result["reference_total"]
+        assert total > 0
+        if strategy == "zero3":  # half of it per worker (plus alignment padding), and the same step as DDP's (above)
+            assert held <= total / workers * 1.01, (held, total)
+        else:
+            assert held == total

@@ -210,3 +210,22 @@ def test_a_weight_group_whose_sampler_never_joins_fails_after_its_join_timeout()
     assert 1.5 < time.monotonic() - started < 30
     with pytest.raises(RuntimeError, match="not open"):
         weight_group.send(address.name, [], torch.device("cpu"))
+
+
+def test_the_hf_engine_moves_its_model_and_its_receive_buffers_to_the_device_it_holds(checkpoint, monkeypatch):
+    """On a GPU the model and the weight group's buffers must be CUDA tensors (NCCL takes no others):
+    `meta` stands for that device here."""
+    from fpa_ray.devices import STAND_IN
+    from fpa_ray.sampler import engines, weight_group
+
+    monkeypatch.delenv(STAND_IN, raising=False)
+    with pytest.raises(SamplerError, match="the sampler actor holds 1 GPU"):
+        HFEngine(checkpoint, SamplerConfig(engine="hf", gpus_per_actor=1))
+    monkeypatch.setattr(engines, "compute_device", lambda gpus, what: torch.device("meta"))
+    engine = HFEngine(checkpoint, SamplerConfig(engine="hf", gpus_per_actor=1))
+    assert engine.model.device.type == "meta"
+    devices = []
+    monkeypatch.setattr(weight_group, "receive", lambda name, expected, device: devices.append(device) or iter(()))
+    with pytest.raises(SamplerError):  # nothing arrived, so the model misses every tensor
+        engine.receive_weights("w", [])
+    assert devices == [torch.device("meta")]
