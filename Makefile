@@ -6,7 +6,7 @@ PIP_ARGS ?=
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run test demo benchmark cluster clean
+.PHONY: setup run test demo benchmark cluster clean gpu-wheels
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,6 +32,14 @@ benchmark: setup
 # cluster started and the `ray job submit` line printed; leaving the shell stops the cluster.
 cluster: setup
 	unshare -n sh -c 'ip link set lo up && $(PYTHON) -m fpa_ray.local_cluster start && bash; $(PYTHON) -m fpa_ray.local_cluster stop'
+
+# The wheels the GPU check machine lacks (Python 3.12): the shared ones, and typing-extensions >= 4.16,
+# which pydantic 2.14.4 needs and that machine's image predates. Carried to it as .gpu-wheels/.
+GPU_WHEELS ?= ../shared/wheels-gpu-py312
+gpu-wheels: setup
+	mkdir -p .gpu-wheels && cp $(GPU_WHEELS)/*.whl .gpu-wheels/
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--platform manylinux2014_x86_64 -d .gpu-wheels "typing-extensions>=4.16"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

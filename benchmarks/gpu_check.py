@@ -1,5 +1,6 @@
 """GPU check: the objectives and the learner step of the GPU recipes on one GPU, without Ray or vLLM.
 
+    make gpu-wheels                                                          # here: .gpu-wheels/, carried along
     python3 -m pip install --no-index --no-deps --target /tmp/pydeps .gpu-wheels/*.whl
     PYTHONPATH=/tmp/pydeps:. python3 benchmarks/gpu_check.py --out $OUT      # on the lent GPU machine
     python benchmarks/gpu_check.py --device cpu --tiny                       # smoke test of this script

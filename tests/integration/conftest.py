@@ -6,13 +6,22 @@ from fpa_ray.config import load_config
 from tests.integration.small_run import SMALL
 
 
+LOGICAL_GPUS = 8  # an 8-GPU node's, so the GPU recipes' pools run here as shipped (tests/integration/test_recipes.py)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
+    """4 logical CPUs, and 8 logical GPUs that actors may hold while they compute on the CPU: the one
+    setting changed for that is fpa_ray.devices.STAND_IN (torch here has no CUDA to move a model to)."""
+    import os
+
     import ray
 
     from fpa_ray.cluster import init_ray
+    from fpa_ray.devices import STAND_IN
 
-    init_ray(num_cpus=4)
+    os.environ[STAND_IN] = "1"
+    init_ray(num_cpus=4, num_gpus=LOGICAL_GPUS)
     yield ray
     ray.shutdown()
 

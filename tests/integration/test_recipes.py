@@ -2,7 +2,11 @@
 
 Each recipe in configs/ is loaded as shipped, and only what a CPU cannot hold is overridden
 (`cpu_overrides`: the tiny policy for the hub model, synthetic prompts for hub datasets, short
-lengths, no GPUs, 2 learner workers, one sampler and one verifier actor). Everything else stays as
+lengths, no GPUs, 2 learner workers, one sampler and one verifier actor). The pools as shipped
+(every sampler, every learner worker, each holding its GPU) run too, on the session cluster's
+logical GPUs (tests/integration/conftest.py): the offline recipes share one pool layout and the
+GRPO recipes another, so one run of each (`LAYOUT_RUNS`) covers them; those runs shrink only the
+CPUs each actor asks for and the verifier pool, which holds CPUs alone. Everything else stays as
 shipped and is asserted to: strategy, ZeRO stage, the accumulation steps the recipe implies, bf16
 (DeepSpeed's bf16 mode on CPU), FPA mode and chunk size, objective and its parameters, sampler,
 verifier and evaluation settings. Then one offline round runs (GRPO: 2 steps), to its report in the
@@ -38,33 +42,52 @@ WORKERS = 2
 TINY_POLICY = ["policy.name_or_path=tiny", *(o for o in SMALL + GRPO_SMALL if o.startswith(("policy.sft.", "data.synthetic")))]
 
 
-def cpu_overrides(recipe: RunConfig) -> list[str]:
-    """What a 2-core CPU cannot hold, each with its reason; nothing else of the recipe changes."""
+# The recipe whose run keeps its pools as shipped, for each pool layout (asserted to be shared below).
+LAYOUT_RUNS = ("qwen25-math-7b-rpo", "qwen25-math-7b-grpo")
+
+
+def pool_layout(config: RunConfig) -> dict:
+    """What places a run's pools: actor counts, GPUs per actor, tensor parallelism, custom resources."""
+    return {"sampler": config.sampler.model_dump(include={"num_actors", "gpus_per_actor", "tensor_parallel_size", "resources"}),
+            "learner": config.learner.model_dump(include={"num_workers", "gpus_per_worker", "resources"}),
+            "verifier": config.verifier.model_dump(include={"resources"})}
+
+
+def cpu_overrides(recipe: RunConfig, shipped_layout: bool = False) -> list[str]:
+    """What a 2-core CPU cannot hold, each with its reason; nothing else of the recipe changes.
+    `shipped_layout`: every actor count and GPU as the recipe ships them, each actor asking for a
+    quarter of one of the 4 logical CPUs (8 + 8 actors, or GRPO's 4 + 4 + a verifier held at once)."""
     learner = recipe.learner
     micro = learner.micro_batch_size
+    workers = learner.num_workers if shipped_layout else WORKERS
+    if shipped_layout:
+        pools = ["sampler.cpus_per_actor=0.25", "learner.cpus_per_worker=0.25", "verifier.num_actors=1"]
+    else:
+        pools = ["sampler.num_actors=1", "sampler.cpus_per_actor=1", "sampler.gpus_per_actor=0",  # 4 logical CPUs, no GPU
+                 "verifier.num_actors=1", f"learner.num_workers={WORKERS}", "learner.cpus_per_worker=1", "learner.gpus_per_worker=0"]
     overrides = [
         *TINY_POLICY,  # no hub weights here: the tiny Qwen2 warm-started on the synthetic task
         "data.train={name: synthetic, split: train, limit: 64}",  # no hub datasets; a few dozen prompts
         "data.eval=[{name: synthetic, split: test, limit: 16}]",
         "data.template=tiny-chat",  # the template the tiny policy was trained on (qwen25-math-cot is unit-tested)
         "sampler.max_new_tokens=48", "sampler.max_model_len=512", "evaluation.max_new_tokens=48",  # the tiny task's lengths
-        "sampler.num_actors=1", "sampler.cpus_per_actor=1", "sampler.gpus_per_actor=0",  # 4 logical CPUs, no GPU
-        "verifier.num_actors=1",
-        f"learner.num_workers={WORKERS}", "learner.cpus_per_worker=1", "learner.gpus_per_worker=0",
-        # The recipe's accumulation steps (global / (8 GPUs x micro)) on 2 workers with its micro-batch size.
-        f"learner.global_batch_size={WORKERS * micro * learner.accumulation_steps}",
+        *pools,
+        # The recipe's accumulation steps (global / (workers x micro)) on the run's workers with its micro-batch size.
+        f"learner.global_batch_size={workers * micro * learner.accumulation_steps}",
         "learner.max_length=512",  # the tiny policy's 512 positions (recipes: 4096)
     ]
     if recipe.objective.name == "grpo":
         # 2 rollout steps with the recipe's optimizer steps per rollout (prompts x n / global batch).
         grpo = recipe.grpo
         prompts = grpo.prompts_per_step * recipe.sampler.n // learner.global_batch_size
-        prompts = prompts * WORKERS * micro * learner.accumulation_steps // recipe.sampler.n
+        prompts = prompts * workers * micro * learner.accumulation_steps // recipe.sampler.n
         overrides += ["grpo.steps=2", f"grpo.prompts_per_step={prompts}"]
         if grpo.dynamic_sampling:  # enough training prompts for every sampling batch the recipe allows
             overrides.append(f"data.train={{name: synthetic, split: train, limit: {prompts * grpo.max_sampling_batches}}}")
         if grpo.overlong_buffer is not None:  # the recipe's share of the response budget, at the tiny task's 48 tokens
             overrides.append(f"grpo.overlong_buffer={max(1, 48 * grpo.overlong_buffer // recipe.sampler.max_new_tokens)}")
+    elif shipped_layout:  # one optimizer step of the recipe's 64 pairs; 8 shards, so several of the 8 samplers generate
+        overrides += ["learner.max_steps=1", "sampler.shard_size=8"]
     else:
         overrides.append("learner.max_steps=4")  # a few optimizer steps: the round's data holds more
     return overrides
@@ -96,10 +119,10 @@ def _digest(data: dict) -> str:
 DISK_SYNC_RUN = "qwen25-math-7b-dapo"
 
 
-def cpu_config(recipe_name: str, output_dir) -> RunConfig:
+def cpu_config(recipe_name: str, output_dir, shipped_layout: bool = False) -> RunConfig:
     """The recipe with `cpu_overrides`, named by its content: identical CPU configs share one run."""
     recipe = load_config(recipe_name)
-    overrides = [*cpu_overrides(recipe), f"output_dir={output_dir}"]
+    overrides = [*cpu_overrides(recipe, shipped_layout), f"output_dir={output_dir}"]
     kept = _kept(recipe)
     if recipe_name == DISK_SYNC_RUN:
         overrides.append("grpo.weight_sync=disk")
@@ -107,6 +130,7 @@ def cpu_config(recipe_name: str, output_dir) -> RunConfig:
     content = load_config(recipe_name, [*overrides, "name=x"]).model_dump(mode="json", exclude={"name"})
     config = load_config(recipe_name, [*overrides, f"name=recipe-{recipe.objective.name}-{_digest(content)}"])
     assert _kept(config) == kept, "a CPU override changed a setting the recipe ships"
+    assert (pool_layout(config) == pool_layout(recipe)) == shipped_layout
     return config
 
 
@@ -161,7 +185,41 @@ def test_qwen_and_llama_recipes_differ_only_in_what_the_cpu_replaces(recipe_runs
         assert raw[0].policy.name_or_path != raw[1].policy.name_or_path  # ... which was replaced
 
 
-GRPO_RECIPES = ["qwen25-math-7b-grpo", "qwen25-math-7b-dapo"]
+GRPO_RECIPES = ["qwen25-math-7b-dapo", "qwen25-math-7b-grpo"]  # DAPO's run evaluates; GRPO's, with its pools as shipped, trains
+
+
+def test_the_recipes_share_two_pool_layouts_each_run_as_shipped():
+    layouts = {name: pool_layout(load_config(name)) for name in GPU_RECIPES}
+    offline, online = [name for name in GPU_RECIPES if name not in GRPO_RECIPES], GRPO_RECIPES
+    assert all(layouts[name] == layouts[LAYOUT_RUNS[0]] for name in offline) and LAYOUT_RUNS[0] in offline
+    assert all(layouts[name] == layouts[LAYOUT_RUNS[1]] for name in online) and LAYOUT_RUNS[1] in online
+    assert layouts[LAYOUT_RUNS[0]]["sampler"]["num_actors"] == layouts[LAYOUT_RUNS[0]]["learner"]["num_workers"] == 8  # the whole node, stage by stage
+
+
+def test_a_gpu_recipe_that_the_cluster_cannot_hold_fails_before_any_stage_naming_its_pools(ray_cluster, tmp_path, capsys):
+    from fpa_ray.main import main
+
+    assert main(["run", "--config", "qwen25-math-7b-rpo", f"output_dir={tmp_path}"]) == 2  # 8 samplers x 4 CPUs on 4 logical CPUs
+    error = capsys.readouterr().err
+    assert "the sampler pool does not fit the cluster: it asks 8 x {CPU: 4, GPU: 1} = {CPU: 32, GPU: 8}" in error
+    assert "the learner pool does not fit" in error and "offer {CPU: 4, GPU: 8}" in error, error
+    assert not [path for path in tmp_path.rglob("*") if path.is_file()]  # no config saved, no stage started
+
+
+def test_the_offline_recipes_pools_run_as_shipped_on_logical_gpus(ray_cluster, recipe_runs, cache):
+    config = cpu_config(LAYOUT_RUNS[0], recipe_runs, shipped_layout=True)
+    pipeline = OfflinePipeline(config, log=lambda line: None)
+    pipeline.prepare()  # the fit check: 8 x {CPU: 0.25, GPU: 1} per stage on 4 CPUs and 8 GPUs
+    policy = pipeline.initial_policy()
+    samples = pipeline.generate(1, policy)  # Ray Data's pool of 8 actors holding a GPU each
+    pipeline.train(1, pipeline.build(1, pipeline.verify(1, samples)), policy)  # Ray Train: 8 workers with use_gpu, ZeRO-3
+    run = pipeline.run_dir
+    manifest = json.loads((samples / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["rows"] == 64 * config.sampler.n and len(manifest["timing"]["actors"]) >= 2
+    metrics = [json.loads(line) for line in (run / "round_1" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1] and metrics[0]["num_units"] == 64 and metrics[0]["grad_norm"] > 0
+    ledger = {e["stage"]: e for e in map(json.loads, (run / "ledger.jsonl").read_text().splitlines())}
+    assert ledger["generate"]["gpus"] == ledger["train"]["gpus"] == 8 and ledger["train"]["completed"]  # charged as held
 
 
 @pytest.mark.parametrize("recipe_name", [name for name in GPU_RECIPES if name not in GRPO_RECIPES])
@@ -201,7 +259,7 @@ def test_grpo_recipe_runs_two_steps_with_its_own_settings(ray_cluster, recipe_ru
 
     from fpa_ray.pipelines.online_grpo import OnlineGRPOPipeline
 
-    config = cpu_config(recipe_name, recipe_runs)
+    config = cpu_config(recipe_name, recipe_runs, shipped_layout=recipe_name in LAYOUT_RUNS)
     shipped = load_config(recipe_name)
     minibatches = shipped.grpo.prompts_per_step * shipped.sampler.n // shipped.learner.global_batch_size
     assert config.grpo.prompts_per_step * config.sampler.n // config.learner.global_batch_size == minibatches == 4
@@ -222,6 +280,9 @@ def test_grpo_recipe_runs_two_steps_with_its_own_settings(ray_cluster, recipe_ru
     assert shipped.grpo.weight_sync == "collective" and shipped.grpo.refresh_probe
     assert all(0 < m["sync_probe_gap"] < shipped.grpo.probe_tolerance for m in metrics if m["rollout_step"] == 2)
     assert (run / "online" / "weights").exists() == (config.grpo.weight_sync == "disk")  # no checkpoint on disk on the hot path
+    if recipe_name in LAYOUT_RUNS:  # 4 samplers and 4 learner workers holding a GPU each, all charged to every phase
+        ledger = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
+        assert {e["gpus"] for e in ledger if e["stage"].startswith("grpo")} == {8}
     if not shipped.grpo.dynamic_sampling:
         return
     # DAPO: only groups with right and wrong answers are trained; every sample drawn is on disk and in the ledger.
