@@ -188,7 +188,8 @@ class DeepSpeedBackend:
 
         config = {**self.config(self.learner, self.precision), "zero_optimization": {"stage": 3}}
         engine, *_ = deepspeed.initialize(model=load_reference(path, self.precision, self.device), config=config)
-        return engine.eval()
+        engine.eval()  # DeepSpeed's eval() returns nothing
+        return engine
 
     def micro_batch(self, last: bool):
         self.model.set_gradient_accumulation_boundary(last)
