@@ -298,6 +298,9 @@ class GRPOConfig(StrictModel):
     sync_join_timeout_s: float = Field(120.0, gt=0, description="collective sync: how long the learner's rank 0 and the samplers "
                                        "wait for each other to open a weight group; a sampler lost meanwhile (its node gone) ends "
                                        "the wait, the pools restart and the learner opens a new group")
+    sync_timeout_s: float = Field(600.0, gt=0, description="collective sync: how long every rank waits for each tensor, and the "
+                                  "rollout controller for every sampler to finish receiving; a peer that died or stopped answering then "
+                                  "fails the sync instead of blocking it: the group is aborted, the pools restart and the learner sends again")
     refresh_probe: bool = Field(True, description="after each sync, check one sampler's log-probs against the learner's")
     probe_tolerance: float = Field(1e-3, gt=0, description="largest allowed log-prob gap of the sync probe")
     # DAPO (Yu et al. 2025); its clip-higher is objective.params.clip_eps_high, its token-level loss is GRPO's here.

@@ -132,7 +132,8 @@ def grpo_loop(config: dict) -> None:
         reference = backend.frozen_reference(setup.reference_path)
     output_dir = Path(setup.output_dir)
     writer = MetricsWriter(output_dir, backend.start_step) if rank == 0 else None
-    sender = make_sender(grpo.weight_sync, controller, output_dir, setup.policy_path, setup.run, device, grpo.sync_join_timeout_s)
+    sender = make_sender(grpo.weight_sync, controller, output_dir, setup.policy_path, setup.run, device, grpo.sync_join_timeout_s,
+                         grpo.sync_timeout_s)
 
     def send_weights(step: int) -> None:
         sender.send(backend, step, _probe_logprobs(backend, tokenizer, device) if grpo.refresh_probe and sender.uses_probe else None)

@@ -24,8 +24,9 @@ class CollectiveSender:
 
     uses_probe = True  # the learner's probe log-probs go along
 
-    def __init__(self, controller, run: str, device, join_timeout_s: float):
-        self.controller, self.run, self.device, self.join_timeout_s = controller, run, device, join_timeout_s
+    def __init__(self, controller, run: str, device, join_timeout_s: float, transfer_timeout_s: float):
+        self.controller, self.run, self.device = controller, run, device
+        self.join_timeout_s, self.transfer_timeout_s = join_timeout_s, transfer_timeout_s
         self.group = None  # its GroupAddress, on rank 0
         self.opened = 0
 
@@ -40,7 +41,7 @@ class CollectiveSender:
         backend = weight_group.backend_for(self.device)
         world = 1 + ray.get(self.controller.weight_group_ranks.remote())
         self.opened += 1
-        address = weight_group.new_address(f"{self.run}-weights-{self.opened}", world, backend, self.join_timeout_s)
+        address = weight_group.new_address(f"{self.run}-weights-{self.opened}", world, backend, self.join_timeout_s, self.transfer_timeout_s)
         joined = self.controller.open_weight_group.remote(address)
         try:
             weight_group.join(address, 0, address.host)
@@ -69,8 +70,9 @@ class CollectiveSender:
                 reply = self.controller.receive.remote(weight_group.specs(state.items()), step, expected)
                 try:
                     weight_group.send(self.group.name, state.values(), self.device)
-                except RuntimeError as error:  # a receiver's connection closed; the controller's reply says what next
+                except RuntimeError as error:  # a receiver died or stopped answering; the controller's reply says what next
                     print(f"[grpo] weight broadcast failed: {error}", flush=True)
+                    self.reset()  # aborted: nothing more goes over this group
                 if not ray.get(reply)["resync"]:
                     return
                 self.reset()
@@ -127,9 +129,9 @@ class DiskSender:
         pass
 
 
-def make_sender(mode: str, controller, output_dir: Path, policy_path: str, run: str, device, join_timeout_s: float):
+def make_sender(mode: str, controller, output_dir: Path, policy_path: str, run: str, device, join_timeout_s: float, transfer_timeout_s: float):
     if mode == "collective":
-        return CollectiveSender(controller, run, device, join_timeout_s)
+        return CollectiveSender(controller, run, device, join_timeout_s, transfer_timeout_s)
     if mode == "object_store":
         return ObjectStoreSender(controller)
     return DiskSender(controller, output_dir, policy_path)

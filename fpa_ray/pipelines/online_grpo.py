@@ -30,9 +30,11 @@ from fpa_ray.accounting import Ledger
 from fpa_ray.config import RunConfig
 from fpa_ray.data.sources import PromptRow
 from fpa_ray.pipelines.offline import OfflinePipeline, write_json
+from fpa_ray.sampler.weight_group import TransferFailed
 
 ONLINE_DIR = "online"
 POOL_START_PAUSES_S = (1, 2, 4, 8, 16)  # between starts of pools whose actors died while starting
+RECEIVE_GRACE_S = 30.0  # beyond grpo.sync_timeout_s: a sampler's own timeout, probe and reply
 
 
 def held_resources(config: RunConfig) -> dict[str, float]:
@@ -301,9 +303,12 @@ class RolloutController:
         self.policy_id = f"{self.run_dir / ONLINE_DIR}@step{step}"
         try:
             gaps = ray.get([w.receive.remote(group, tensors, expected if grpo.refresh_probe and i == 0 else None, grpo.probe_tolerance)
-                            for i, w in enumerate(self.samplers)])
-        except ray.exceptions.RayActorError as error:
-            print(f"[grpo] a sampler died during the weight broadcast ({type(error).__name__}); restarting the pools", flush=True)
+                            for i, w in enumerate(self.samplers)], timeout=grpo.sync_timeout_s + RECEIVE_GRACE_S)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError, ray.exceptions.RayTaskError) as error:
+            # died, stopped answering, or its group was aborted by a peer that did: the new pools start on a new group
+            if isinstance(error, ray.exceptions.RayTaskError) and not isinstance(error, TransferFailed):
+                raise  # a probe that failed, an engine that could not load the weights: not a lost peer
+            print(f"[grpo] the weight broadcast failed in a sampler ({type(error).__name__}); restarting the pools", flush=True)
             self._start_pools()
             return {"resync": True}
         self.probe_gap = gaps[0]

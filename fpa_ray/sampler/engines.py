@@ -194,10 +194,14 @@ class VLLMEngine:
         self._reload(lambda: self.llm.collective_rpc(_receive_weights, args=(name, expected)))
 
     def _reload(self, load) -> None:
+        from fpa_ray.sampler.weight_group import TransferFailed
+
         try:
             load()
             if self.on_cpu:
                 self.llm.collective_rpc(_repack_cpu_embeddings)
+        except TransferFailed:
+            raise  # the broadcast, not the engine, failed: the rollout controller restarts the pools and the learner resends
         except Exception as error:
             raise SamplerError(f"vLLM could not load the new weights: {type(error).__name__}: {error}") from error
         self.llm.reset_prefix_cache()  # cached prefixes hold the old weights' keys and values

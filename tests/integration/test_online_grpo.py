@@ -4,6 +4,7 @@ A whole GRPO run and `compare` are tested on the job submitted in test_job_submi
 
 import json
 import re
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -89,6 +90,20 @@ def test_rollout_advantages_and_an_in_place_sync_round_trip_on_the_real_pools(ra
     assert ray_cluster.get(restarted.engine_identity.remote())[0] != identity[0]
     ray_cluster.get(controller.rollout.remote(3))
     _sampled_from(tmp_path, 3, new_policy, tiny_policy)
+
+    serving = ray_cluster.get(restarted.engine_identity.remote())
+    # A learner that stops answering mid-sync (it opened the group and never sends): the sampler gives up
+    # after the group's transfer timeout, the controller restarts the pools and asks for a new group.
+    address = weight_group.new_address("test-weights-silent", 1 + ray_cluster.get(controller.weight_group_ranks.remote()), "gloo",
+                                       transfer_timeout_s=3)
+    joined = controller.open_weight_group.remote(address)
+    weight_group.join(address, 0, address.host)
+    ray_cluster.get(joined)
+    started = time.monotonic()
+    assert ray_cluster.get(controller.receive.remote(weight_group.specs(state.items()), 4, expected), timeout=120) == {"resync": True}
+    assert time.monotonic() - started < 60  # the transfer timeout and a pool restart, not the default 10 minutes
+    weight_group.leave(address.name)
+    assert ray_cluster.get(ray_cluster.get_actor(f"{config.name}-r3-sampler-0").engine_identity.remote())[0] != serving[0]
 
     ray_cluster.get(controller.finish.remote())
     ledger = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]

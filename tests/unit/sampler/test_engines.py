@@ -229,3 +229,33 @@ def test_the_hf_engine_moves_its_model_and_its_receive_buffers_to_the_device_it_
     with pytest.raises(SamplerError):  # nothing arrived, so the model misses every tensor
         engine.receive_weights("w", [])
     assert devices == [torch.device("meta")]
+
+
+def test_a_broadcast_to_a_sampler_that_stops_answering_fails_after_the_transfer_timeout():
+    """A sampler that joined the weight group and then stopped answering (hung, or its node lost on NCCL,
+    where nothing raises by itself): the learner's rank 0 stops after the group's transfer timeout with
+    TransferFailed, naming the group and the tensor, and leaving aborts the group."""
+    import socket
+    import threading
+    import time
+    from dataclasses import replace
+
+    from fpa_ray.sampler import weight_group
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = weight_group.GroupAddress("silent", "127.0.0.1", port, 2, "gloo", join_timeout_s=30, transfer_timeout_s=2)
+    silent = replace(address, name="silent-sampler")  # both ranks in one process: two registry keys
+    thread = threading.Thread(target=weight_group.join, args=(silent, 1, "127.0.0.1"))  # joins, then never receives
+    thread.start()
+    weight_group.join(address, 0, "127.0.0.1")
+    thread.join(timeout=30)
+    started = time.monotonic()
+    with pytest.raises(weight_group.TransferFailed, match=r"weight group 'silent': tensor 0 not transferred within 2 s"):
+        weight_group.send(address.name, [torch.ones(1 << 22)], torch.device("cpu"))
+    assert 1.5 < time.monotonic() - started < 20
+    weight_group.leave(address.name)
+    weight_group.leave(silent.name)
+    with pytest.raises(RuntimeError, match="not open"):
+        weight_group.send(address.name, [], torch.device("cpu"))
