@@ -16,7 +16,9 @@ Train worker runs):
 3. padding-free rows (learner.padding_free) on rows whose responses spread 8x in length: FPA-RPO
    padded and padding-free on DDP, and padding-free with a token budget on ZeRO-3; the padding-free /
    padded step-time ratio (SDPA with a block-diagonal mask: no flash-attention varlen kernels);
-4. step time and peak memory of each, and the FPA / plain step-time ratio.
+4. step time and peak memory of each, and the FPA / plain step-time ratio;
+5. gradient checkpointing (the same first loss as without, less peak memory), ZeRO-3's reference as a
+   ZeRO-3 module, the weight group over NCCL with blocking waits and abort, the HF engine on its GPU.
 It prints one line per check and a JSON summary (also written to --out), and exits non-zero on any
 failure. What it does not cover: Ray, vLLM, the verifier, several GPUs (those run on the CPU suite).
 """
@@ -151,6 +153,49 @@ def train(backend, reference, objective: str, fpa: FPAConfig, rows: list[Example
             "s_per_step": round(sum(times[1:]) / max(1, len(times) - 1), 4), "moved": f"{got - stuck}/{got}"}
 
 
+def _same_loss_less_memory(padded: dict, checkpointed: dict, device: torch.device) -> dict:
+    if abs(checkpointed["loss"] - padded["loss"]) > 1e-3 * abs(padded["loss"]) + 1e-6:
+        raise AssertionError(f"loss {checkpointed['loss']} with checkpointing, {padded['loss']} without")
+    if device.type == "cuda" and not checkpointed["peak_gib"] < padded["peak_gib"]:
+        raise AssertionError(f"peak {checkpointed['peak_gib']} GiB with checkpointing, {padded['peak_gib']} without")
+    return {"peak_gib_without": padded.get("peak_gib"), "peak_gib_with": checkpointed.get("peak_gib"),
+            "s_per_step_without": padded["s_per_step"], "s_per_step_with": checkpointed["s_per_step"]}
+
+
+def _nccl_weight_group(device: torch.device) -> dict:
+    """The GPU weight sync's group as the learner opens it (NCCL with blocking waits on CUDA), one rank."""
+    from fpa_ray.devices import collective_backend
+    from fpa_ray.sampler import weight_group
+
+    backend = collective_backend(1 if device.type == "cuda" else 0)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address = weight_group.GroupAddress("gpu-check-weights", "127.0.0.1", port, 1, backend, join_timeout_s=60, transfer_timeout_s=30)
+    weight_group.join(address, 0, "127.0.0.1")
+    weight_group.send(address.name, [torch.ones(1 << 20, device=device)], device)
+    received = dict(weight_group.receive(address.name, [("x", "float32", (4,))], device))["x"]
+    weight_group.leave(address.name)
+    return {"backend": backend, "received_on": str(received.device)}
+
+
+def _hf_engine(directory: Path, device: torch.device) -> dict:
+    """The transformers engine on the GPU its actor holds (the tiny policy, tokenizer included): model,
+    inputs and sampling noise on that device."""
+    from fpa_ray.config import SamplerConfig, SyntheticTaskConfig, TinyModelConfig
+    from fpa_ray.data.synthetic import generate
+    from fpa_ray.sampler.engines import HFEngine, SampleRequest
+    from fpa_ray.tiny import build_tiny_policy
+
+    problems = generate(SyntheticTaskConfig(), "train", 300)
+    policy = build_tiny_policy(directory, TinyModelConfig(), (f"{p.prompt}\n{p.solution}" for p in problems))
+    engine = HFEngine(Path(policy), SamplerConfig(engine="hf", gpus_per_actor=1 if device.type == "cuda" else 0, max_new_tokens=8, dtype="bfloat16"))
+    completions = engine.generate([SampleRequest([1, 2, 3], 7), SampleRequest([4, 5], 8)])
+    if engine.model.device.type != device.type or not all(len(c.token_ids) for c in completions):
+        raise AssertionError(f"model on {engine.model.device}, {[len(c.token_ids) for c in completions]} tokens")
+    return {"model_on": str(engine.model.device), "tokens": [len(c.token_ids) for c in completions]}
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -197,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
             """A new backend per case, so 'received a gradient' and 'moved' describe this case alone."""
             backend = build_backend(config, policy, None, args.steps, device)
             environment.setdefault("parameters", sum(p.numel() for p in backend.unwrapped.parameters()))  # ZeRO-3 partitions hide them
-            uses = reference if needs_reference_model(objective, fpa, False) else None
+            uses = None
+            if needs_reference_model(objective, fpa, False):  # ZeRO-3: the reference as a ZeRO-3 module, as the workers hold it
+                uses = backend.frozen_reference(reference_path) if config.strategy == "deepspeed" and config.zero_stage == 3 else reference
             try:
                 return train(backend, uses, objective, fpa, data[example_kind(objective)], args.steps, MicroBatching.of(config))
             finally:
@@ -235,6 +282,15 @@ def main(argv: list[str] | None = None) -> int:
                   lambda: fresh(zero3, "rpo", exact, spread))
         packed_ratio = round(packed_times["padding-free"] / packed_times["padded"], 3) if len(packed_times) == 2 else None
         print(f"padding-free / padded step time (DDP bf16, FPA-RPO, spread lengths): {packed_ratio}", flush=True)
+
+        # learner.gradient_checkpointing on the GPU: the same first loss as the padded run above, less peak memory
+        checkpointed = check.run("ddp-bf16 rpo + FPA exact, spread lengths, padded, gradient checkpointing",
+                                 lambda: fresh(learner.model_copy(update={"gradient_checkpointing": True}), "rpo", exact, spread))
+        padded = next((r for r in check.results if r["check"] == "ddp-bf16 rpo + FPA exact, spread lengths, padded" and r["ok"]), None)
+        if checkpointed and padded:
+            check.run("gradient checkpointing: same loss, less memory", lambda: _same_loss_less_memory(padded, checkpointed, device))
+        check.run("weight group over NCCL (one rank): blocking wait with a timeout, abort", lambda: _nccl_weight_group(device))
+        check.run("hf engine on the GPU it holds", lambda: _hf_engine(Path(tmp) / "tiny", device))
     failed = [r["check"] for r in check.results if not r["ok"]]
     summary = {"environment": environment, "results": check.results, "fpa_over_plain": ratios, "padding_free_over_padded": packed_ratio, "failed": failed,
                "wall_s": round(time.perf_counter() - started, 1)}

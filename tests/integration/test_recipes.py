@@ -10,13 +10,15 @@ CPUs each actor asks for and the verifier pool, which holds CPUs alone. Everythi
 shipped and is asserted to: strategy, ZeRO stage, the accumulation steps the recipe implies, bf16
 (DeepSpeed's bf16 mode on CPU), FPA mode and chunk size, objective and its parameters, sampler,
 verifier and evaluation settings. Then one offline round runs (GRPO: 2 steps), to its report in the
-first run of each set of evaluation settings (the `evaluated` fixture).
+first offline run (the `evaluated` fixture); the recipes' evaluation section is the same in every
+recipe, and the GRPO pipeline's evaluation of its snapshots runs in the tiny-cpu-grpo job.
 
 Reduced runs are shared, never faked: recipes whose CPU configs are identical (the Qwen and Llama
 file of one objective differ only in the model and token budgets, both replaced) share one run
-directory, and runs whose generation inputs are identical (policy, prompts, sampler, verifier,
-evaluation, seed) start from copies of the first one's finished eval_0 and round_1 samples and
-verdicts, which the pipeline checks against its own inputs before reusing.
+directory, and runs whose generation inputs are identical (policy, prompts, sampling, grading,
+evaluation, seed; not the pools' sizes, since every sample is seeded alone) start from copies of an
+earlier run's finished eval_0 and round_1 samples and verdicts, which the pipeline checks against its
+own inputs before reusing. The RPO recipes' run is the offline layout run itself.
 The two tiny recipes run in full elsewhere, as `ray job submit` jobs: tiny-cpu and tiny-cpu-grpo in
 test_job_submit.
 """
@@ -44,6 +46,9 @@ TINY_POLICY = ["policy.name_or_path=tiny", *(o for o in SMALL + GRPO_SMALL if o.
 
 # The recipe whose run keeps its pools as shipped, for each pool layout (asserted to be shared below).
 LAYOUT_RUNS = ("qwen25-math-7b-rpo", "qwen25-math-7b-grpo")
+# GRPO's layout run takes 4 accumulation steps, not the recipe's 16: its 4 learners would otherwise train
+# 4x the rows of the shrunk runs. The DAPO run keeps the 16 of the same learner section.
+GRPO_LAYOUT_ACCUMULATION = 4
 
 
 def pool_layout(config: RunConfig) -> dict:
@@ -60,6 +65,9 @@ def cpu_overrides(recipe: RunConfig, shipped_layout: bool = False) -> list[str]:
     learner = recipe.learner
     micro = learner.micro_batch_size
     workers = learner.num_workers if shipped_layout else WORKERS
+    accumulation = learner.accumulation_steps
+    if shipped_layout and recipe.objective.name == "grpo":
+        accumulation = GRPO_LAYOUT_ACCUMULATION
     if shipped_layout:
         pools = ["sampler.cpus_per_actor=0.25", "learner.cpus_per_worker=0.25", "verifier.num_actors=1"]
     else:
@@ -71,23 +79,24 @@ def cpu_overrides(recipe: RunConfig, shipped_layout: bool = False) -> list[str]:
         "data.eval=[{name: synthetic, split: test, limit: 16}]",
         "data.template=tiny-chat",  # the template the tiny policy was trained on (qwen25-math-cot is unit-tested)
         "sampler.max_new_tokens=48", "sampler.max_model_len=512", "evaluation.max_new_tokens=48",  # the tiny task's lengths
+        "sampler.shard_size=8",  # 8 shards of the 64 prompts: several of the layout run's 8 samplers generate
         *pools,
         # The recipe's accumulation steps (global / (workers x micro)) on the run's workers with its micro-batch size.
-        f"learner.global_batch_size={workers * micro * learner.accumulation_steps}",
+        f"learner.global_batch_size={workers * micro * accumulation}",
         "learner.max_length=512",  # the tiny policy's 512 positions (recipes: 4096)
     ]
     if recipe.objective.name == "grpo":
         # 2 rollout steps with the recipe's optimizer steps per rollout (prompts x n / global batch).
         grpo = recipe.grpo
         prompts = grpo.prompts_per_step * recipe.sampler.n // learner.global_batch_size
-        prompts = prompts * workers * micro * learner.accumulation_steps // recipe.sampler.n
+        prompts = prompts * workers * micro * accumulation // recipe.sampler.n
         overrides += ["grpo.steps=2", f"grpo.prompts_per_step={prompts}"]
         if grpo.dynamic_sampling:  # enough training prompts for every sampling batch the recipe allows
             overrides.append(f"data.train={{name: synthetic, split: train, limit: {prompts * grpo.max_sampling_batches}}}")
         if grpo.overlong_buffer is not None:  # the recipe's share of the response budget, at the tiny task's 48 tokens
             overrides.append(f"grpo.overlong_buffer={max(1, 48 * grpo.overlong_buffer // recipe.sampler.max_new_tokens)}")
-    elif shipped_layout:  # one optimizer step of the recipe's 64 pairs; 8 shards, so several of the 8 samplers generate
-        overrides += ["learner.max_steps=1", "sampler.shard_size=8"]
+    elif shipped_layout:  # one optimizer step of the recipe's 64 pairs
+        overrides.append("learner.max_steps=1")
     else:
         overrides.append("learner.max_steps=4")  # a few optimizer steps: the round's data holds more
     return overrides
@@ -100,7 +109,8 @@ def _kept(config: RunConfig) -> dict:
         "learner": {"strategy": learner.strategy, "zero_stage": learner.zero_stage, "precision": learner.precision, "micro": learner.micro_batch_size,
                     "accumulation": learner.accumulation_steps, "lr": learner.lr, "schedule": learner.lr_schedule, "warmup": learner.warmup_steps,
                     "epochs": learner.epochs, "checkpoint_every": learner.checkpoint_every, "grad_clip": learner.grad_clip,
-                    "padding_free": learner.padding_free, "micro_batch_tokens": learner.micro_batch_tokens},
+                    "padding_free": learner.padding_free, "micro_batch_tokens": learner.micro_batch_tokens,
+                    "gradient_checkpointing": learner.gradient_checkpointing},
         "objective": config.objective.model_dump(), "fpa": config.fpa.model_dump(), "build": config.build.model_dump(),
         "sampler": config.sampler.model_dump(include={"engine", "n", "temperature", "top_p", "dtype", "logprobs_mode", "max_num_seqs"}),
         "verifier": config.verifier.model_dump(include={"grader", "cross_grader", "timeout_s", "memory_limit_mb", "max_failure_share"}),
@@ -127,15 +137,24 @@ def cpu_config(recipe_name: str, output_dir, shipped_layout: bool = False) -> Ru
     if recipe_name == DISK_SYNC_RUN:
         overrides.append("grpo.weight_sync=disk")
         kept["grpo"]["weight_sync"] = "disk"
+    if shipped_layout and recipe.objective.name == "grpo":
+        kept["learner"]["accumulation"] = GRPO_LAYOUT_ACCUMULATION
     content = load_config(recipe_name, [*overrides, "name=x"]).model_dump(mode="json", exclude={"name"})
     config = load_config(recipe_name, [*overrides, f"name=recipe-{recipe.objective.name}-{_digest(content)}"])
     assert _kept(config) == kept, "a CPU override changed a setting the recipe ships"
     assert (pool_layout(config) == pool_layout(recipe)) == shipped_layout
+    assert recipe.evaluation.model_dump(exclude={"max_new_tokens"}) == load_config(LAYOUT_RUNS[0]).evaluation.model_dump(exclude={"max_new_tokens"})
     return config
 
 
+POOL_SIZES = {"num_actors", "cpus_per_actor", "gpus_per_actor", "workers_per_actor", "resources"}
+
+
 def _generation_inputs(config: RunConfig) -> str:
-    return _digest(config.model_dump(mode="json", include={"policy", "data", "sampler", "verifier", "evaluation", "seed"}))
+    data = config.model_dump(mode="json", include={"policy", "data", "sampler", "verifier", "evaluation", "seed"})
+    for section in ("sampler", "verifier"):  # the samples and verdicts do not depend on how many actors made them
+        data[section] = {k: v for k, v in data[section].items() if k not in POOL_SIZES}
+    return _digest(data)
 
 
 def _evaluation_inputs(config: RunConfig) -> str:
@@ -145,17 +164,17 @@ def _evaluation_inputs(config: RunConfig) -> str:
 
 
 def _seed_from_an_earlier_run(config: RunConfig) -> None:
-    """Copy eval_0 and round_1's samples and verdicts from a finished run with the same generation inputs."""
+    """Copy eval_0 and round_1's samples and verdicts, each from the first finished run with the same generation inputs."""
     run_dir = config.output_dir / config.name
     if run_dir.exists():
         return
-    for other in sorted(config.output_dir.glob("recipe-*")):
-        saved = other / "config.yaml"
-        if saved.exists() and _generation_inputs(RunConfig.model_validate(yaml.safe_load(saved.read_text()))) == _generation_inputs(config):
-            if all((other / part / "manifest.json").exists() for part in ("eval_0", "round_1/samples", "round_1/verified")):
-                for part in ("eval_0", "round_1/samples", "round_1/verified"):
-                    shutil.copytree(other / part, run_dir / part)
-                return
+    for part in ("eval_0", "round_1/samples", "round_1/verified"):
+        for other in sorted(config.output_dir.glob("recipe-*")):
+            saved = other / "config.yaml"
+            if (saved.exists() and (other / part / "manifest.json").exists()
+                    and _generation_inputs(RunConfig.model_validate(yaml.safe_load(saved.read_text()))) == _generation_inputs(config)):
+                shutil.copytree(other / part, run_dir / part)
+                break
 
 
 @pytest.fixture(scope="module")
@@ -166,9 +185,9 @@ def recipe_runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluated() -> set[str]:
     """Evaluation inputs (`_evaluation_inputs`) of the recipe runs that evaluated their trained policies.
-    Recipes share their evaluation settings (the offline ones all, the two GRPO ones theirs), so the
-    first run of each evaluates its policies to its report and later ones with the same inputs stop
-    at their trained policy: evaluating another checkpoint of the same shape runs no other code."""
+    The offline recipes share their evaluation settings (and the GRPO ones the same evaluation section),
+    so the first offline run evaluates its policies to its report and later ones stop at their trained
+    policy: evaluating another checkpoint of the same shape runs no other code."""
     return set()
 
 
@@ -185,7 +204,7 @@ def test_qwen_and_llama_recipes_differ_only_in_what_the_cpu_replaces(recipe_runs
         assert raw[0].policy.name_or_path != raw[1].policy.name_or_path  # ... which was replaced
 
 
-GRPO_RECIPES = ["qwen25-math-7b-dapo", "qwen25-math-7b-grpo"]  # DAPO's run evaluates; GRPO's, with its pools as shipped, trains
+GRPO_RECIPES = ["qwen25-math-7b-dapo", "qwen25-math-7b-grpo"]
 
 
 def test_the_recipes_share_two_pool_layouts_each_run_as_shipped():
@@ -224,7 +243,8 @@ def test_the_offline_recipes_pools_run_as_shipped_on_logical_gpus(ray_cluster, r
 
 @pytest.mark.parametrize("recipe_name", [name for name in GPU_RECIPES if name not in GRPO_RECIPES])
 def test_offline_recipe_runs_one_round_with_its_own_settings(ray_cluster, recipe_runs, cache, evaluated, recipe_name):
-    config = cpu_config(recipe_name, recipe_runs)
+    layout = load_config(recipe_name).objective.name == load_config(LAYOUT_RUNS[0]).objective.name  # the layout run is this one's
+    config = cpu_config(recipe_name, recipe_runs, shipped_layout=layout)
     _seed_from_an_earlier_run(config)
     pipeline = OfflinePipeline(config, log=lambda line: None)
     run = pipeline.run_dir
@@ -240,7 +260,7 @@ def test_offline_recipe_runs_one_round_with_its_own_settings(ray_cluster, recipe
     saved = RunConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text()))
     assert _kept(saved) == _kept(load_config(recipe_name))
     metrics = [json.loads(line) for line in (run / "round_1" / "train" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert [m["step"] for m in metrics] == list(range(1, config.learner.max_steps + 1))
     assert all(m["grad_norm"] > 0 and m["lr"] > 0 and m["num_units"] == config.learner.global_batch_size for m in metrics)
     assert ("C_l_current" in metrics[0]) == config.fpa.enabled  # FPA's coefficients were computed at pi_hat
     assert ("kl_reference" in metrics[0]) == (config.objective.name == "kto")
@@ -250,11 +270,11 @@ def test_offline_recipe_runs_one_round_with_its_own_settings(ray_cluster, recipe
     assert policy["dtype"] == "bfloat16"  # DeepSpeed's bf16 module (fp32 masters inside the optimizer)
     ledger = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
     train = next(e for e in ledger if e["stage"] == "train")
-    assert train["cpus"] == WORKERS and train["completed"]
+    assert train["cpus"] == config.learner.num_workers * config.learner.cpus_per_worker and train["completed"]
 
 
 @pytest.mark.parametrize("recipe_name", GRPO_RECIPES)
-def test_grpo_recipe_runs_two_steps_with_its_own_settings(ray_cluster, recipe_runs, cache, evaluated, recipe_name):
+def test_grpo_recipe_runs_two_steps_with_its_own_settings(ray_cluster, recipe_runs, cache, recipe_name):
     import pyarrow.parquet as pq
 
     from fpa_ray.pipelines.online_grpo import OnlineGRPOPipeline
@@ -265,12 +285,8 @@ def test_grpo_recipe_runs_two_steps_with_its_own_settings(ray_cluster, recipe_ru
     assert config.grpo.prompts_per_step * config.sampler.n // config.learner.global_batch_size == minibatches == 4
     pipeline = OnlineGRPOPipeline(config, log=lambda line: None)
     run = pipeline.run_dir
-    if _evaluation_inputs(config) in evaluated:  # the other GRPO recipe's policies were evaluated so: train only
-        pipeline.prepare()
-        pipeline.train_online(pipeline.initial_policy())
-    else:
-        assert "| step 2 |" in pipeline.run().read_text()
-        evaluated.add(_evaluation_inputs(config))
+    pipeline.prepare()  # trained, not evaluated: the offline run evaluates the recipes' evaluation settings
+    pipeline.train_online(pipeline.initial_policy())
     metrics = [json.loads(line) for line in (run / "online" / "metrics.jsonl").read_text().splitlines()]
     assert [m["rollout_step"] for m in metrics] == [1] * 4 + [2] * 4  # 4 optimizer steps per rollout, as shipped
     assert all("dual_clip_fraction" in m for m in metrics)

@@ -67,7 +67,9 @@ CASES = [(objective, fpa) for objective in OBJECTIVES for fpa in FPA if objectiv
 def test_packed_and_padded_give_the_same_loss_and_gradient(models, objective, fpa):
     padded, padded_grad = _loss_and_grad(models, objective, FPA[fpa], packed=False)
     packed, packed_grad = _loss_and_grad(models, objective, FPA[fpa], packed=True)
-    assert packed.loss.item() == pytest.approx(padded.loss.item(), rel=1e-5, abs=1e-7)
+    # REINFORCE's loss (2e-3 here) is a difference of terms +-l/N of ~10: fp32 resolves it to ~1e-6, and the
+    # padded and packed sums add in another order (1.6e-7 apart on this machine's CPU, at every commit).
+    assert packed.loss.item() == pytest.approx(padded.loss.item(), rel=1e-5, abs=1e-6)
     for key in ("C_w", "C_l", "logp_chosen", "logp_rejected"):
         if key in padded.metrics:
             assert float(packed.metrics[key]) == pytest.approx(float(padded.metrics[key]), rel=1e-5, abs=1e-7), key
@@ -101,7 +103,9 @@ def test_grpo_packed_and_padded_give_the_same_loss_metrics_and_gradient(models):
     assert [len(v) for v in packed_old] == [len(e.responses[0]) for e in _rows("labelled")]  # each row's own tokens, in order
     for a, b in zip(packed_old, padded_old):
         assert torch.allclose(a, b, atol=1e-5)
-    assert packed.loss.item() == pytest.approx(padded.loss.item(), rel=1e-5, abs=1e-7)
+    # REINFORCE's loss (2e-3 here) is a difference of terms +-l/N of ~10: fp32 resolves it to ~1e-6, and the
+    # padded and packed sums add in another order (1.6e-7 apart on this machine's CPU, at every commit).
+    assert packed.loss.item() == pytest.approx(padded.loss.item(), rel=1e-5, abs=1e-6)
     assert 0 < float(padded.metrics["clip_fraction"]) < 1 and float(padded.metrics["kl"]) > 0  # every term is live
     for key in ("clip_fraction", "ratio", "kl", "dual_clip_fraction"):
         assert float(packed.metrics[key]) == pytest.approx(float(padded.metrics[key]), rel=1e-5, abs=1e-7), key
