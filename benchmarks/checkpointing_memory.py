@@ -6,8 +6,10 @@ For the tiny default's policy and a Qwen2.5-1.5B-shaped model cut to 2 layers (h
 the 151,936-token vocabulary), each cell in a fresh process: the learner's own DDP backend and
 train_step (fp32, exact FPA, lambda 1) on 4 pairs of 64 prompt + 192 response tokens in one micro-batch,
 padded and padding-free. It reports the step's loss and gradient norm (checkpointed vs not: they must
-agree to float tolerance), the largest gradient difference, the process's peak resident memory above
-what it held before the step (ru_maxrss), and the step's seconds. On 2 layers checkpointing can only
+agree to float tolerance), the largest gradient difference, the bytes autograd keeps for the backward
+pass (every saved tensor's storage once, weights left out: what checkpointing drops), the process's peak
+resident memory above what it held before the step (ru_maxrss: coarse, the allocator keeps freed
+memory), and the step's seconds (timed while nothing else ran, one run each: noisy). On 2 layers checkpointing can only
 save those layers' activations; the logits and the model are the same either way.
 """
 
@@ -64,14 +66,25 @@ def _cell(model_dir: str, vocab: int, checkpointing: bool, packed: bool, queue) 
         return lambda grad: grads.__setitem__(name, grad.detach().clone())
 
     hooks = [p.register_hook(keep(n)) for n, p in backend.unwrapped.named_parameters()]
-    metrics = train_step(backend, get_objective("rpo"), {}, reference, rows, list(range(PAIRS)), "paired", 0,
-                         FPAConfig(enabled=True, lam=1.0), MicroBatching.of(learner), learner.max_length, precomputed=False)
+    weights = {p.untyped_storage().data_ptr() for p in [*backend.unwrapped.parameters(), *reference.parameters()]}
+    saved: dict[int, int] = {}  # storages autograd keeps for the backward pass (not weights): what checkpointing drops
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        metrics = train_step(backend, get_objective("rpo"), {}, reference, rows, list(range(PAIRS)), "paired", 0,
+                             FPAConfig(enabled=True, lam=1.0), MicroBatching.of(learner), learner.max_length, precomputed=False)
     seconds = time.perf_counter() - started
     for hook in hooks:
         hook.remove()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     torch.save(grads, Path(model_dir).parent / f"grads-{checkpointing}-{packed}.pt")
     queue.put({"loss": metrics["loss"], "grad_norm": metrics["grad_norm"], "peak_above_start_mb": (peak - before) / 1024,
+               "saved_for_backward_mb": sum(saved.values()) / 2**20,
                "step_s": seconds, "checkpointing_on": backend.unwrapped.is_gradient_checkpointing})
 
 
@@ -103,9 +116,11 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"model": name, "layout": "padding-free" if packed else "padded", "without": cells[False], "with": cells[True],
                        "loss_rel_diff": abs(cells[True]["loss"] - cells[False]["loss"]) / abs(cells[False]["loss"]),
                        "grad_max_rel_diff": worst,
-                       "peak_ratio": cells[True]["peak_above_start_mb"] / cells[False]["peak_above_start_mb"]}
+                       "peak_ratio": cells[True]["peak_above_start_mb"] / cells[False]["peak_above_start_mb"],
+                       "saved_ratio": cells[True]["saved_for_backward_mb"] / cells[False]["saved_for_backward_mb"]}
                 results.append(row)
-                print(f"{name:<22} {row['layout']:<12} peak above start {cells[False]['peak_above_start_mb']:7.1f} -> "
+                print(f"{name:<22} {row['layout']:<12} kept for backward {cells[False]['saved_for_backward_mb']:7.1f} -> "
+                      f"{cells[True]['saved_for_backward_mb']:7.1f} MB ({row['saved_ratio']:.2f}x), peak above start {cells[False]['peak_above_start_mb']:7.1f} -> "
                       f"{cells[True]['peak_above_start_mb']:7.1f} MB ({row['peak_ratio']:.2f}x), step {cells[False]['step_s']:.2f} -> "
                       f"{cells[True]['step_s']:.2f} s, loss rel diff {row['loss_rel_diff']:.1e}, grad max rel diff {worst:.1e}", flush=True)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()

@@ -5,7 +5,7 @@ Model states per GPU follow DeepSpeed's own estimators (bf16 modules, no offload
 weights, Adam's two moments); ZeRO-3 holds the largest layer gathered (4 bytes per parameter of it)
 plus the same 18 / N; ZeRO-1 keeps whole bf16 gradients besides (2 + 2 + 16 / N); DDP keeps fp32
 weights, gradients and both moments whole (16). The reference (exact FPA, KTO, or no precomputed
-sums) is a whole bf16 copy in every worker. Activations are an estimate for a decoder layer with
+sums) is bf16, sharded under ZeRO-3 (2 / N, and its largest layer gathered), else whole in every worker. Activations are an estimate for a decoder layer with
 SwiGLU and fused attention, in bf16: 2 x (10 h + 4 i) bytes per token and layer kept for the backward
 pass (~0.2 MB for Qwen2.5-7B's 28 layers each), or with gradient checkpointing each layer's input
 (2 h) plus one layer recomputed; the logits add 2 V bytes per token for the policy (and the reference).
@@ -93,6 +93,13 @@ def model_state_bytes(parameters: int, largest_layer: int, strategy: str, zero_s
             3: 4 * largest_layer + sharded}[zero_stage]
 
 
+def reference_bytes(shape: ModelShape, learner) -> int:
+    """The frozen bf16 reference per GPU: sharded under ZeRO-3 (its largest layer gathered at a time), else whole."""
+    if learner.strategy == "deepspeed" and learner.zero_stage == 3:
+        return 2 * shape.largest_layer + int(2 * shape.parameters / learner.num_workers)
+    return 2 * shape.parameters
+
+
 def learner_memory(config: RunConfig, shape: ModelShape) -> dict[str, float]:
     """Estimated bytes on one learner GPU, by part."""
     learner, objective = config.learner, get_objective(config.objective.name)
@@ -103,7 +110,7 @@ def learner_memory(config: RunConfig, shape: ModelShape) -> dict[str, float]:
     logits = 2 * shape.vocab * tokens * (2 if reference and (config.fpa.mode == "exact" or objective.needs_kl_reference) else 1)
     return {
         "model states": model_state_bytes(shape.parameters, shape.largest_layer, learner.strategy, learner.zero_stage, learner.num_workers),
-        "reference": 2 * shape.parameters if reference and learner.reference != "precomputed" else 0,
+        "reference": reference_bytes(shape, learner) if reference and learner.reference != "precomputed" else 0,
         "activations, kept": shape.layers * layer * tokens,
         "activations, checkpointed": (shape.layers * 2 * shape.hidden + layer) * tokens,
         "logits": logits,

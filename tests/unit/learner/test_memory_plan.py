@@ -44,3 +44,13 @@ def test_the_7b_recipe_fits_an_80_gib_gpu_only_with_gradient_checkpointing():
     unchecked = load_config("qwen25-math-7b-rpo", ["learner.gradient_checkpointing=false", "learner.micro_batch_tokens=null"])
     text, fits = describe_plan(unchecked, 80)
     assert not fits and "WARNING: does not fit" in text and "16384 tokens per forward pass" in text
+
+
+def test_the_reference_is_counted_sharded_under_zero3_and_whole_otherwise():
+    config = load_config("qwen25-math-7b-rpo")
+    shape = ModelShape.from_config({"model_type": "qwen2", "vocab_size": 152064, "hidden_size": 3584, "num_hidden_layers": 28,
+                                    "num_attention_heads": 28, "num_key_value_heads": 4, "intermediate_size": 18944})
+    sharded = learner_memory(config, shape)["reference"]
+    whole = learner_memory(load_config("qwen25-math-7b-rpo", ["learner.zero_stage=2"]), shape)["reference"]
+    assert whole == 2 * shape.parameters and whole / 8 < sharded < whole / 4  # 1/8 plus the largest layer gathered
+    assert learner_memory(load_config("qwen25-math-7b-grpo"), shape)["reference"] == 0  # GRPO's KL is off: no reference
