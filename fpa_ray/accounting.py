@@ -26,7 +26,6 @@ NOT_TRAINING = frozenset({"warmstart", "download", "eval_generate", "eval_verify
 class Ledger:
     def __init__(self, path: Path, run: str | None = None):
         self.path, self.run = path, run or path.parent.name
-        path.parent.mkdir(parents=True, exist_ok=True)
 
     @contextmanager
     def stage(self, stage: str, round_index: int | None, cpus: float, gpus: float = 0.0) -> Iterator[None]:
@@ -50,6 +49,7 @@ class Ledger:
             "cpus": cpus, "gpus": gpus, "cpu_seconds": cpus * (end - start), "gpu_seconds": gpus * (end - start),
             "node": platform.node(), "completed": completed, **({} if samples is None else {"samples": samples}),
         }
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # on the first entry: a run refused before its stages leaves no directory
         with self.path.open("a") as handle:
             handle.write(json.dumps(entry) + "\n")
         metrics.resource_seconds(self.run, stage, entry["cpu_seconds"], entry["gpu_seconds"])
