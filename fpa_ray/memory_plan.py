@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fpa_ray.config import RunConfig
+from fpa_ray.learner.loop import needs_reference_model
 from fpa_ray.objectives import get_objective
 from fpa_ray.placement import held_together
 
@@ -106,11 +107,13 @@ def learner_memory(config: RunConfig, shape: ModelShape) -> dict[str, float]:
     paired = objective.batch_type.__name__ == "PairedBatch"
     tokens = learner.micro_batch_tokens or learner.micro_batch_size * (2 if paired else 1) * learner.max_length
     layer = 2 * (10 * shape.hidden + 4 * shape.intermediate)
-    reference = objective.needs_reference or config.fpa.enabled
-    logits = 2 * shape.vocab * tokens * (2 if reference and (config.fpa.mode == "exact" or objective.needs_kl_reference) else 1)
+    # the workers' own rule; `auto` counts as online, since whether the data will carry reference sums is not known here
+    reference = needs_reference_model(config.objective.name, config.fpa, precomputed=learner.reference == "precomputed")
+    exact_fpa = config.fpa.enabled and config.fpa.mode == "exact"
+    logits = 2 * shape.vocab * tokens * (2 if reference and (exact_fpa or objective.needs_kl_reference) else 1)
     return {
         "model states": model_state_bytes(shape.parameters, shape.largest_layer, learner.strategy, learner.zero_stage, learner.num_workers),
-        "reference": reference_bytes(shape, learner) if reference and learner.reference != "precomputed" else 0,
+        "reference": reference_bytes(shape, learner) if reference else 0,
         "activations, kept": shape.layers * layer * tokens,
         "activations, checkpointed": (shape.layers * 2 * shape.hidden + layer) * tokens,
         "logits": logits,

@@ -188,7 +188,7 @@ class DeepSpeedBackend:
 
         config = {**self.config(self.learner, self.precision), "zero_optimization": {"stage": 3}}
         engine, *_ = deepspeed.initialize(model=load_reference(path, self.precision, self.device), config=config)
-        engine.eval()  # DeepSpeed's eval() returns nothing
+        engine.train(False)  # inference mode; DeepSpeed's train()/eval() return nothing, so not chained
         return engine
 
     def micro_batch(self, last: bool):
