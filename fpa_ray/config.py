@@ -287,6 +287,17 @@ class GRPOConfig(StrictModel):
     """The online baseline (objective `grpo`); the group size G is sampler.n."""
 
     steps: int = Field(50, ge=1, description="rollout steps: sample, verify, update, refresh the samplers")
+    layout: Literal["split", "split-async"] = Field(
+        "split",
+        description="how sampling and training share the cluster: `split`, samplers and learners on devices of their own, each "
+        "waiting for the other (synchronous, on-policy); `split-async`, the same pools, the rollouts of the next max_staleness steps "
+        "sampled while this step trains (one step off with max_staleness 1), corrected by truncated importance sampling",
+    )
+    max_staleness: int = Field(1, ge=1, description="split-async: a rollout is sampled by weights at most this many updates old")
+    tis_cap: float = Field(
+        2.0, gt=0, description="split-async: truncated importance sampling, each token's loss weighted by min(pi_old / pi_sampler, "
+        "tis_cap): pi_old the learner's policy before the step's first update, pi_sampler the stale policy that sampled it",
+    )
     prompts_per_step: int = Field(32, ge=1, description="prompts per rollout (each sampled sampler.n times)")
     eval_every: int = Field(10, ge=1, description="keep the policy every this many steps; each is evaluated after training")
     weight_sync: Literal["collective", "object_store", "disk"] = Field(
@@ -400,6 +411,11 @@ class RunConfig(StrictModel):
             raise ValueError(f"sampler.n: GRPO normalises rewards within a group of samples and needs at least 2, got {self.sampler.n}")
         if self.grpo.overlong_buffer is not None and self.grpo.overlong_buffer >= self.sampler.max_new_tokens:
             raise ValueError(f"grpo.overlong_buffer ({self.grpo.overlong_buffer}) must be less than sampler.max_new_tokens ({self.sampler.max_new_tokens})")
+        if self.grpo.layout == "split-async" and (self.sampler.temperature != 1.0 or self.sampler.top_p != 1.0):
+            raise ValueError(
+                f"grpo.layout=split-async corrects for the stale sampler with the sampled tokens' log-probs, which are the policy's own "
+                f"only at sampler.temperature 1 and sampler.top_p 1 (got {self.sampler.temperature} and {self.sampler.top_p})"
+            )
         rows = self.grpo.prompts_per_step * self.sampler.n
         if rows % self.learner.global_batch_size:
             raise ValueError(

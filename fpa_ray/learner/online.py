@@ -1,10 +1,14 @@
 """The online GRPO learner: the same Ray Train worker group, fed rollouts step by step.
 
-Synchronous on-policy GRPO. Rank 0 asks the rollout controller (a Ray actor that owns the sampler
-and verifier pools) for rollout step s, broadcasts it to the other ranks, every rank trains on its
-slice, then the new weights go to the samplers before rank 0 asks for step s + 1 (weight_sync.py:
-a broadcast over a collective group with the sampler workers, the Ray object store, or a weights
-directory). The learner's log-probs of the probe go along, for the check.
+Rank 0 asks the rollout controller (a Ray actor that owns the sampler and verifier pools) for
+rollout step s, broadcasts it to the other ranks, every rank trains on its slice, then the new
+weights go to the samplers (weight_sync.py: a broadcast over a collective group with the sampler
+workers, the Ray object store, or a weights directory), with the learner's log-probs of the probe
+for the check. The layout (grpo_layouts.py) sets how far ahead rank 0 asks: `split` asks for step
+s + 1 after its weights were sent (on-policy); `split-async` asks for steps s + 1 .. s + k before
+step s trains, so they are sampled meanwhile by weights at most k updates old, and the loss
+corrects for that with the sampler's log-probs. Each rollout says which update sampled it; a
+rollout older than the layout allows stops the run.
 A rollout of P prompts x G samples is split into P*G / global_batch_size optimizer steps
 (mini-batches, seeded order); with more than one, the log-probs of the policy that sampled are recomputed by the learner before the first update, so the clipped ratio is
 measured in one engine (vLLM and the learner differ by ~1e-5 nats, measured in issue 5).
@@ -24,6 +28,7 @@ import torch
 
 from fpa_ray import metrics as app_metrics
 from fpa_ray.config import GRPOConfig, LearnerConfig, ObjectiveConfig
+from fpa_ray.grpo_layouts import grpo_layout
 from fpa_ray.learner.backends import build_backend, worker_device
 from fpa_ray.learner.data import Example, MicroBatching, collate
 from fpa_ray.learner.forward import TokenizedBatch, shifted_targets
@@ -53,17 +58,42 @@ class OnlineSetup:
         return self.grpo.prompts_per_step * self.group_size // self.learner.global_batch_size
 
 
-def rollout_examples(rollout: dict, max_length: int) -> tuple[list[Example], list[float], int]:
-    """Training rows of a rollout (responses cut to fit max_length) with their advantages; rows cut."""
-    examples, advantages, cut = [], [], 0
-    for prompt, response, advantage in zip(rollout["prompt_token_ids"], rollout["response_token_ids"], rollout["advantages"]):
+def rollout_examples(rollout: dict, max_length: int) -> tuple[list[Example], list[float], list[torch.Tensor], int]:
+    """Training rows of a rollout (responses cut to fit max_length) with their advantages and the
+    sampler's log-probs of their response tokens (cut alike); rows cut."""
+    examples, advantages, sampled, cut = [], [], [], 0
+    rows = zip(rollout["prompt_token_ids"], rollout["response_token_ids"], rollout["advantages"], rollout["sampling_logprobs"])
+    for prompt, response, advantage, logprobs in rows:
         room = max_length - len(prompt)
         if room < 1:
             raise ValueError(f"a rollout prompt has {len(prompt)} tokens, not less than learner.max_length={max_length}")
         cut += len(response) > room
         examples.append(Example(tuple(prompt), (tuple(response[:room]),), label=False))
         advantages.append(float(advantage))
-    return examples, advantages, cut
+        sampled.append(torch.tensor(logprobs[:room], dtype=torch.float32))
+    return examples, advantages, sampled, cut
+
+
+class RolloutFeed:
+    """Rank 0's requests for rollouts: the step's own, and the layout's `ahead` next ones, asked for
+    before the step trains (the controller serves them in order, and the weights sent after the step
+    queue behind them)."""
+
+    def __init__(self, controller, ahead: int, steps: int):
+        self.controller, self.ahead, self.steps = controller, ahead, steps
+        self.pending: dict[int, object] = {}
+
+    def take(self, step: int) -> dict:
+        import ray
+
+        rollout = ray.get(self.pending.pop(step, None) or self.controller.rollout.remote(step))
+        if rollout.get("resync"):
+            self.pending.clear()  # asked of pools that restarted on their start weights: asked again after the resync
+            return rollout
+        for ahead in range(step + 1, min(step + 1 + self.ahead, self.steps)):
+            if ahead not in self.pending:
+                self.pending[ahead] = self.controller.rollout.remote(ahead)
+        return rollout
 
 
 def _broadcast(value, rank: int):
@@ -93,15 +123,18 @@ def _token_logps(net, examples: list[Example], batching: MicroBatching, pad_id: 
 
 
 def grpo_loss(objective, params: dict, model, batch: TokenizedBatch, advantages: torch.Tensor, normalizer: float | None,
-              old: list[torch.Tensor] | None = None, ref: list[torch.Tensor] | None = None) -> tuple[ObjectiveOutput, torch.Tensor]:
+              old: list[torch.Tensor] | None = None, ref: list[torch.Tensor] | None = None,
+              sampled: list[torch.Tensor] | None = None, tis_cap: float | None = None) -> tuple[ObjectiveOutput, torch.Tensor]:
     """The objective on one micro-batch, padded or packed, and its response mask. `advantages`: one per
-    sequence; `old`, `ref`: each sequence's response-token log-probs under the sampling policy (None: the
-    policy's own, detached) and the reference (None: no KL term)."""
+    sequence; `old`, `ref`, `sampled`: each sequence's response-token log-probs under the learner's policy
+    before the step's first update (None: the policy's own, detached), the reference (None: no KL term) and
+    the sampler that generated it (with `tis_cap`: the importance correction for a stale sampler)."""
     labels, mask = shifted_targets(batch)
     logp = token_logprobs(model(**batch.model_inputs()).logits, labels, mask)
     old_logp = batch.place(old, mask) if old else logp.detach()
     ref_logp = batch.place(ref, mask) if ref else None
-    inputs = TokenBatch(logp, old_logp, mask, batch.per_token(advantages.to(logp.device)), ref_logp)
+    behaviour = batch.place(sampled, mask) if tis_cap is not None else None
+    inputs = TokenBatch(logp, old_logp, mask, batch.per_token(advantages.to(logp.device)), ref_logp, behaviour, tis_cap)
     return objective(inputs, normalizer=normalizer, **params), mask
 
 
@@ -114,6 +147,7 @@ def grpo_loop(config: dict) -> None:
     setup: OnlineSetup = config["setup"]
     controller = config["controller"]
     learner, grpo = setup.learner, setup.grpo
+    layout = grpo_layout(grpo)
     rank = ray.train.get_context().get_world_rank()
     device = worker_device(learner)
     torch.manual_seed(setup.seed)
@@ -135,21 +169,28 @@ def grpo_loop(config: dict) -> None:
     sender = make_sender(grpo.weight_sync, controller, output_dir, setup.policy_path, setup.run, device, grpo.sync_join_timeout_s,
                          grpo.sync_timeout_s)
 
-    def send_weights(step: int) -> None:
-        sender.send(backend, step, _probe_logprobs(backend, tokenizer, device) if grpo.refresh_probe and sender.uses_probe else None)
+    def send_weights(step: int) -> float | None:
+        """The weights of update `step` to the samplers; the sync probe's gap (rank 0)."""
+        return sender.send(backend, step, _probe_logprobs(backend, tokenizer, device) if grpo.refresh_probe and sender.uses_probe else None)
 
+    gap = None  # of the last sync, logged with the next step
     if resumed:  # the samplers may hold newer weights than the checkpoint
-        send_weights(start)
+        gap = send_weights(start)
 
     local = G // world
+    feed = RolloutFeed(controller, layout.ahead, grpo.steps) if rank == 0 else None
     for step in range(start, grpo.steps):
-        rollout = _broadcast(ray.get(controller.rollout.remote(step)) if rank == 0 else None, rank)
+        rollout = _broadcast(feed.take(step) if rank == 0 else None, rank)
         while rollout.get("resync"):  # the sampler pool restarted on its start weights: send them again
             sender.reset()
-            send_weights(step)
-            rollout = _broadcast(ray.get(controller.rollout.remote(step)) if rank == 0 else None, rank)
-        mark = time.perf_counter()
-        examples, advantages, cut = rollout_examples(rollout, learner.max_length)
+            gap = send_weights(step)
+            rollout = _broadcast(feed.take(step) if rank == 0 else None, rank)
+        started = mark = time.perf_counter()
+        staleness = step - rollout["version"]
+        if not 0 <= staleness <= layout.max_staleness:
+            raise RuntimeError(f"GRPO step {step}: the rollout was sampled by the weights of update {rollout['version']}, "
+                               f"{staleness} updates old; grpo.layout={layout.name} allows {layout.max_staleness}")
+        examples, advantages, sampled, cut = rollout_examples(rollout, learner.max_length)
         response_tokens = [len(e.responses[0]) for e in examples]
         order = global_order(len(examples), step, len(examples), setup.seed)
         mine = sorted({i for m in range(minibatches) for i in order[m * G + rank * local : m * G + (rank + 1) * local]})
@@ -172,7 +213,8 @@ def grpo_loop(config: dict) -> None:
                 with backend.micro_batch(last=j == len(micro_batches) - 1):
                     adv = torch.tensor([advantages[i] for i in rows], dtype=torch.float32)
                     out, mask = grpo_loss(objective, params, backend.model, batch, adv, normalizer,
-                                          [old[i] for i in rows] if old else None, [ref[i] for i in rows] if ref else None)
+                                          [old[i] for i in rows] if old else None, [ref[i] for i in rows] if ref else None,
+                                          [sampled[i] for i in rows], layout.tis_cap)
                     backend.backward(out.loss)
                 step_metrics.add(out.metrics, float(mask.sum()), float(batch.attention_mask.sum()))
             grad_norm = backend.step()
@@ -182,7 +224,8 @@ def grpo_loop(config: dict) -> None:
             step_tokens = metrics.pop("tokens")
             metrics.update(
                 step=optimizer_steps, rollout_step=step + 1, lr=lr, grad_norm=float(grad_norm), time=time.time(),
-                tokens_per_s=step_tokens / (now - mark), truncated=float(cut), **rollout["stats"],
+                tokens_per_s=step_tokens / (now - mark), truncated=float(cut), staleness=float(staleness), **rollout["stats"],
+                **({"sync_probe_gap": gap} if gap is not None else {}),
             )
             mark = now
             if writer is not None:
@@ -190,15 +233,15 @@ def grpo_loop(config: dict) -> None:
                 app_metrics.training_step(setup.run, metrics, step_tokens)
         # Publish the new weights, then the samplers load them: the next rollout is on-policy.
         snapshot = (step + 1) % grpo.eval_every == 0 or step + 1 == grpo.steps
-        if rank == 0:
-            ray.get(controller.phase_done.remote("grpo_train", step))
+        if rank == 0:  # not waited for: with rollouts asked ahead the controller is busy generating them
+            controller.phase_done.remote("grpo_train", step, time.perf_counter() - started)
             stats = rollout["stats"]
             print(f"[grpo] step {step + 1}/{grpo.steps}: reward {stats['reward_mean']:.3f}, groups all wrong "
                   f"{stats['groups_all_wrong']:.0%} / all right {stats['groups_all_correct']:.0%}, loss {metrics['loss']:.4f}, "
                   f"grad norm {metrics['grad_norm']:.3f}", flush=True)
         if snapshot:
             save_hf(output_dir / SNAPSHOTS_DIR / f"step_{step + 1}", backend, setup.policy_path)
-        send_weights(step + 1)
+        gap = send_weights(step + 1)
         report(backend, metrics, (step + 1) * minibatches, (step + 1) % learner.checkpoint_every == 0 or step + 1 == grpo.steps, setup)
     if writer is not None:
         writer.close()

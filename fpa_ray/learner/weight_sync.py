@@ -3,6 +3,7 @@
 Every learner rank calls `send` after each update (ZeRO-3 gathers the full tensors on every rank;
 the probe's forward runs on every rank); rank 0 sends, and the rollout controller loads the
 weights into every sampler engine in place, probing the first against the learner's log-probs.
+`send` returns that probe's gap on rank 0 (None elsewhere, or without a probe).
 """
 
 from __future__ import annotations
@@ -55,14 +56,14 @@ class CollectiveSender:
         weight_group.leave(address.name)
         return False
 
-    def send(self, backend, step: int, expected: list[float] | None) -> None:
+    def send(self, backend, step: int, expected: list[float] | None) -> float | None:
         import ray
 
         from fpa_ray.sampler import weight_group
 
         with backend.gathered():
             if backend.rank != 0:
-                return
+                return None
             state = backend.unwrapped.state_dict()
             for _ in range(2):  # a sampler lost while joining or mid-broadcast: the pool restarts, and one more try on a new group
                 if self.group is None and not self._open():
@@ -73,8 +74,9 @@ class CollectiveSender:
                 except RuntimeError as error:  # a receiver died or stopped answering; the controller's reply says what next
                     print(f"[grpo] weight broadcast failed: {error}", flush=True)
                     self.reset()  # aborted: nothing more goes over this group
-                if not ray.get(reply)["resync"]:
-                    return
+                answer = ray.get(reply)
+                if not answer["resync"]:
+                    return answer["gap"]
                 self.reset()
         raise RuntimeError("a sampler actor died during two weight syncs in a row; the run stops here (rerun to resume)")
 
@@ -95,13 +97,12 @@ class ObjectStoreSender:
     def __init__(self, controller):
         self.controller = controller
 
-    def send(self, backend, step: int, expected: list[float] | None) -> None:
+    def send(self, backend, step: int, expected: list[float] | None) -> float | None:
         import ray
 
         with backend.gathered():  # put while gathered: ZeRO-3 frees the full tensors on leaving
             weights = ray.put({name: tensor.detach().cpu() for name, tensor in backend.unwrapped.state_dict().items()}) if backend.rank == 0 else None
-        if backend.rank == 0:
-            ray.get(self.controller.sync.remote([weights], step, expected))
+        return ray.get(self.controller.sync.remote([weights], step, expected)) if backend.rank == 0 else None
 
     def reset(self) -> None:
         pass
@@ -116,14 +117,15 @@ class DiskSender:
     def __init__(self, controller, output_dir: Path, policy_path: str):
         self.controller, self.output_dir, self.policy_path = controller, output_dir, policy_path
 
-    def send(self, backend, step: int, expected: list[float] | None) -> None:
+    def send(self, backend, step: int, expected: list[float] | None) -> float | None:
         import ray
 
         with tempfile.TemporaryDirectory() as tmp:
             save_hf(Path(tmp), backend, self.policy_path)
-            if backend.rank == 0:
-                _publish(self.output_dir, Path(tmp))
-                ray.get(self.controller.refresh.remote(str(self.output_dir / WEIGHTS_DIR), step))
+            if backend.rank != 0:
+                return None
+            _publish(self.output_dir, Path(tmp))
+            return ray.get(self.controller.refresh.remote(str(self.output_dir / WEIGHTS_DIR), step))
 
     def reset(self) -> None:
         pass

@@ -120,11 +120,13 @@ class TokenBatch:
     mask: Tensor  # bool, True on response tokens
     advantages: Tensor  # [B], one per sequence, or [B, T], one per token
     ref_logp: Tensor | None = None  # log pi_ref(y_t), needed when a KL penalty is used
+    behaviour_logp: Tensor | None = None  # log-probs under the (stale) sampler's weights, for the importance correction
+    tis_cap: float | None = None  # with behaviour_logp: the importance weight's truncation
 
     def validate(self) -> int:
         if self.logp.dim() != 2:
             raise ValueError(f"logp must be [batch, tokens], got shape {tuple(self.logp.shape)}")
-        for field in ("old_logp", "mask", "ref_logp"):
+        for field in ("old_logp", "mask", "ref_logp", "behaviour_logp"):
             value = getattr(self, field)
             if value is not None and value.shape != self.logp.shape:
                 raise ValueError(f"{field} has shape {tuple(value.shape)} but logp has {tuple(self.logp.shape)}")
@@ -132,6 +134,8 @@ class TokenBatch:
             raise ValueError(f"mask must be a bool tensor, got {self.mask.dtype}")
         if not self.mask.any():
             raise ValueError("mask selects no tokens: every response in the batch is empty")
+        if (self.behaviour_logp is None) != (self.tis_cap is None) or (self.tis_cap is not None and not self.tis_cap > 0):
+            raise ValueError(f"the importance correction needs both the sampler's log-probs and a tis_cap > 0, got tis_cap={self.tis_cap}")
         if isinstance(self.advantages, Tensor) and self.advantages.dim() == 2:
             if self.advantages.shape != self.logp.shape:
                 raise ValueError(f"per-token advantages have shape {tuple(self.advantages.shape)} but logp has {tuple(self.logp.shape)}")
@@ -139,7 +143,7 @@ class TokenBatch:
         else:
             _check_vector("advantages", self.advantages, self.logp.shape[0])
             _check_finite("advantages", self.advantages)
-        for field in ("logp", "old_logp", "ref_logp"):
+        for field in ("logp", "old_logp", "ref_logp", "behaviour_logp"):
             value = getattr(self, field)
             if value is not None:
                 _check_finite(field, value, where=self.mask)

@@ -6,6 +6,11 @@ Once a rollout makes several optimizer steps the ratio can grow far from 1, and 
 advantage the PPO minimum then takes the unclipped rho A, unbounded: the dual clip (verl's
 `clip_ratio_c`, Ye et al. 2020) caps that loss at -clip_ratio_c A, and the log-ratio is clamped to
 [-20, 20] before exp so it cannot overflow.
+Rollouts sampled by older weights than the learner's (grpo.layout=split-async) carry the sampler's
+log-probs; each token's clipped surrogate is then weighted by min(pi_old / pi_sampler, batch.tis_cap), where
+pi_old (`old_logp`) is the learner's policy before the step's first update: truncated importance
+sampling (verl's TIS), the behaviour correction of AReaL's decoupled PPO objective with its weight
+truncated. The KL term is not weighted.
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
 def grpo(
     batch: TokenBatch, *, clip_eps: float = 0.2, clip_eps_high: float | None = None, clip_ratio_c: float | None = 3.0, kl_coef: float = 0.0
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-token -min(rho A, clip(rho, 1 - eps, 1 + eps_high) A), capped at -clip_ratio_c A where A < 0, + kl_coef k3(pi_ref || pi)."""
+    """Per-token -min(rho A, clip(rho, 1 - eps, 1 + eps_high) A), capped at -clip_ratio_c A where A < 0, weighted by
+    min(pi_old / pi_sampler, batch.tis_cap) when the batch carries the sampler's log-probs, + kl_coef k3(pi_ref || pi)."""
     if kl_coef > 0 and batch.ref_logp is None:
         raise ValueError("objective 'grpo' with kl_coef > 0 needs ref_logp")
     if clip_ratio_c is not None and not clip_ratio_c > 1:
@@ -72,6 +78,12 @@ def grpo(
         capped = -clip_ratio_c * advantages
         metrics["dual_clip_fraction"] = _masked_mean((negative & (per_token > capped)).float(), mask)
         per_token = torch.where(negative, torch.minimum(per_token, capped), per_token)
+    if batch.behaviour_logp is not None:
+        weight = torch.exp(torch.where(mask, batch.old_logp - batch.behaviour_logp, 0.0).clamp(-20.0, 20.0)).detach()
+        truncated = weight.clamp(max=batch.tis_cap)
+        metrics["tis_weight"] = _masked_mean(truncated, mask)
+        metrics["tis_clip_fraction"] = _masked_mean((weight > batch.tis_cap).float(), mask)
+        per_token = per_token * truncated
     if batch.ref_logp is not None:
         delta = torch.where(mask, batch.ref_logp - batch.logp, 0.0)
         kl = torch.exp(delta) - delta - 1

@@ -9,8 +9,12 @@ object store (`grpo.weight_sync=object_store`, no checkpoint on disk) or a weigh
 
 Accounting, the same Ledger as the offline pipeline: the three pools are held for the whole loop,
 so every phase (startup, generate, verify, train, weight sync) is charged all of their resources
-x its wall time. Phases tile the loop (each runs from the end of the previous one), so the
-ledger's sum is the loop's wall time x the resources held. Policies are snapshotted every
+(the layout's, grpo_layouts.py) x its wall time. Phases tile the loop (each runs from the end of
+the previous one, in the order the controller serves them), so the ledger's sum is the loop's wall
+time x the resources held; where rollouts are sampled while the learner trains (split-async) a
+phase is named for what the loop waited on. Each pool's busy seconds (sampling and receiving
+weights; grading; training and sending weights) over the seconds held go to online/busy.json, so
+the idle share of every layout is on record. Policies are snapshotted every
 `grpo.eval_every` steps and evaluated after training, with the start, by the offline pipeline's
 evaluation (all in one sampler pool, each policy's weights loaded in place): both pipelines are
 scored by the same code, and evaluation is not charged to training.
@@ -29,22 +33,13 @@ from fpa_ray import metrics
 from fpa_ray.accounting import Ledger
 from fpa_ray.config import RunConfig
 from fpa_ray.data.sources import PromptRow
+from fpa_ray.grpo_layouts import grpo_layout
 from fpa_ray.pipelines.offline import OfflinePipeline, write_json
 from fpa_ray.sampler.weight_group import TransferFailed
 
 ONLINE_DIR = "online"
 POOL_START_PAUSES_S = (1, 2, 4, 8, 16)  # between starts of pools whose actors died while starting
 RECEIVE_GRACE_S = 30.0  # beyond grpo.sync_timeout_s: a sampler's own timeout, probe and reply
-
-
-def held_resources(config: RunConfig) -> dict[str, float]:
-    """CPUs and GPUs the online loop holds from start to end: samplers + verifiers + learners."""
-    sampler, verifier, learner = config.sampler, config.verifier, config.learner
-    return {
-        "cpus": sampler.num_actors * sampler.cpus_per_actor + verifier.num_actors * verifier.workers_per_actor
-        + learner.num_workers * learner.cpus_per_worker,
-        "gpus": sampler.num_actors * sampler.gpus_per_actor + learner.num_workers * learner.gpus_per_worker,
-    }
 
 
 def rollout_seed(seed: int, step: int) -> int:
@@ -71,17 +66,18 @@ class RolloutController:
     def __init__(self, config: RunConfig, policy: str, prompts: list[PromptRow], run_dir: str):
         self.config, self.prompts, self.run_dir = config, prompts, Path(run_dir)
         self.ledger = Ledger(self.run_dir / "ledger.jsonl", run=config.name)
-        self.held = held_resources(config)
+        self.held = grpo_layout(config.grpo).held_resources(config)
+        self.version = 0  # the update whose weights the samplers hold: 0 the start, k after the learner's k-th
+        self.busy = {"sampler": 0.0, "verifier": 0.0, "learner": 0.0}  # seconds each pool worked
         self.checkpoint = self.policy_id = str(policy)  # what the samplers hold now (or start from, with `latest`)
         self.latest = None  # (object ref, learner's probe log-probs) of the last object-store sync, if any
         self.group: str | None = None  # the learner's weight group the samplers have joined, if any
         self.stale = False  # the pools restarted on their start weights after a broadcast: the learner must send again
-        self.probe_gap: float | None = None  # of the last sync, reported with the next rollout
         self.samplers: list = []
         self.verifiers: list = []
         self.restarts = 0
+        self.mark = self.opened = time.time()  # the pools are held from their start: charged as startup
         self._start_pools()
-        self.mark = time.time()
         self.started = False
         metrics.stage_active(config.name, "grpo_startup", True)
 
@@ -152,8 +148,18 @@ class RolloutController:
         elapsed, self.mark = now - self.mark, now
         return elapsed
 
-    def phase_done(self, stage: str, step: int) -> None:
+    def phase_done(self, stage: str, step: int, busy_s: float) -> None:
+        """The learner finished `stage` of `step`, busy for `busy_s` of it."""
+        self.busy["learner"] += busy_s
         self._charge(stage, step, following="grpo_sync")
+
+    def _synced(self, step: int, started: float) -> None:
+        """The samplers hold the weights of update `step` now: charge the sync; the call's own time counts
+        as busy for both ends."""
+        self.version = step
+        self._charge("grpo_sync", step, following="grpo_train")
+        for pool in ("sampler", "learner"):
+            self.busy[pool] += time.time() - started
 
     def _generate(self, prompts: list[PromptRow], seed: int) -> pa.Table:
         """G samples of each prompt, the prompts split across the sampler pool (rows in prompt order)."""
@@ -196,19 +202,23 @@ class RolloutController:
         # Before the first rollout: workers starting and loading models; later: checkpointing.
         self._charge("grpo_train" if self.started else "grpo_startup", step, following="grpo_generate")
         self.started = True
-        seed, drawn, tables, informative = rollout_seed(config.seed, step), [], [], 0
+        seed, drawn, tables, informative, version = rollout_seed(config.seed, step), [], [], 0, self.version
         generate_s = verify_s = 0.0
         for batch in range(grpo.max_sampling_batches if grpo.dynamic_sampling else 1):
             indices = step_prompts(len(self.prompts), step, batch, grpo.prompts_per_step, config.seed, exclude=set(drawn))
             drawn += indices
             table = self._with_restart(self._generate, [self.prompts[i] for i in indices], seed)
-            generate_s += self._charge("grpo_generate", step, following="grpo_verify", samples=table.num_rows)
+            generated = self._charge("grpo_generate", step, following="grpo_verify", samples=table.num_rows)
+            generate_s += generated
+            self.busy["sampler"] += generated
             metrics.samples_generated(config.name, "grpo_generate", table.num_rows)
             table = self._with_restart(self._grade, table)
             tables.append(table.append_column("sampling_batch", pa.array([batch] * table.num_rows, pa.int32())))
             informative += int(informative_groups(torch.tensor(table.column("reward").to_pylist()) == 1, n).sum())
             more = grpo.dynamic_sampling and informative < grpo.prompts_per_step and len(drawn) < len(self.prompts)
-            verify_s += self._charge("grpo_verify", step, following="grpo_generate" if more else "grpo_train")
+            verified = self._charge("grpo_verify", step, following="grpo_generate" if more else "grpo_train")
+            verify_s += verified
+            self.busy["verifier"] += verified
             if not more:
                 break
         table = pa.concat_tables(tables)
@@ -250,13 +260,14 @@ class RolloutController:
             "generate_s": generate_s, "verify_s": verify_s, "samples_generated": float(table.num_rows),
             "samples_discarded": float(table.num_rows - int(kept.sum())), "sampling_batches": float(len(tables)),
             **({"overlong_penalty_mean": float((shaped - rewards).mean())} if grpo.overlong_buffer is not None else {}),
-            **({"sync_probe_gap": self.probe_gap} if self.probe_gap is not None else {}),
         }
         trained = table.filter(pa.array(kept.tolist()))
         return {
             "prompt_token_ids": trained.column("prompt_token_ids").to_pylist(),
             "response_token_ids": trained.column("response_token_ids").to_pylist(),
             "advantages": trained.column("advantage").to_pylist(),
+            "sampling_logprobs": trained.column("response_logprobs").to_pylist(),
+            "version": version,
             "stats": stats,
         }
 
@@ -266,10 +277,11 @@ class RolloutController:
         `weights` holds one object-store reference, in a list so that Ray hands the reference over
         instead of the tensors; it is kept so that a restarted sampler comes back on these weights.
         """
+        started = time.time()
         self.latest, self.policy_id, self.group = (weights[0], expected), f"{self.run_dir / ONLINE_DIR}@step{step}", None
-        self.probe_gap = self._with_restart(self._sync_samplers)[0]
-        self._charge("grpo_sync", step, following="grpo_train")
-        return self.probe_gap
+        gap = self._with_restart(self._sync_samplers)[0]
+        self._synced(step, started)
+        return gap
 
     def weight_group_ranks(self) -> int:
         """Ranks the sampler engines take in the learner's weight group (one per tensor-parallel worker)."""
@@ -299,7 +311,7 @@ class RolloutController:
         pools restart and {"resync": True} asks the learner to open a new group and send again."""
         import ray
 
-        grpo, group = self.config.grpo, self.group
+        grpo, group, started = self.config.grpo, self.group, time.time()
         self.policy_id = f"{self.run_dir / ONLINE_DIR}@step{step}"
         try:
             gaps = ray.get([w.receive.remote(group, tensors, expected if grpo.refresh_probe and i == 0 else None, grpo.probe_tolerance)
@@ -311,29 +323,34 @@ class RolloutController:
             print(f"[grpo] the weight broadcast failed in a sampler ({type(error).__name__}); restarting the pools", flush=True)
             self._start_pools()
             return {"resync": True}
-        self.probe_gap = gaps[0]
-        self._charge("grpo_sync", step, following="grpo_train")
-        return {"resync": False, "gap": self.probe_gap}
+        self._synced(step, started)
+        return {"resync": False, "gap": gaps[0]}
 
     def refresh(self, checkpoint: str, step: int) -> float | None:
         """Load a checkpoint directory into every sampler (probe on the first); charged as weight sync."""
         import ray
 
-        grpo = self.config.grpo
+        grpo, started = self.config.grpo, time.time()
         self.checkpoint, self.policy_id, self.latest, self.group = checkpoint, f"{checkpoint}@step{step}", None, None
-        self.probe_gap = self._with_restart(
+        gap = self._with_restart(
             lambda: ray.get([w.refresh.remote(checkpoint, grpo.refresh_probe and i == 0, grpo.probe_tolerance) for i, w in enumerate(self.samplers)])
         )[0]
-        self._charge("grpo_sync", step, following="grpo_train")  # until the next rollout: the checkpoint
-        return self.probe_gap
+        self._synced(step, started)
+        return gap
 
-    def finish(self) -> None:
-        """Charge the tail (the last checkpoint, the worker group's shutdown) and stop the pools."""
+    def finish(self) -> dict:
+        """Charge the tail (the last checkpoint, the worker group's shutdown), stop the pools, and write
+        each pool's busy share (busy seconds / seconds held) to online/busy.json; returns it."""
         import ray
 
         self._charge("grpo_shutdown", None, following=None)
         for actor in self.samplers + self.verifiers:
             ray.kill(actor)
+        held_s = time.time() - self.opened
+        shares = {"layout": self.config.grpo.layout, "held_s": held_s,
+                  **{pool: {"busy_s": busy, "busy_share": busy / held_s} for pool, busy in self.busy.items()}}
+        write_json(self.run_dir / ONLINE_DIR / "busy.json", shares)
+        return shares
 
 
 class StalePool(Exception):
@@ -371,7 +388,7 @@ class OnlineGRPOPipeline(OfflinePipeline):
         if not done:
             prompts = self._prompts([config.data.train])
             self.log(f"[grpo] {config.grpo.steps} steps x {config.grpo.prompts_per_step} prompts x {config.sampler.n} samples, "
-                     f"holding {held_resources(config)}")
+                     f"{config.grpo.layout} layout, holding {grpo_layout(config.grpo).held_resources(config)}")
             # On the driver's node, as Ray Train places its own controller: a lost worker node takes pool
             # actors with it, which the controller restarts, never the controller and the loop's state.
             on_driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -385,11 +402,12 @@ class OnlineGRPOPipeline(OfflinePipeline):
             try:
                 run_trainer(grpo_loop, {"setup": setup, "controller": controller}, config.learner, stage_dir, name=f"{config.name}-grpo")
             finally:
-                ray.get(controller.finish.remote())
+                busy = ray.get(controller.finish.remote())
                 ray.kill(controller)
             metrics = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines() if line]
             last = metrics[-1]
-            self.log(f"[grpo] {last['rollout_step']} steps, last reward {last['reward_mean']:.3f}, loss {last['loss']:.4f}")
+            self.log(f"[grpo] {last['rollout_step']} steps, last reward {last['reward_mean']:.3f}, loss {last['loss']:.4f}; busy share of "
+                     f"the {busy['held_s']:.0f} s held: " + ", ".join(f"{pool} {busy[pool]['busy_share']:.0%}" for pool in ("sampler", "verifier", "learner")))
             write_json(stage_dir / "manifest.json", {"kind": "grpo", "inputs": inputs, "complete": True, "steps": last["rollout_step"]})
         snapshots = sorted((stage_dir / SNAPSHOTS_DIR).glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
         return [(int(p.name.split("_")[1]), p) for p in snapshots]

@@ -202,8 +202,10 @@ def reference(cluster, runs: Path, cache: Path) -> str:
 
 def grpo(cluster, runs: Path) -> dict:
     run = runs / "grpo"
-    # The node goes as the first weight sync opens its group: the learner waits 20 s for the lost sampler, not the default 120.
-    job_id = submit(cluster, "grpo", "name=grpo", f"output_dir={runs}", *SMALL, *GRPO_SMALL, "grpo.sync_join_timeout_s=20")
+    # One step off: the node goes while the sampler generates step 1's rollout, requested before step 0 trains,
+    # or as the first weight sync opens its group: the learner waits 20 s for the lost sampler, not the default 120.
+    job_id = submit(cluster, "grpo", "name=grpo", f"output_dir={runs}", *SMALL, *GRPO_SMALL, "grpo.sync_join_timeout_s=20",
+                    "grpo.layout=split-async")
     rollouts = run / "online" / "rollouts"
     triggers = [("grpo", ROLLOUT, lambda: 1 if (rollouts / "step-00000.parquet").exists() else None)]
     events = follow(cluster, job_id, run, triggers, replace=False)

@@ -115,7 +115,8 @@ def _kept(config: RunConfig) -> dict:
         "sampler": config.sampler.model_dump(include={"engine", "n", "temperature", "top_p", "dtype", "logprobs_mode", "max_num_seqs"}),
         "verifier": config.verifier.model_dump(include={"grader", "cross_grader", "timeout_s", "memory_limit_mb", "max_failure_share"}),
         "evaluation": config.evaluation.model_dump(exclude={"max_new_tokens"}), "rounds": config.rounds, "seed": config.seed,
-        "grpo": config.grpo.model_dump(include={"eval_every", "weight_sync", "refresh_probe", "probe_tolerance", "dynamic_sampling", "max_sampling_batches"}),
+        "grpo": config.grpo.model_dump(include={"eval_every", "layout", "max_staleness", "tis_cap", "weight_sync", "refresh_probe", "probe_tolerance",
+                                                 "dynamic_sampling", "max_sampling_batches"}),
     }
 
 
@@ -289,6 +290,13 @@ def test_grpo_recipe_runs_two_steps_with_its_own_settings(ray_cluster, recipe_ru
     pipeline.train_online(pipeline.initial_policy())
     metrics = [json.loads(line) for line in (run / "online" / "metrics.jsonl").read_text().splitlines()]
     assert [m["rollout_step"] for m in metrics] == [1] * 4 + [2] * 4  # 4 optimizer steps per rollout, as shipped
+    # One step off: rollout 2 was asked for before step 1 trained, so the start's weights sampled it; its
+    # tokens' losses are weighted by the truncated importance ratio to the learner's policy before step 2.
+    assert shipped.grpo.layout == "split-async" and shipped.grpo.max_staleness == 1
+    assert [m["staleness"] for m in metrics] == [0] * 4 + [1] * 4
+    assert all(0 < m["tis_weight"] <= shipped.grpo.tis_cap and 0 <= m["tis_clip_fraction"] <= 1 for m in metrics)
+    busy = json.loads((run / "online" / "busy.json").read_text())
+    assert busy["layout"] == "split-async" and all(0 < busy[pool]["busy_share"] <= 1 for pool in ("sampler", "verifier", "learner"))
     assert all("dual_clip_fraction" in m for m in metrics)
     assert config.learner.padding_free  # as the offline recipes: packed rows, per-token advantages from each sequence
     # Step 1's weights reached the samplers in place (broadcast over gloo, ZeRO-3 gathered), probed in bf16;

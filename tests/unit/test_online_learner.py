@@ -6,13 +6,16 @@ from fpa_ray.learner.forward import TokenizedBatch
 from fpa_ray.learner.online import rollout_examples
 from fpa_ray.config import ConfigError
 from fpa_ray.learner.loop import global_order
-from fpa_ray.pipelines.online_grpo import _spans, held_resources, step_prompts
+from fpa_ray.grpo_layouts import grpo_layout
+from fpa_ray.pipelines.online_grpo import _spans, step_prompts
 
 
 def test_rollout_rows_are_cut_to_max_length_and_counted():
-    rollout = {"prompt_token_ids": [[1, 2, 3], [4, 5]], "response_token_ids": [[6, 7, 8, 9], [10]], "advantages": [0.5, -0.5]}
-    examples, advantages, cut = rollout_examples(rollout, max_length=5)
+    rollout = {"prompt_token_ids": [[1, 2, 3], [4, 5]], "response_token_ids": [[6, 7, 8, 9], [10]], "advantages": [0.5, -0.5],
+               "sampling_logprobs": [[-0.1, -0.2, -0.3, -0.4], [-0.5]]}
+    examples, advantages, sampled, cut = rollout_examples(rollout, max_length=5)
     assert [e.responses[0] for e in examples] == [(6, 7), (10,)] and advantages == [0.5, -0.5] and cut == 1
+    assert [s.tolist() for s in sampled] == [pytest.approx([-0.1, -0.2]), pytest.approx([-0.5])]  # cut as their tokens
     with pytest.raises(ValueError, match="a rollout prompt has 3 tokens, not less than learner.max_length=3"):
         rollout_examples(rollout, max_length=3)
 
@@ -28,7 +31,52 @@ def test_per_row_values_go_back_to_their_mask_positions():
 def test_work_is_split_evenly_and_held_resources_add_up():
     assert _spans(10, 3) == [(0, 4), (4, 3), (7, 3)] and _spans(2, 3) == [(0, 1), (1, 1), (2, 0)]
     config = load_config("tiny-cpu-grpo", ["sampler.num_actors=2", "sampler.gpus_per_actor=1", "learner.gpus_per_worker=1"])
-    assert held_resources(config) == {"cpus": 2 + 1 + 2, "gpus": 2 + 2}
+    assert grpo_layout(config.grpo).held_resources(config) == {"cpus": 2 + 1 + 2, "gpus": 2 + 2}
+    layout = grpo_layout(load_config("tiny-cpu-grpo", ["grpo.layout=split-async", "grpo.max_staleness=2", "grpo.tis_cap=3"]).grpo)
+    assert (layout.name, layout.ahead, layout.max_staleness, layout.tis_cap) == ("split-async", 2, 2, 3.0)
+    assert (grpo_layout(config.grpo).ahead, grpo_layout(config.grpo).tis_cap) == (0, None)
+
+
+def test_split_async_needs_the_policys_own_sampling_distribution():
+    with pytest.raises(ConfigError, match="split-async corrects for the stale sampler .* sampler.temperature 1"):
+        load_config("tiny-cpu-grpo", ["grpo.layout=split-async", "sampler.temperature=0.7"])
+
+
+class _ControllerStandIn:
+    """Records the rollout requests a RolloutFeed makes: the Ray actor's `.remote` calls, answered at
+    once (ray.get is the identity here); the real controller serves the feed in test_online_grpo.py."""
+
+    def __init__(self, resync_at=()):
+        self.asked, self.resync_at = [], set(resync_at)
+        self.rollout = self
+
+    def remote(self, step):
+        self.asked.append(step)
+        return {"resync": True} if step in self.resync_at else {"step": step}
+
+
+def test_the_feed_asks_for_the_layouts_rollouts_ahead_once_each(monkeypatch):
+    import ray
+
+    from fpa_ray.learner.online import RolloutFeed
+
+    monkeypatch.setattr(ray, "get", lambda answer: answer)
+
+    controller = _ControllerStandIn()
+    feed = RolloutFeed(controller, ahead=2, steps=5)
+    assert [feed.take(step)["step"] for step in range(5)] == list(range(5))
+    assert controller.asked == [0, 1, 2, 3, 4]  # each once; step s+2 asked before step s trains
+    split = _ControllerStandIn()
+    feed = RolloutFeed(split, ahead=0, steps=3)
+    for step in range(3):
+        feed.take(step)
+        assert split.asked == list(range(step + 1))  # nothing asked before the step's weights are sent
+    resync = _ControllerStandIn(resync_at={1})
+    feed = RolloutFeed(resync, ahead=1, steps=4)
+    feed.take(0)
+    assert feed.take(1) == {"resync": True} and not feed.pending  # asked again after the weights are resent
+    resync.resync_at.clear()
+    assert feed.take(1) == {"step": 1} and resync.asked == [0, 1, 1, 2]
 
 
 def test_dynamic_sampling_draws_new_prompts_for_each_further_batch():

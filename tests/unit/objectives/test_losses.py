@@ -86,6 +86,25 @@ def test_grpo_dual_clip_bounds_the_loss_of_a_negative_advantage_far_off_policy()
         get_objective("grpo")(batch, clip_ratio_c=0.5)
 
 
+def test_grpo_truncated_importance_weights_correct_for_a_stale_sampler():
+    # pi_old / pi_sampler = 0.5, 1, 4 (capped at 2); the surrogate's own ratio is 1 (logp = old_logp).
+    old = torch.log(_t(0.2, 0.3, 0.4)).view(1, 3)
+    sampler = torch.log(_t(0.4, 0.3, 0.1)).view(1, 3)
+    logp = old.clone().requires_grad_()
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    batch = TokenBatch(logp, old, mask, _t(1.0), behaviour_logp=sampler, tis_cap=2.0)
+    out = get_objective("grpo")(batch, clip_eps=0.2)
+    assert out.loss.item() == pytest.approx(-(0.5 + 1.0 + 2.0) / 3)
+    assert out.metrics["tis_weight"].item() == pytest.approx(3.5 / 3)
+    assert out.metrics["tis_clip_fraction"].item() == pytest.approx(1 / 3)
+    (grad,) = torch.autograd.grad(out.loss, logp)
+    torch.testing.assert_close(grad, -_t(0.5, 1.0, 2.0).view(1, 3) / 3)  # the weight scales the gradient and carries none
+    on_policy = get_objective("grpo")(TokenBatch(logp, old, mask, _t(1.0), behaviour_logp=old, tis_cap=2.0), clip_eps=0.2)
+    assert on_policy.loss.item() == pytest.approx(get_objective("grpo")(TokenBatch(logp, old, mask, _t(1.0)), clip_eps=0.2).loss.item())
+    with pytest.raises(ValueError, match="importance correction needs both"):
+        get_objective("grpo")(TokenBatch(logp, old, mask, _t(1.0), behaviour_logp=sampler))
+
+
 def test_grpo_kl_penalty_is_k3():
     logp = torch.log(_t(0.5)).view(1, 1).requires_grad_()
     ref = torch.log(_t(0.25)).view(1, 1)
