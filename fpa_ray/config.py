@@ -287,11 +287,13 @@ class GRPOConfig(StrictModel):
     """The online baseline (objective `grpo`); the group size G is sampler.n."""
 
     steps: int = Field(50, ge=1, description="rollout steps: sample, verify, update, refresh the samplers")
-    layout: Literal["split", "split-async"] = Field(
+    layout: Literal["split", "split-async", "colocated"] = Field(
         "split",
         description="how sampling and training share the cluster: `split`, samplers and learners on devices of their own, each "
         "waiting for the other (synchronous, on-policy); `split-async`, the same pools, the rollouts of the next max_staleness steps "
-        "sampled while this step trains (one step off with max_staleness 1), corrected by truncated importance sampling",
+        "sampled while this step trains (one step off with max_staleness 1), corrected by truncated importance sampling; "
+        "`colocated`, one engine per learner worker on the worker's own device (its placement-group bundle), taking turns: the "
+        "engine sleeps while the learner trains and takes the new weights on the device (weight_sync=same_device)",
     )
     max_staleness: int = Field(1, ge=1, description="split-async: a rollout is sampled by weights at most this many updates old")
     tis_cap: float = Field(
@@ -300,11 +302,12 @@ class GRPOConfig(StrictModel):
     )
     prompts_per_step: int = Field(32, ge=1, description="prompts per rollout (each sampled sampler.n times)")
     eval_every: int = Field(10, ge=1, description="keep the policy every this many steps; each is evaluated after training")
-    weight_sync: Literal["collective", "object_store", "disk"] = Field(
+    weight_sync: Literal["collective", "object_store", "disk", "same_device"] = Field(
         "collective",
         description="how new weights reach the live samplers, loaded in place: broadcast by the learner's rank 0 over a collective "
-        "group with every sampler worker (NCCL on GPUs, gloo on CPU), the full tensors through the Ray object store, or a weights "
-        "directory that each sampler reads (the fallback)",
+        "group with every sampler worker (NCCL on GPUs, gloo on CPU), the full tensors through the Ray object store, a weights "
+        "directory that each sampler reads (the fallback), or (layout colocated, and only there) each learner worker's tensors to "
+        "the engine on its own device: CUDA IPC handles on GPUs, the node's shared-memory object store on CPU",
     )
     sync_join_timeout_s: float = Field(120.0, gt=0, description="collective sync: how long the learner's rank 0 and the samplers "
                                        "wait for each other to open a weight group; a sampler lost meanwhile (its node gone) ends "
@@ -411,6 +414,18 @@ class RunConfig(StrictModel):
             raise ValueError(f"sampler.n: GRPO normalises rewards within a group of samples and needs at least 2, got {self.sampler.n}")
         if self.grpo.overlong_buffer is not None and self.grpo.overlong_buffer >= self.sampler.max_new_tokens:
             raise ValueError(f"grpo.overlong_buffer ({self.grpo.overlong_buffer}) must be less than sampler.max_new_tokens ({self.sampler.max_new_tokens})")
+        if (self.grpo.layout == "colocated") != (self.grpo.weight_sync == "same_device"):
+            raise ValueError(f"grpo.layout={self.grpo.layout} with grpo.weight_sync={self.grpo.weight_sync}: the colocated layout's "
+                             "engines take their weights on their learner worker's device (same_device), and only they can")
+        if self.grpo.layout == "colocated":
+            sampler, learner = self.sampler, self.learner
+            if sampler.num_actors != learner.num_workers:
+                raise ValueError(f"grpo.layout=colocated puts one engine on each learner worker's device: sampler.num_actors "
+                                 f"({sampler.num_actors}) must equal learner.num_workers ({learner.num_workers})")
+            if sampler.gpus_per_actor != learner.gpus_per_worker or sampler.tensor_parallel_size != 1:
+                raise ValueError(f"grpo.layout=colocated: each engine runs on its learner worker's device, so sampler.gpus_per_actor "
+                                 f"({sampler.gpus_per_actor}) must equal learner.gpus_per_worker ({learner.gpus_per_worker}) and "
+                                 f"sampler.tensor_parallel_size ({sampler.tensor_parallel_size}) be 1")
         if self.grpo.layout == "split-async" and (self.sampler.temperature != 1.0 or self.sampler.top_p != 1.0):
             raise ValueError(
                 f"grpo.layout=split-async corrects for the stale sampler with the sampled tokens' log-probs, which are the policy's own "

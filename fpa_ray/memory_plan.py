@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fpa_ray.config import RunConfig
+from fpa_ray.grpo_layouts import grpo_layout
 from fpa_ray.learner.loop import needs_reference_model
 from fpa_ray.objectives import get_objective
 from fpa_ray.placement import held_together
@@ -139,4 +140,13 @@ def describe_plan(config: RunConfig, gpu_memory_gb: float) -> tuple[str, bool]:
         used = "" if not part.startswith("activations") else ("  <- this run" if part == kept else "")
         lines.append(f"    {part:<26} {memory[part] / GIB:8.1f} GiB{used}")
     lines.append(f"    {'total':<26} {total / GIB:8.1f} GiB of {gpu_memory_gb:g} GiB" + ("" if fits else "  WARNING: does not fit"))
+    if config.objective.name == "grpo" and grpo_layout(config.grpo).colocated:
+        # The engine sleeps (level 1: nothing on the GPU) while the learner trains; awake, it takes its
+        # share of the GPU beside what the learner keeps between steps (model states, reference).
+        engine = config.sampler.gpu_memory_utilization * gpu_memory_gb * GIB
+        sampling = memory["model states"] + memory["reference"] + engine
+        fits = fits and (learner.gpus_per_worker == 0 or sampling <= gpu_memory_gb * GIB)
+        lines.append(f"  colocated engine, awake while sampling (sampler.gpu_memory_utilization {config.sampler.gpu_memory_utilization:g}): "
+                     f"{engine / GIB:.1f} GiB beside the model states and reference = {sampling / GIB:.1f} GiB of {gpu_memory_gb:g} GiB"
+                     + ("" if sampling <= gpu_memory_gb * GIB else "  WARNING: does not fit"))
     return "\n".join(lines), fits

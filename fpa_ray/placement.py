@@ -5,7 +5,8 @@ Offline rounds run their stages one after another, so each pool must fit by itse
 pool, the verifier pool, the learner group, whose resources also run the reference precompute); the
 online GRPO loop holds all three at once. Ray places each actor on one node, so each must fit on a
 node of its own; actors are placed largest first on the first node with room, as a packing placement
-group would place them. A cluster that autoscales (KubeRay's autoscaler) adds nodes on demand:
+group would place them; the colocated GRPO layout places each engine in its learner worker's bundle.
+A cluster that autoscales (KubeRay's autoscaler) adds nodes on demand:
 there `fit_check=warn` logs the shortfall and goes on.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fpa_ray.config import RunConfig
+from fpa_ray.grpo_layouts import grpo_layout
 
 
 class ClusterTooSmall(RuntimeError):
@@ -50,15 +52,17 @@ def run_pools(config: RunConfig) -> list[Pool]:
 
 
 def held_together(config: RunConfig) -> list[list[Pool]]:
-    """Pools grouped by what runs at the same time: all three in the GRPO loop, one by one offline."""
+    """Pools grouped by what runs at the same time: all three in the GRPO loop (as its layout places
+    them), one by one offline."""
     pools = run_pools(config)
-    return [pools] if config.objective.name == "grpo" else [[pool] for pool in pools]
+    return [grpo_layout(config.grpo).pools(pools)] if config.objective.name == "grpo" else [[pool] for pool in pools]
 
 
 POOL_KEYS = {
     "sampler": "sampler.num_actors, cpus_per_actor, gpus_per_actor, resources",
     "verifier": "verifier.num_actors, workers_per_actor, resources",
     "learner": "learner.num_workers, cpus_per_worker, gpus_per_worker, resources",
+    "colocated learner": "learner.num_workers, cpus_per_worker + sampler.cpus_per_actor, gpus_per_worker, resources",
 }
 
 

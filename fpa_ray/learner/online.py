@@ -106,6 +106,17 @@ def _broadcast(value, rank: int):
     return box[0]
 
 
+def _gathered(value) -> list:
+    """Every rank's `value`, in rank order."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 @torch.no_grad()
 def _token_logps(net, examples: list[Example], batching: MicroBatching, pad_id: int, device, precision) -> list[torch.Tensor]:
     """Per-row response-token log-probs (1-D each, in `examples` order), for the sampling policy or the
@@ -167,7 +178,12 @@ def grpo_loop(config: dict) -> None:
     output_dir = Path(setup.output_dir)
     writer = MetricsWriter(output_dir, backend.start_step) if rank == 0 else None
     sender = make_sender(grpo.weight_sync, controller, output_dir, setup.policy_path, setup.run, device, grpo.sync_join_timeout_s,
-                         grpo.sync_timeout_s)
+                         grpo.sync_timeout_s, grpo.probe_tolerance)
+    if layout.colocated:  # each rank's engine starts in the rank's own bundle, on its device
+        placements = _gathered(layout.worker_placement())
+        if rank == 0:
+            ray.get(controller.colocate.remote(placements))
+        _broadcast(None, rank)  # every rank waits for the engines
 
     def send_weights(step: int) -> float | None:
         """The weights of update `step` to the samplers; the sync probe's gap (rank 0)."""

@@ -68,8 +68,10 @@ class TrainStage:
         return TrainResult(final, metrics)
 
 
-def run_trainer(loop, loop_config: dict, learner: LearnerConfig, output_dir: Path, name: str, datasets: dict | None = None):
-    """Run `loop` on the learner group (Ray Train TorchTrainer); returns the last checkpoint."""
+def run_trainer(loop, loop_config: dict, learner: LearnerConfig, output_dir: Path, name: str, datasets: dict | None = None,
+                bundle: dict[str, float] | None = None):
+    """Run `loop` on the learner group (Ray Train TorchTrainer); returns the last checkpoint. `bundle`: each
+    worker's Ray resources when they are not the learner section's alone (a colocated engine's CPUs)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -81,8 +83,8 @@ def run_trainer(loop, loop_config: dict, learner: LearnerConfig, output_dir: Pat
         scaling_config=ray.train.ScalingConfig(
             num_workers=learner.num_workers,
             use_gpu=learner.gpus_per_worker > 0,
-            resources_per_worker={"CPU": learner.cpus_per_worker, **({"GPU": learner.gpus_per_worker} if learner.gpus_per_worker else {}),
-                                  **learner.resources},
+            resources_per_worker=bundle or {"CPU": learner.cpus_per_worker, **({"GPU": learner.gpus_per_worker} if learner.gpus_per_worker else {}),
+                                            **learner.resources},
         ),
         run_config=ray.train.RunConfig(
             name=name,

@@ -108,6 +108,47 @@ class ObjectStoreSender:
         pass
 
 
+class SameDeviceSender:
+    """The colocated layout's: every rank hands its own engine, on its own device, the gathered tensors
+    (sampler/same_device.py: CUDA IPC handles, or the object store on CPU) and waits until it has loaded
+    them; then rank 0 tells the controller. An engine that restarted holds the start weights: `reset`
+    looks the engines up again and the learner sends once more."""
+
+    uses_probe = True
+
+    def __init__(self, controller, tolerance: float):
+        self.controller, self.tolerance = controller, tolerance
+        self.engine = None
+
+    def send(self, backend, step: int, expected: list[float] | None) -> float | None:
+        import time
+
+        import ray
+        import torch
+        import torch.distributed as dist
+
+        from fpa_ray.sampler.same_device import share
+
+        started = time.time()
+        if self.engine is None:
+            self.engine = ray.get(self.controller.engines.remote())[backend.rank]
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the memory training cached goes back to the device: the engine wakes into it
+        with backend.gathered():  # ZeRO-3: the full tensors on every rank, until every engine has loaded them
+            named = [(name, tensor.detach().contiguous()) for name, tensor in backend.unwrapped.state_dict().items()]
+            gap = ray.get(self.engine.take.remote(share(named), expected if backend.rank == 0 else None, self.tolerance))
+            del named
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        if backend.rank != 0:
+            return None
+        ray.get(self.controller.same_device_synced.remote(step, started))
+        return gap
+
+    def reset(self) -> None:
+        self.engine = None
+
+
 class DiskSender:
     """The fallback: rank 0 writes output_dir/weights/ (atomically replaced) and every sampler reads
     it; the sampler's probe compares it with a float32 forward of that checkpoint."""
@@ -131,11 +172,14 @@ class DiskSender:
         pass
 
 
-def make_sender(mode: str, controller, output_dir: Path, policy_path: str, run: str, device, join_timeout_s: float, transfer_timeout_s: float):
+def make_sender(mode: str, controller, output_dir: Path, policy_path: str, run: str, device, join_timeout_s: float, transfer_timeout_s: float,
+                probe_tolerance: float):
     if mode == "collective":
         return CollectiveSender(controller, run, device, join_timeout_s, transfer_timeout_s)
     if mode == "object_store":
         return ObjectStoreSender(controller)
+    if mode == "same_device":
+        return SameDeviceSender(controller, probe_tolerance)
     return DiskSender(controller, output_dir, policy_path)
 
 

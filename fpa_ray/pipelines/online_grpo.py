@@ -66,7 +66,10 @@ class RolloutController:
     def __init__(self, config: RunConfig, policy: str, prompts: list[PromptRow], run_dir: str):
         self.config, self.prompts, self.run_dir = config, prompts, Path(run_dir)
         self.ledger = Ledger(self.run_dir / "ledger.jsonl", run=config.name)
-        self.held = grpo_layout(config.grpo).held_resources(config)
+        self.layout = grpo_layout(config.grpo)
+        self.held = self.layout.held_resources(config)
+        self.placements: list | None = None  # colocated: the learner workers' (grpo_layouts.WorkerPlacement), once they are up
+        self.naps: list | None = None  # colocated: each engine's [asleep from, to, resident bytes] as of the last sync
         self.version = 0  # the update whose weights the samplers hold: 0 the start, k after the learner's k-th
         self.busy = {"sampler": 0.0, "verifier": 0.0, "learner": 0.0}  # seconds each pool worked
         self.checkpoint = self.policy_id = str(policy)  # what the samplers hold now (or start from, with `latest`)
@@ -88,16 +91,14 @@ class RolloutController:
         (that takes its missed health checks, ~15 s by default) dies at once, and is started again."""
         import ray
 
-        from fpa_ray.sampler.rollout import start_rollout_workers
         from fpa_ray.verifier.stage import VerifierActor
 
         config, verifier = self.config, self.config.verifier
         for attempt in range(len(POOL_START_PAUSES_S) + 1):
             for actor in self.samplers + self.verifiers:
                 ray.kill(actor)
-            prefix = config.name if not self.restarts else f"{config.name}-r{self.restarts}"  # a killed actor's name may linger
-            self.restarts += 1
-            self.samplers = start_rollout_workers(Path(self.checkpoint), config.sampler, config.data.template, prefix)
+            prefix = self._next_prefix()
+            self.samplers = self._start_samplers(prefix)
             self.verifiers = [
                 ray.remote(VerifierActor).options(name=f"{prefix}-verifier-{i}", num_cpus=verifier.workers_per_actor,
                                                   resources=verifier.resources).remote(verifier)
@@ -114,8 +115,41 @@ class RolloutController:
         had_group, self.group = self.group is not None, None  # the new actors are in no group
         if self.latest is not None:  # restarted after an object-store sync: back to the latest weights, probed
             self._sync_samplers()
-        elif had_group:  # after a broadcast only the learner holds the latest weights: it must send them again
+        elif had_group or (self.layout.colocated and self.version > 0):  # only the learner holds the latest weights: it sends them again
             self.stale = True
+
+    def _next_prefix(self) -> str:
+        """The next pool start's actor name prefix: a killed actor's name may linger."""
+        prefix = self.config.name if not self.restarts else f"{self.config.name}-r{self.restarts}"
+        self.restarts += 1
+        return prefix
+
+    def _start_samplers(self, prefix: str) -> list:
+        from fpa_ray.sampler.rollout import start_colocated_engines, start_rollout_workers
+
+        config = self.config
+        if not self.layout.colocated:
+            return start_rollout_workers(Path(self.checkpoint), config.sampler, config.data.template, prefix)
+        if self.placements is None:
+            return []  # started in the learner workers' bundles once they are placed (colocate)
+        return start_colocated_engines(Path(self.checkpoint), config.sampler, config.data.template, prefix, self.placements)
+
+    def colocate(self, placements: list) -> None:
+        """Colocated layout: (re)start the engines, one in each learner worker's bundle, in rank order
+        (a learner group that restarted has new bundles). Engines started after an update hold the start's
+        weights: the learner sends its own first."""
+        import ray
+
+        for actor in self.samplers:
+            ray.kill(actor)
+        self.placements = placements
+        self.samplers = self._start_samplers(self._next_prefix())
+        ray.get([actor.__ray_ready__.remote() for actor in self.samplers])
+        self.stale = self.version > 0
+
+    def engines(self) -> list:
+        """The sampler actors, in the learner's rank order where colocated."""
+        return self.samplers
 
     def _sync_samplers(self) -> list[float | None]:
         import ray
@@ -152,6 +186,16 @@ class RolloutController:
         """The learner finished `stage` of `step`, busy for `busy_s` of it."""
         self.busy["learner"] += busy_s
         self._charge(stage, step, following="grpo_sync")
+
+    def same_device_synced(self, step: int, started: float) -> None:
+        """Colocated: every learner worker loaded its weights into its own engine (from `started`)."""
+        import ray
+
+        self.stale = False
+        self._synced(step, started)
+        # When each engine slept and what it kept resident meanwhile, read now: the engines go with the
+        # learner group's placement group at its end.
+        self.naps = ray.get([w.naps_taken.remote() for w in self.samplers])
 
     def _synced(self, step: int, started: float) -> None:
         """The samplers hold the weights of update `step` now: charge the sync; the call's own time counts
@@ -191,6 +235,7 @@ class RolloutController:
             return {"resync": True}
 
     def _rollout(self, step: int) -> dict:
+        import ray
         import torch
 
         from fpa_ray.objectives.grpo import group_advantages, informative_groups, overlong_penalty
@@ -221,6 +266,8 @@ class RolloutController:
             self.busy["verifier"] += verified
             if not more:
                 break
+        if self.layout.colocated:  # the learner trains next, on the engines' devices: they release them
+            self._with_restart(lambda: ray.get([w.sleep.remote() for w in self.samplers]))
         table = pa.concat_tables(tables)
         rewards = torch.tensor(table.column("reward").to_pylist(), dtype=torch.float32)
         lengths = torch.tensor([len(t) for t in table.column("response_token_ids").to_pylist()])
@@ -344,11 +391,13 @@ class RolloutController:
         import ray
 
         self._charge("grpo_shutdown", None, following=None)
-        for actor in self.samplers + self.verifiers:
-            ray.kill(actor)
         held_s = time.time() - self.opened
         shares = {"layout": self.config.grpo.layout, "held_s": held_s,
                   **{pool: {"busy_s": busy, "busy_share": busy / held_s} for pool, busy in self.busy.items()}}
+        if self.naps is not None:
+            shares["engine_naps"] = self.naps
+        for actor in self.samplers + self.verifiers:
+            ray.kill(actor)
         write_json(self.run_dir / ONLINE_DIR / "busy.json", shares)
         return shares
 
@@ -400,7 +449,8 @@ class OnlineGRPOPipeline(OfflinePipeline):
                 config.learner, config.objective, config.grpo, config.sampler.n, config.seed, str(policy), str(policy), str(stage_dir), config.name
             )
             try:
-                run_trainer(grpo_loop, {"setup": setup, "controller": controller}, config.learner, stage_dir, name=f"{config.name}-grpo")
+                run_trainer(grpo_loop, {"setup": setup, "controller": controller}, config.learner, stage_dir, name=f"{config.name}-grpo",
+                            bundle=grpo_layout(config.grpo).worker_bundle(config))
             finally:
                 busy = ray.get(controller.finish.remote())
                 ray.kill(controller)

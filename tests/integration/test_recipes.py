@@ -70,6 +70,9 @@ def cpu_overrides(recipe: RunConfig, shipped_layout: bool = False) -> list[str]:
         accumulation = GRPO_LAYOUT_ACCUMULATION
     if shipped_layout:
         pools = ["sampler.cpus_per_actor=0.25", "learner.cpus_per_worker=0.25", "verifier.num_actors=1"]
+    elif recipe.grpo.layout == "colocated":  # an engine in each learner's bundle: 2 x (0.5 + 0.5) + the verifier's 1 CPU
+        pools = [f"sampler.num_actors={WORKERS}", "sampler.cpus_per_actor=0.5", "sampler.gpus_per_actor=0", "verifier.num_actors=1",
+                 f"learner.num_workers={WORKERS}", "learner.cpus_per_worker=0.5", "learner.gpus_per_worker=0"]
     else:
         pools = ["sampler.num_actors=1", "sampler.cpus_per_actor=1", "sampler.gpus_per_actor=0",  # 4 logical CPUs, no GPU
                  "verifier.num_actors=1", f"learner.num_workers={WORKERS}", "learner.cpus_per_worker=1", "learner.gpus_per_worker=0"]
@@ -194,7 +197,7 @@ def evaluated() -> set[str]:
 
 def test_every_recipe_in_configs_has_a_conformance_run():
     assert set(GPU_RECIPES) | set(TINY_RECIPES) == {path.stem for path in CONFIG_DIR.glob("*.yaml")}
-    assert len(GPU_RECIPES) == 12
+    assert len(GPU_RECIPES) == 13
 
 
 def test_qwen_and_llama_recipes_differ_only_in_what_the_cpu_replaces(recipe_runs):
@@ -205,12 +208,16 @@ def test_qwen_and_llama_recipes_differ_only_in_what_the_cpu_replaces(recipe_runs
         assert raw[0].policy.name_or_path != raw[1].policy.name_or_path  # ... which was replaced
 
 
-GRPO_RECIPES = ["qwen25-math-7b-dapo", "qwen25-math-7b-grpo"]
+GRPO_RECIPES = ["qwen25-math-7b-dapo", "qwen25-math-7b-grpo", "qwen25-math-7b-grpo-colocated"]
+# Not run with its pools as shipped: 8 vLLM engines and 8 ZeRO-3 workers at once do not fit this machine's
+# memory; its shrunk run has 2 of each, colocated.
+COLOCATED_RECIPE = "qwen25-math-7b-grpo-colocated"
 
 
 def test_the_recipes_share_two_pool_layouts_each_run_as_shipped():
-    layouts = {name: pool_layout(load_config(name)) for name in GPU_RECIPES}
-    offline, online = [name for name in GPU_RECIPES if name not in GRPO_RECIPES], GRPO_RECIPES
+    layouts = {name: pool_layout(load_config(name)) for name in GPU_RECIPES if name != COLOCATED_RECIPE}
+    offline = [name for name in GPU_RECIPES if name not in GRPO_RECIPES]
+    online = [name for name in GRPO_RECIPES if name != COLOCATED_RECIPE]
     assert all(layouts[name] == layouts[LAYOUT_RUNS[0]] for name in offline) and LAYOUT_RUNS[0] in offline
     assert all(layouts[name] == layouts[LAYOUT_RUNS[1]] for name in online) and LAYOUT_RUNS[1] in online
     assert layouts[LAYOUT_RUNS[0]]["sampler"]["num_actors"] == layouts[LAYOUT_RUNS[0]]["learner"]["num_workers"] == 8  # the whole node, stage by stage
@@ -290,18 +297,22 @@ def test_grpo_recipe_runs_two_steps_with_its_own_settings(ray_cluster, recipe_ru
     pipeline.train_online(pipeline.initial_policy())
     metrics = [json.loads(line) for line in (run / "online" / "metrics.jsonl").read_text().splitlines()]
     assert [m["rollout_step"] for m in metrics] == [1] * 4 + [2] * 4  # 4 optimizer steps per rollout, as shipped
-    # One step off: rollout 2 was asked for before step 1 trained, so the start's weights sampled it; its
-    # tokens' losses are weighted by the truncated importance ratio to the learner's policy before step 2.
-    assert shipped.grpo.layout == "split-async" and shipped.grpo.max_staleness == 1
-    assert [m["staleness"] for m in metrics] == [0] * 4 + [1] * 4
-    assert all(0 < m["tis_weight"] <= shipped.grpo.tis_cap and 0 <= m["tis_clip_fraction"] <= 1 for m in metrics)
     busy = json.loads((run / "online" / "busy.json").read_text())
-    assert busy["layout"] == "split-async" and all(0 < busy[pool]["busy_share"] <= 1 for pool in ("sampler", "verifier", "learner"))
+    assert busy["layout"] == shipped.grpo.layout and all(0 < busy[pool]["busy_share"] <= 1 for pool in ("sampler", "verifier", "learner"))
+    if shipped.grpo.layout == "colocated":  # on-policy; each engine slept through both steps' training
+        assert [m["staleness"] for m in metrics] == [0] * 8 and "tis_weight" not in metrics[0]
+        assert [len(naps) for naps in busy["engine_naps"]] == [2] * WORKERS
+    else:  # one step off: rollout 2 was asked for before step 1 trained, so the start's weights sampled it; its
+        # tokens' losses are weighted by the truncated importance ratio to the learner's policy before step 2
+        assert shipped.grpo.layout == "split-async" and shipped.grpo.max_staleness == 1
+        assert [m["staleness"] for m in metrics] == [0] * 4 + [1] * 4
+        assert all(0 < m["tis_weight"] <= shipped.grpo.tis_cap and 0 <= m["tis_clip_fraction"] <= 1 for m in metrics)
     assert all("dual_clip_fraction" in m for m in metrics)
     assert config.learner.padding_free  # as the offline recipes: packed rows, per-token advantages from each sequence
-    # Step 1's weights reached the samplers in place (broadcast over gloo, ZeRO-3 gathered), probed in bf16;
-    # the DAPO run through the disk fallback, probed against the checkpoint it wrote.
-    assert shipped.grpo.weight_sync == "collective" and shipped.grpo.refresh_probe
+    # Step 1's weights reached the samplers in place (broadcast over gloo, ZeRO-3 gathered; colocated: each
+    # worker's into its own engine, through the object store), probed in bf16; the DAPO run through the disk
+    # fallback, probed against the checkpoint it wrote.
+    assert shipped.grpo.weight_sync == ("same_device" if shipped.grpo.layout == "colocated" else "collective") and shipped.grpo.refresh_probe
     assert all(0 < m["sync_probe_gap"] < shipped.grpo.probe_tolerance for m in metrics if m["rollout_step"] == 2)
     assert (run / "online" / "weights").exists() == (config.grpo.weight_sync == "disk")  # no checkpoint on disk on the hot path
     if recipe_name in LAYOUT_RUNS:  # 4 samplers and 4 learner workers holding a GPU each, all charged to every phase

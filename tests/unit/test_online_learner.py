@@ -37,6 +37,31 @@ def test_work_is_split_evenly_and_held_resources_add_up():
     assert (grpo_layout(config.grpo).ahead, grpo_layout(config.grpo).tis_cap) == (0, None)
 
 
+def test_colocated_holds_one_bundle_per_learner_worker_with_its_engine():
+    from fpa_ray.placement import held_together
+
+    config = load_config("qwen25-math-7b-grpo-colocated")
+    layout = grpo_layout(config.grpo)
+    assert layout.colocated and layout.worker_bundle(config) == {"CPU": 4 + 2, "GPU": 1}
+    assert layout.held_resources(config) == {"cpus": 8 * 6 + 8, "gpus": 8}  # one set of 8 GPUs, not samplers' + learners'
+    assert layout.held_resources(config)["cpus"] == grpo_layout(load_config("qwen25-math-7b-grpo").grpo).held_resources(
+        load_config("qwen25-math-7b-grpo"))["cpus"]  # the same CPUs as the split recipe
+    [[verifier, learner]] = held_together(config)
+    assert (learner.name, learner.count, learner.each) == ("colocated learner", 8, {"CPU": 6, "GPU": 1}) and verifier.count == 8
+
+
+def test_colocated_settings_that_cannot_share_a_device_are_refused_naming_them():
+    colocated = ["grpo.layout=colocated", "grpo.weight_sync=same_device"]
+    with pytest.raises(ConfigError, match=r"sampler.num_actors \(1\) must equal learner.num_workers \(2\)"):
+        load_config("tiny-cpu-grpo", colocated)
+    with pytest.raises(ConfigError, match="sampler.gpus_per_actor .* must equal learner.gpus_per_worker"):
+        load_config("tiny-cpu-grpo", [*colocated, "sampler.num_actors=2", "sampler.gpus_per_actor=1"])
+    with pytest.raises(ConfigError, match="grpo.layout=colocated with grpo.weight_sync=collective"):
+        load_config("tiny-cpu-grpo", ["grpo.layout=colocated", "sampler.num_actors=2"])
+    with pytest.raises(ConfigError, match="grpo.layout=split with grpo.weight_sync=same_device"):
+        load_config("tiny-cpu-grpo", ["grpo.weight_sync=same_device"])
+
+
 def test_split_async_needs_the_policys_own_sampling_distribution():
     with pytest.raises(ConfigError, match="split-async corrects for the stale sampler .* sampler.temperature 1"):
         load_config("tiny-cpu-grpo", ["grpo.layout=split-async", "sampler.temperature=0.7"])

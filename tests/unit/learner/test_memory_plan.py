@@ -54,3 +54,10 @@ def test_the_reference_is_counted_sharded_under_zero3_and_whole_otherwise():
     whole = learner_memory(load_config("qwen25-math-7b-rpo", ["learner.zero_stage=2"]), shape)["reference"]
     assert whole == 2 * shape.parameters and whole / 8 < sharded < whole / 4  # 1/8 plus the largest layer gathered
     assert learner_memory(load_config("qwen25-math-7b-grpo"), shape)["reference"] == 0  # GRPO's KL is off: no reference
+
+
+def test_a_colocated_engine_is_planned_beside_what_the_learner_keeps_between_steps():
+    text, fits = describe_plan(load_config("qwen25-math-7b-grpo-colocated"), 80)
+    assert fits and "colocated engine, awake while sampling (sampler.gpu_memory_utilization 0.5): 40.0 GiB" in text
+    text, fits = describe_plan(load_config("qwen25-math-7b-grpo-colocated", ["sampler.gpu_memory_utilization=0.85"]), 80)
+    assert not fits and "= 86.0 GiB of 80 GiB  WARNING: does not fit" in text  # 68 + 18 GiB of model states

@@ -1,0 +1,70 @@
+"""The GRPO layouts on the session's real local Ray cluster, with real vLLM-CPU engines and Ray Train workers.
+
+`split` runs in the tiny-cpu-grpo job (test_job_submit.py) and in test_online_grpo.py, `split-async`
+in the 7B GRPO and DAPO recipes' shrunk runs (test_recipes.py) and, a node lost under it, in
+test_multinode.py; the colocated layout runs here."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from fpa_ray.config import load_config
+from fpa_ray.data.sources import load_prompts
+from fpa_ray.pipelines.online_grpo import OnlineGRPOPipeline, rollout_seed, step_prompts
+from tests.integration.small_run import GRPO_SMALL, SMALL
+from tests.integration.test_online_grpo import _sampled_from
+
+pytestmark = pytest.mark.slow
+
+COLOCATED = ["grpo.layout=colocated", "grpo.weight_sync=same_device", "sampler.num_actors=2",  # an engine on each of the 2 learners
+             "sampler.cpus_per_actor=0.5", "learner.cpus_per_worker=0.5",  # 2 bundles of 1 CPU + the verifier's on 4 logical CPUs
+             "grpo.steps=3", "grpo.eval_every=1", "learner.lr=1e-3"]  # each step's weights kept, and far enough from the last
+
+
+def test_colocated_engines_share_their_learners_bundles_sleep_while_they_train_and_take_their_weights(ray_cluster, cache, tmp_path):
+    from ray.util.state import list_actors
+
+    from fpa_ray.sampler.rollout import start_rollout_workers
+
+    config = load_config("tiny-cpu-grpo", [*SMALL, *GRPO_SMALL, *COLOCATED, "name=colocated", f"output_dir={tmp_path}"])
+    pipeline = OnlineGRPOPipeline(config, log=lambda line: None)
+    pipeline.prepare()
+    policy = pipeline.initial_policy()
+    snapshots = dict(pipeline.train_online(policy))
+    run, online = pipeline.run_dir, pipeline.run_dir / "online"
+
+    # Each engine asked Ray for nothing and ran in a learner worker's placement-group bundle, one per bundle.
+    actors = list_actors(address=ray_cluster.get_runtime_context().gcs_address, detail=True, limit=10_000, raise_on_missing_output=False)
+    bundle_of = lambda actor: {key for key in (actor.required_resources or {}) if key.startswith("bundle_group_") and key.count("_") == 3}
+    engines = [a for a in actors if a.class_name == "RolloutWorker" and a.name.startswith("colocated-")]
+    workers = [a for a in actors if a.class_name == "RayTrainWorker"]
+    engine_bundles = [bundle_of(a) for a in engines]
+    assert len(engines) == 2 and all(len(b) == 1 for b in engine_bundles) and engine_bundles[0] != engine_bundles[1]
+    assert not any(key.startswith(("CPU", "GPU")) for a in engines for key in a.required_resources)  # no CPU or GPU of their own
+    assert all(any(bundle_of(w) == b for w in workers) for b in engine_bundles)
+
+    # The engines slept while the learner trained: every optimizer step ended inside a nap of every engine.
+    busy = json.loads((online / "busy.json").read_text())
+    metrics = [json.loads(line) for line in (online / "metrics.jsonl").read_text().splitlines()]
+    assert busy["layout"] == "colocated" and len(busy["engine_naps"]) == 2
+    for naps in busy["engine_naps"]:  # each woken for the next weights, after the learner's last optimizer step
+        assert len(naps) == 3 and all(any(start <= m["time"] <= end for start, end, _ in naps) for m in metrics)
+        assert all(resident > 100e6 for _, _, resident in naps)  # vLLM-CPU keeps its weights and KV cache while it "sleeps"
+    # The loop held the learners' bundles (their engines' CPUs included) and the verifier: one set of devices.
+    ledger = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
+    assert {e["cpus"] for e in ledger if e["stage"].startswith("grpo")} == {2 * (0.5 + 0.5) + 1}
+
+    # Each step's weights reached both engines on their devices: rollout 2 was sampled by step 2's, not by the
+    # start's (rollout 0 is all wrong here, so step 1 changed nothing; rollout 1 has mixed groups).
+    assert all(m["sync_probe_gap"] < 1e-3 for m in metrics if m["rollout_step"] > 1)
+    _sampled_from(run, 2, snapshots[2], policy)
+    # Step 0 is the same seeded rollout a split layout's sampler draws.
+    prompts = load_prompts(config.data.train, config.data.synthetic, config.seed).rows
+    split = load_config("tiny-cpu-grpo", [*SMALL, *GRPO_SMALL, "sampler.num_actors=1"]).sampler
+    sampler = start_rollout_workers(policy, split, config.data.template, "split-check")[0]
+    first = [prompts[i] for i in step_prompts(len(prompts), 0, 0, config.grpo.prompts_per_step, config.seed)]
+    table = ray_cluster.get(sampler.rollout.remote(first, rollout_seed(config.seed, 0), "split")).to_pandas()
+    ray_cluster.kill(sampler)
+    colocated = pd.read_parquet(online / "rollouts" / "step-00000.parquet")
+    assert [list(t) for t in colocated["response_token_ids"]] == [list(t) for t in table["response_token_ids"]]
