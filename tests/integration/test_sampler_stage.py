@@ -142,15 +142,16 @@ def test_bad_checkpoints_and_prompts_give_clear_errors(ray_cluster, prompts, tin
 
 
 def test_new_weights_reach_the_live_vllm_engine_in_place(ray_cluster, tiny_policy, perturbed):
-    """From the object store (sync), from a directory (refresh) and over a collective group (receive)
-    into the same actor, process and LLM object: the probe follows the learner's weights each time
-    and leaves the previous ones."""
+    """Through every transport's engine end: from the object store, from a directory, over a collective
+    group and from the same device (its CPU twin, the node's object store), into the same actor, process
+    and LLM object: the probe follows the learner's weights each time and leaves the previous ones."""
     from transformers import AutoTokenizer
 
-    from fpa_ray.sampler import weight_group
+    from fpa_ray.weights import group as weight_group
 
-    from fpa_ray.sampler.refresh import learner_logprobs, probe_ids
     from fpa_ray.sampler.rollout import start_rollout_workers
+    from fpa_ray.weights.probe import learner_logprobs, probe_ids
+    from fpa_ray.weights.transports import share
 
     updated, model = perturbed
     expected = learner_logprobs(updated, *probe_ids(AutoTokenizer.from_pretrained(tiny_policy)))
@@ -158,17 +159,21 @@ def test_new_weights_reach_the_live_vllm_engine_in_place(ray_cluster, tiny_polic
     [worker] = start_rollout_workers(tiny_policy, _config(num_actors=1, max_num_seqs=8), "tiny-chat", "in-place")
     identity = ray_cluster.get(worker.engine_identity.remote())
     assert ray_cluster.get(worker.gap.remote(str(updated))) > 1e-2  # the probe sees the old weights
-    assert ray_cluster.get(worker.sync.remote(ray_cluster.put(model.state_dict()), expected, 1e-3)) < 1e-3
+    assert ray_cluster.get(worker.load.remote("object_store", [ray_cluster.put(model.state_dict())], expected, 1e-3)) < 1e-3
     assert ray_cluster.get(worker.gap.remote(str(tiny_policy))) > 1e-2
-    assert ray_cluster.get(worker.refresh.remote(str(tiny_policy), True, 1e-3)) < 1e-3  # and back, from the directory
+    start = learner_logprobs(tiny_policy, *probe_ids(AutoTokenizer.from_pretrained(tiny_policy)))
+    assert ray_cluster.get(worker.load.remote("disk", str(tiny_policy), start, 1e-3)) < 1e-3  # and back, from the directory
     assert ray_cluster.get(worker.gap.remote(str(updated))) > 1e-2
+    named = [(name, tensor.contiguous()) for name, tensor in model.state_dict().items()]
+    assert ray_cluster.get(worker.load.remote("same_device", share(named), expected, 1e-3)) < 1e-3
+    assert ray_cluster.get(worker.load.remote("disk", str(tiny_policy), start, 1e-3)) < 1e-3
     # Over a gloo group with the vLLM worker, this process as the learner's rank 0: one broadcast per tensor.
     state = model.state_dict()
     address = weight_group.new_address("in-place-weights", 2, "gloo")
     joined = worker.join_weight_group.remote(address, 1)
     weight_group.join(address, 0, address.host)
     assert ray_cluster.get(joined) == 1
-    received = worker.receive.remote(address.name, weight_group.specs(state.items()), expected, 1e-3)
+    received = worker.load.remote("collective", (address.name, weight_group.specs(state.items())), expected, 1e-3)
     weight_group.send(address.name, state.values(), torch.device("cpu"))
     assert ray_cluster.get(received) < 1e-3
     assert ray_cluster.get(worker.gap.remote(str(tiny_policy))) > 1e-2

@@ -97,7 +97,8 @@ def test_bad_checkpoints_are_named(tmp_path, checkpoint):
 
 
 def test_hf_refresh_and_sync_load_new_weights_and_the_probe_catches_one_that_did_not_take(checkpoint, tmp_path, monkeypatch):
-    from fpa_ray.sampler.refresh import learner_logprobs, probe_gap, probe_ids, refresh_weights, sync_weights
+    from fpa_ray.weights.probe import SyncDidNotTake, checked, learner_logprobs, probe_gap, probe_ids
+    from fpa_ray.weights.transports import Disk
 
     updated = tmp_path / "updated"
     model = AutoModelForCausalLM.from_pretrained(checkpoint)
@@ -107,18 +108,19 @@ def test_hf_refresh_and_sync_load_new_weights_and_the_probe_catches_one_that_did
     model.save_pretrained(updated)
     engine = HFEngine(checkpoint, SamplerConfig(engine="hf", dtype="float32"))
     assert probe_gap(engine, updated) > 1e-2
-    assert refresh_weights(engine, updated) < 1e-4
+    expected = learner_logprobs(updated, *probe_ids(engine.tokenizer))  # the learner's probe on the new weights
+    assert Disk.receive(engine, str(updated), expected, 1e-3) < 1e-4  # the disk transport's engine end
     stale = HFEngine(checkpoint, SamplerConfig(engine="hf", dtype="float32"))
     monkeypatch.setattr(stale, "update_weights", lambda weights: None)  # a load that silently kept the old weights
-    with pytest.raises(SamplerError, match=r"the sync did not take"):
-        refresh_weights(stale, updated)
+    with pytest.raises(SyncDidNotTake, match=r"the sync did not take"):
+        Disk.receive(stale, str(updated), expected, 1e-3)
 
     # In memory: the learner's tensors and its probe log-probs on them, no directory.
-    expected = learner_logprobs(updated, *probe_ids(engine.tokenizer))
     fresh = HFEngine(checkpoint, SamplerConfig(engine="hf", dtype="float32"))
-    assert sync_weights(fresh, model.state_dict().items(), expected) < 1e-4
-    with pytest.raises(SamplerError, match=r"differ from the learner's by .* the sync did not take"):
-        sync_weights(stale, model.state_dict().items(), expected)
+    fresh.update_weights(model.state_dict().items())
+    assert checked(fresh, expected, 1e-3, "the learner's weights") < 1e-4
+    with pytest.raises(SyncDidNotTake, match=r"differ from the learner's by .* the sync did not take"):
+        checked(stale, expected, 1e-3, "the learner's weights")
     with pytest.raises(SamplerError, match=r"do not fit the live model: missing \['model.norm.weight'\]"):
         fresh.update_weights([(k, v) for k, v in model.state_dict().items() if k != "model.norm.weight"])
 
@@ -151,8 +153,9 @@ def test_hf_engine_receives_the_learners_broadcast_over_a_gloo_group(checkpoint)
     import threading
     from dataclasses import replace
 
-    from fpa_ray.sampler import weight_group
-    from fpa_ray.sampler.refresh import learner_logprobs, probe_ids, receive_weights
+    from fpa_ray.weights import group as weight_group
+    from fpa_ray.weights.probe import learner_logprobs, probe_ids
+    from fpa_ray.weights.transports import Collective
 
     model = AutoModelForCausalLM.from_pretrained(checkpoint)
     with torch.no_grad():
@@ -180,7 +183,7 @@ def test_hf_engine_receives_the_learners_broadcast_over_a_gloo_group(checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         expected = learner_logprobs(tmp, *probe_ids(engine.tokenizer))
-    gap = receive_weights(engine, address.name, weight_group.specs(state.items()), expected)
+    gap = Collective.receive(engine, (address.name, weight_group.specs(state.items())), expected, 1e-3)
     thread.join(timeout=60)
     assert not errors and gap < 1e-4
     assert all(torch.equal(engine.model.state_dict()[name], tensor) for name, tensor in state.items())
@@ -198,7 +201,7 @@ def test_a_weight_group_whose_sampler_never_joins_fails_after_its_join_timeout()
 
     import torch.distributed as dist
 
-    from fpa_ray.sampler import weight_group
+    from fpa_ray.weights import group as weight_group
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -216,7 +219,8 @@ def test_the_hf_engine_moves_its_model_and_its_receive_buffers_to_the_device_it_
     """On a GPU the model and the weight group's buffers must be CUDA tensors (NCCL takes no others):
     `meta` stands for that device here."""
     from fpa_ray.devices import STAND_IN
-    from fpa_ray.sampler import engines, weight_group
+    from fpa_ray.sampler import engines
+    from fpa_ray.weights import group as weight_group
 
     monkeypatch.delenv(STAND_IN, raising=False)
     with pytest.raises(SamplerError, match="the sampler actor holds 1 GPU"):
@@ -240,7 +244,7 @@ def test_a_broadcast_to_a_sampler_that_stops_answering_fails_after_the_transfer_
     import time
     from dataclasses import replace
 
-    from fpa_ray.sampler import weight_group
+    from fpa_ray.weights import group as weight_group
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -1,0 +1,1 @@
+"""How the learner's new weights reach the live sampler engines (transports.py)."""
