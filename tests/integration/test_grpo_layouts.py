@@ -5,6 +5,11 @@ in the 7B GRPO and DAPO recipes' shrunk runs (test_recipes.py) and, a node lost 
 test_multinode.py; the colocated layout runs here."""
 
 import json
+import os
+import re
+import signal
+import threading
+import time
 
 import pandas as pd
 import pytest
@@ -69,3 +74,46 @@ def test_colocated_engines_share_their_learners_bundles_sleep_while_they_train_a
     ray_cluster.kill(sampler)
     colocated = pd.read_parquet(online / "rollouts" / "step-00000.parquet")
     assert [list(t) for t in colocated["response_token_ids"]] == [list(t) for t in table["response_token_ids"]]
+
+
+def test_a_learner_worker_killed_one_step_off_resumes_with_its_staleness_bookkeeping(ray_cluster, cache, tmp_path):
+    """split-async: a learner worker SIGKILLed after a checkpoint; Ray Train restarts the group from it, the
+    learner sends its weights first, and every step's recorded staleness is the one of the rollout it trained
+    on (the update that sampled it, from the rollout file), never more than max_staleness."""
+    from ray.util.state import list_actors
+
+    config = load_config("tiny-cpu-grpo", [*SMALL, *GRPO_SMALL, "grpo.layout=split-async", "grpo.steps=6", "grpo.eval_every=6",
+                                           "learner.checkpoint_every=1", "name=async-killed", f"output_dir={tmp_path}"])
+    pipeline = OnlineGRPOPipeline(config, log=lambda line: None)
+    pipeline.prepare()
+    policy = pipeline.initial_policy()
+    online = pipeline.run_dir / "online"
+    killed = []
+
+    def kill_after_first_checkpoint():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            if list((online / "ray_train").glob("*/checkpoint_*")):
+                address = ray_cluster.get_runtime_context().gcs_address
+                workers = [a for a in list_actors(address=address, filters=[("state", "=", "ALIVE")]) if "RayTrainWorker" in a.class_name and a.pid]
+                if workers:
+                    os.kill(workers[-1].pid, signal.SIGKILL)
+                    killed.append(workers[-1].pid)
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_after_first_checkpoint)
+    killer.start()
+    pipeline.train_online(policy)
+    killer.join()
+    assert killed, "the run ended before a learner worker could be killed"
+    metrics = [json.loads(line) for line in (online / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 13))  # 2 optimizer steps per rollout, each logged once
+    for m in metrics:
+        step = m["rollout_step"] - 1
+        sampled_by = set(pd.read_parquet(online / "rollouts" / f"step-{step:05d}.parquet")["policy"])
+        assert len(sampled_by) == 1
+        found = re.search(r"@step(\d+)$", sampled_by.pop())
+        version = int(found.group(1)) if found else 0  # else the start's weights
+        assert m["staleness"] == step - version <= config.grpo.max_staleness
+    # after the restart the learner sent its checkpoint's weights first: the next rollout was on-policy
+    assert 0 in [m["staleness"] for m in metrics if m["rollout_step"] > 1]
