@@ -24,6 +24,11 @@ run: setup
 test: setup
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
+# Each objective trained with and without FPA on synthetic pairs (a small random model, about a minute):
+# how FPA moves the coefficients C_w, C_l and the chosen/rejected log-probs.
+demo: setup
+	$(PYTHON) -m fpa_ray.main demo
+
 benchmark: setup
 	$(PYTHON) benchmarks/fpa_overhead.py
 

@@ -2,7 +2,7 @@
 
 With RAY_ADDRESS set (as `ray job submit` does) or an address given, join that cluster and change
 nothing about networking. Otherwise start a local cluster bound to 127.0.0.1 only, with what Ray
-2.60 needs on a single machine (ENVIRONMENT.md): loopback binding, no token auth for a private
+2.60 needs on a single machine: loopback binding, no token auth for a private
 local cluster, no usage reporting. Explicit settings in the environment win.
 """
 

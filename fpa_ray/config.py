@@ -33,7 +33,7 @@ class StrictModel(BaseModel):
 
 
 class FPAConfig(StrictModel):
-    """Future Policy Approximation (METHOD.md sections 3-4)."""
+    """Future Policy Approximation (docs/method.md sections 3-4)."""
 
     enabled: bool = False
     lam: float = Field(1.0, ge=0, allow_inf_nan=False, description="extrapolation strength lambda")
@@ -261,7 +261,7 @@ class VerifierConfig(StrictModel):
 
 
 class BuildConfig(StrictModel):
-    """From verified samples to training rows (METHOD.md section 6)."""
+    """From verified samples to training rows (docs/method.md section 6)."""
 
     pairs_per_prompt: int = Field(4, ge=1, description="cap on correct-over-incorrect pairs per prompt (seeded choice)")
     rejected_cut: Literal["none", "divergence"] = Field(

@@ -1,4 +1,4 @@
-"""From verified samples to training rows (METHOD.md section 6), in TRL's columns plus token ids.
+"""From verified samples to training rows (docs/method.md section 6), in TRL's columns plus token ids.
 
 Pairs: per prompt, every (correct, incorrect) combination, shuffled with a seed derived from the
 run seed and the prompt id, capped at `pairs_per_prompt`. Prompts whose samples are all correct

@@ -1,7 +1,7 @@
 """Scoring an evaluation: pass@1 averaged over k samples, pass@k, maj@k, cross-grader disagreement,
 Total Gain / Total Loss, and the paired difference of two evaluations with its standard error.
 
-Total Gain / Total Loss (METHOD.md section 8) compare two evaluations problem by problem: a
+Total Gain / Total Loss (docs/method.md section 8) compare two evaluations problem by problem: a
 problem counts as solved when its pass@1 over the k samples reaches `solved_threshold` (0.5 by
 default, [project choice]); gained = solved after but not before, lost = the reverse.
 """

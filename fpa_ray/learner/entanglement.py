@@ -1,4 +1,4 @@
-"""The gradient-entanglement diagnostic during training (METHOD.md section 8).
+"""The gradient-entanglement diagnostic during training (docs/method.md section 8).
 
 cos(g_w, g_l), |g_w| and |g_l| for g = the gradient of the mean summed log-prob of the chosen
 (correct) and of the rejected (incorrect) responses under the current policy, on the LM head's

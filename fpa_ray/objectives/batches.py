@@ -39,7 +39,7 @@ class SequenceStats:
     logp: Tensor  # sum_t log pi_theta(y_t), carries the gradient
     num_tokens: Tensor  # response length |y|
     ref_logp: Tensor | None = None  # sum_t log pi_ref(y_t), no gradient
-    future_logp: Tensor | None = None  # sum_t log pi_hat(y_t) (METHOD.md section 3); FPA is on when set
+    future_logp: Tensor | None = None  # sum_t log pi_hat(y_t) (docs/method.md section 3); FPA is on when set
 
     def validate(self, name: str, size: int | None = None) -> int:
         """Raise a ValueError naming `name.field` on a shape, count or finiteness problem."""

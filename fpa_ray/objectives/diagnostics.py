@@ -1,4 +1,4 @@
-"""Gradient-entanglement diagnostic (METHOD.md section 8): how aligned are grad l_w and grad l_l?"""
+"""Gradient-entanglement diagnostic (docs/method.md section 8): how aligned are grad l_w and grad l_l?"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Token log-probabilities of the policy and of the future policy pi_hat (METHOD.md section 3).
+"""Token log-probabilities of the policy and of the future policy pi_hat (docs/method.md section 3).
 
 pi_hat(. | x, y_<t) = softmax((1 + lam) * h_theta - lam * h_ref), with h the full-vocabulary logits.
 Both work in chunks of `chunk_size` contiguous positions (skipping chunks with no response token),

@@ -1,4 +1,4 @@
-"""Paired objectives on correct-over-incorrect pairs: DPO, RPO, SimPER (METHOD.md section 5).
+"""Paired objectives on correct-over-incorrect pairs: DPO, RPO, SimPER (docs/method.md section 5).
 
 Each function returns one loss per pair; FPA, normalisation and metrics come from the registry.
 """

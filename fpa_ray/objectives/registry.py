@@ -1,10 +1,10 @@
-"""Objective registry and the FPA rule (METHOD.md section 4).
+"""Objective registry and the FPA rule (docs/method.md section 4).
 
 An objective is one function that maps a batch of per-sequence statistics to one loss per unit
 (pair, sample or token), registered with `@register_objective(name, ...)`. Everything shared lives
 in `Objective.__call__`: input validation, the normalisation contract and FPA.
 
-FPA without per-objective code: the gradient coefficients C_w, C_l of METHOD.md section 2 are the
+FPA without per-objective code: the gradient coefficients C_w, C_l of docs/method.md section 2 are the
 slopes dL/dl of the per-unit loss with respect to each summed log-prob l. We take those slopes by
 autograd on detached copies of l evaluated at pi_hat (future_logp) and train on the surrogate
 sum_i sg(slope_i) * l_i, so the score-function direction grad l stays pi_theta's. The slopes are
@@ -147,7 +147,7 @@ class Objective:
     ) -> dict[str, Tensor]:
         sequences = batch.sequences()
         role = torch.cat([batch.chosen_role(n) for n in sequences])
-        # METHOD.md sign convention: grad L = -(C_w grad l_w - C_l grad l_l), so C_w = -slope, C_l = +slope.
+        # docs/method.md sign convention: grad L = -(C_w grad l_w - C_l grad l_l), so C_w = -slope, C_l = +slope.
         sign = torch.where(role, -1.0, 1.0)
 
         def reward(stats: SequenceStats) -> Tensor:

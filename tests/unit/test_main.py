@@ -55,3 +55,12 @@ def test_warmstart_stage_trains_then_reuses(tmp_path, monkeypatch, capsys):
     assert "sft step 20/20" in first and "trained in" in first and str(tmp_path) in first
     assert main(["warmstart", *small]) == 0
     assert "(cached)" in capsys.readouterr().out
+
+
+def test_make_demo_runs_the_demo_stage():
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    plan = subprocess.run(["make", "-n", "demo"], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert plan.strip().splitlines()[-1].endswith("-m fpa_ray.main demo")

@@ -1,4 +1,4 @@
-"""The FPA rule (METHOD.md section 4) against autograd and against the hand-derived coefficients."""
+"""The FPA rule (docs/method.md section 4) against autograd and against the hand-derived coefficients."""
 
 import dataclasses
 
@@ -44,7 +44,7 @@ def test_fpa_loss_value_is_the_plain_loss_and_gradient_changes(name):
     assert changed == (name != "reinforce"), "FPA must act on every objective except plain REINFORCE"
 
 
-# Hand-derived coefficients of METHOD.md section 5, evaluated at the future point (l -> l_hat).
+# Hand-derived coefficients of docs/method.md section 5, evaluated at the future point (l -> l_hat).
 def _paired_coefficients(name, batch):
     w, l = batch.chosen, batch.rejected
     lw, ll = w.future_logp, l.future_logp
@@ -164,7 +164,7 @@ def test_end_to_end_from_logits_lambda_zero_equals_plain_dpo():
 
 
 def test_dpo_future_equals_weaker_kl_regularised_reward_in_sequence_mode():
-    """METHOD.md section 4: in sequence mode l_hat - l_ref = (1+lam)(l - l_ref), so FPA-DPO's gradient is
+    """docs/method.md section 4: in sequence mode l_hat - l_ref = (1+lam)(l - l_ref), so FPA-DPO's gradient is
     DPO's with the margin inside the sigmoid scaled by 1 + lam (the KL-regularised optimum at beta / (1 + lam)).
     The future log-probs come from the production function, the gradient from the production objective."""
     lam, beta = 1.5, 0.5
