@@ -233,7 +233,7 @@ def plots(group: str, figures: dict[str, dict[int, dict]], seeds: list[int], out
 
 
 def plot_entanglement(figures: dict[str, dict[int, dict]], seeds: list[int], group: str, path: Path) -> None:
-    """cos(g_w, g_l), |g_w| and |g_l| on the LM head (METHOD.md section 8) at the steps that logged them, mean over seeds."""
+    """cos(g_w, g_l), |g_w| and |g_l| on the LM head (docs/method.md section 8) at the steps that logged them, mean over seeds."""
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 3, figsize=(14, 4.2), sharex=True)

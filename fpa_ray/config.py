@@ -18,6 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, create_model, model_validator
 
+from fpa_ray.data.schemas import SOURCE_NAMES
+from fpa_ray.data.templates import TEMPLATES
 from fpa_ray.objectives import get_objective, objective_names
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -352,9 +354,6 @@ class DataConfig(StrictModel):
 
     @model_validator(mode="after")
     def _known_names(self) -> DataConfig:
-        from fpa_ray.data.sources import SOURCE_NAMES
-        from fpa_ray.data.templates import TEMPLATES
-
         for index, source in enumerate([self.train, *self.eval]):
             where = "train" if index == 0 else f"eval.{index - 1}"
             if source.name not in SOURCE_NAMES:

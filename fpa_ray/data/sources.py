@@ -10,14 +10,14 @@ the file, the row and the field, or, with `skip_invalid`, is skipped and counted
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fpa_ray.config import PromptSourceConfig, SyntheticTaskConfig
+from fpa_ray.data.schemas import SCHEMAS, SOURCE_NAMES, FieldError, SourceSchema, text_field
 from fpa_ray.data.synthetic import generate
-from fpa_ray.verifier.extract import last_boxed
 
 
 @dataclass(frozen=True)
@@ -32,123 +32,13 @@ class InvalidRowError(ValueError):
     """A row that cannot be normalised; the message names where and which field."""
 
 
-class _FieldError(Exception):
-    def __init__(self, field_name: str, reason: str):
-        super().__init__(f"field {field_name!r}: {reason}")
-        self.field, self.reason = field_name, reason
-
-
-def _text(row: dict[str, Any], name: str) -> str:
-    if name not in row or row[name] is None:
-        raise _FieldError(name, "missing")
-    value = row[name]
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise _FieldError(name, f"expected text, got {type(value).__name__}")
-    if isinstance(value, float):
-        value = int(value) if value.is_integer() else value  # AMC answers arrive as 27.0
-    value = str(value).strip()
-    if not value:
-        raise _FieldError(name, "empty")
-    return value
-
-
-def _boxed_in(name: str) -> Callable[[dict[str, Any]], str]:
-    def answer(row: dict[str, Any]) -> str:
-        boxed = last_boxed(_text(row, name))
-        if not boxed or not boxed.strip():
-            raise _FieldError(name, "no \\boxed{...} answer in the solution")
-        return boxed.strip()
-
-    return answer
-
-
-def _after_hashes(row: dict[str, Any]) -> str:
-    """GSM8K: the number after '####', thousands separators removed."""
-    text = _text(row, "answer")
-    if "####" not in text:
-        raise _FieldError("answer", "no '#### <answer>' line")
-    final = text.rsplit("####", 1)[1].strip().replace(",", "")
-    if not final:
-        raise _FieldError("answer", "empty after '####'")
-    return final
-
-
-def _first_of_list(name: str) -> Callable[[dict[str, Any]], str]:
-    """OlympiadBench: `final_answer` is a list of LaTeX strings, often wrapped in $...$."""
-
-    def answer(row: dict[str, Any]) -> str:
-        values = row.get(name)
-        if values is None:
-            raise _FieldError(name, "missing")
-        if isinstance(values, str):
-            values = [values]
-        if not isinstance(values, list) or not values or not all(isinstance(v, str) and v.strip() for v in values):
-            raise _FieldError(name, "expected a non-empty list of non-empty strings")
-        return ", ".join(v.strip().strip("$").strip() for v in values)
-
-    return answer
-
-
-def _plain(name: str) -> Callable[[dict[str, Any]], str]:
-    return lambda row: _text(row, name)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Another column layout of the same benchmark, recognised by its prompt field."""
-
-    description: str
-    prompt_field: str
-    answer: Callable[[dict[str, Any]], str]
-    id_field: str | None
-
-
-@dataclass(frozen=True)
-class SourceSchema:
-    name: str
-    prompt_field: str
-    answer: Callable[[dict[str, Any]], str]
-    id_field: str | None  # None: the row index is the id
-    hub_path: str | None  # None: distributed outside the Hub, pass a local path
-    hub_config: str | None = None
-    default_split: str = "test"
-    notes: str = ""
-    alternate: Layout | None = None  # used for a row that lacks prompt_field and has the alternate's
-
-
-SCHEMAS: dict[str, SourceSchema] = {
-    schema.name: schema
-    for schema in (
-        SourceSchema("math", "problem", _boxed_in("solution"), None, "DigitalLearningGmbH/MATH-lighteval", default_split="test"),
-        SourceSchema("math500", "problem", _plain("answer"), "unique_id", "HuggingFaceH4/MATH-500"),
-        SourceSchema("gsm8k", "question", _after_hashes, None, "openai/gsm8k", hub_config="main"),
-        SourceSchema("aime24", "problem", _plain("answer"), "id", "HuggingFaceH4/aime_2024", default_split="train"),
-        SourceSchema("amc23", "question", _plain("answer"), "id", "math-ai/amc23"),
-        SourceSchema(
-            "minerva_math", "question", _plain("answer"), None, "math-ai/minervamath",
-            # Qwen2.5-Math's evaluation toolkit (evaluation/data/minerva_math/test.jsonl): problem and a boxed solution
-            alternate=Layout("the Qwen2.5-Math toolkit's", "problem", _boxed_in("solution"), None),
-        ),
-        SourceSchema(
-            "olympiadbench", "question", _first_of_list("final_answer"), "id", "Hothan/OlympiadBench",
-            hub_config="OE_TO_maths_en_COMP", default_split="train",
-        ),
-        SourceSchema(
-            "math_perturb", "problem", _plain("answer"), "problem_id", None,
-            notes="MATH-P-Simple / MATH-P-Hard jsonl files from github.com/Kaffaljidhmah2/MATH-Perturb",
-        ),
-    )
-}
-SOURCE_NAMES = ("synthetic", *SCHEMAS)
-
-
 @dataclass
 class PromptSet:
     rows: list[PromptRow]
     skipped: list[str] = field(default_factory=list)  # one message per skipped row
 
 
-def _read_local(path: Path) -> Iterator[tuple[str, dict[str, Any] | _FieldError]]:
+def _read_local(path: Path) -> Iterator[tuple[str, dict[str, Any] | FieldError]]:
     """(location, row or the reason it could not be read) for each row of a local file."""
     if path.suffix == ".jsonl":
         with path.open(encoding="utf-8", errors="replace") as handle:
@@ -158,9 +48,9 @@ def _read_local(path: Path) -> Iterator[tuple[str, dict[str, Any] | _FieldError]
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as error:
-                    yield f"{path} line {number}", _FieldError("(json)", f"not valid JSON ({error.msg})")
+                    yield f"{path} line {number}", FieldError("(json)", f"not valid JSON ({error.msg})")
                     continue
-                yield f"{path} line {number}", row if isinstance(row, dict) else _FieldError("(row)", "not a JSON object")
+                yield f"{path} line {number}", row if isinstance(row, dict) else FieldError("(row)", "not a JSON object")
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -185,10 +75,10 @@ def _normalise(schema: SourceSchema, row: dict[str, Any], index: int) -> PromptR
     else:
         prompt_field, answer_of, id_field = schema.prompt_field, schema.answer, schema.id_field
         if layout is not None and prompt_field not in row:
-            raise _FieldError(prompt_field, f"missing (and no {layout.prompt_field!r} of {layout.description} layout either)")
-    prompt = _text(row, prompt_field)
+            raise FieldError(prompt_field, f"missing (and no {layout.prompt_field!r} of {layout.description} layout either)")
+    prompt = text_field(row, prompt_field)
     answer = answer_of(row)
-    row_id = _text(row, id_field) if id_field else str(index)
+    row_id = text_field(row, id_field) if id_field else str(index)
     return PromptRow(id=f"{schema.name}-{row_id}", prompt=prompt, answer=answer, source=schema.name)
 
 
@@ -218,12 +108,12 @@ def load_prompts(source: PromptSourceConfig, synthetic: SyntheticTaskConfig | No
         if source.limit is not None and len(result.rows) >= source.limit:
             break
         try:
-            if isinstance(row, _FieldError):
+            if isinstance(row, FieldError):
                 raise row
             prompt_row = _normalise(schema, row, index)
             if prompt_row.id in seen:
-                raise _FieldError(schema.id_field or "(index)", f"duplicate id {prompt_row.id!r}")
-        except _FieldError as error:
+                raise FieldError(schema.id_field or "(index)", f"duplicate id {prompt_row.id!r}")
+        except FieldError as error:
             message = f"{location}: {error}"
             if not source.skip_invalid:
                 raise InvalidRowError(f"{message} (set skip_invalid to skip and count such rows)") from None

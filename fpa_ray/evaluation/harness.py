@@ -30,10 +30,11 @@ import pandas as pd
 from fpa_ray import metrics
 from fpa_ray.accounting import Ledger
 from fpa_ray.config import PromptSourceConfig, RunConfig, SamplerConfig, VerifierConfig
-from fpa_ray.data.sources import SCHEMAS, load_prompts
+from fpa_ray.data.schemas import SCHEMAS
+from fpa_ray.data.sources import load_prompts
 from fpa_ray.evaluation.report import summary_markdown
 from fpa_ray.evaluation.scoring import disagreements, overall, paired_difference, score, total_gain_loss
-from fpa_ray.pipelines.offline import write_json
+from fpa_ray.run_files import write_json
 
 SAMPLE_COLUMNS = ("prompt_id", "sample_index", "answer", "response", "extracted", "status", "reward", "cross_extracted",
                   "cross_status", "cross_reward", "finish_reason")

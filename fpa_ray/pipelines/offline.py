@@ -27,17 +27,11 @@ from fpa_ray.evaluation import paired_difference, score, score_by_benchmark, tot
 from fpa_ray.learner.loop import SNAPSHOTS_DIR
 from fpa_ray.objectives import PairedBatch, get_objective
 from fpa_ray.placement import check_fit, cluster_nodes
+from fpa_ray.run_files import write_json
 
 
 class StageInputsChanged(RuntimeError):
     """A finished stage in the run directory was made from other inputs than this run's."""
-
-
-def write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    os.replace(partial, path)
 
 
 def _digest(path: Path) -> str:

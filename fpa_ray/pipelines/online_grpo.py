@@ -34,7 +34,8 @@ from fpa_ray.accounting import Ledger
 from fpa_ray.config import RunConfig
 from fpa_ray.data.sources import PromptRow
 from fpa_ray.grpo_layouts import grpo_layout
-from fpa_ray.pipelines.offline import OfflinePipeline, write_json
+from fpa_ray.pipelines.offline import OfflinePipeline
+from fpa_ray.run_files import write_json
 from fpa_ray.weights.group import TransferFailed
 from fpa_ray.weights.transports import TRANSPORTS
 

@@ -6,7 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fpa_ray.data.sources import InvalidRowError, PromptSourceConfig, load_prompts
+from fpa_ray.config import PromptSourceConfig
+from fpa_ray.data.sources import InvalidRowError, load_prompts
 
 # One row per schema, in the columns the Hub dataset uses, and the row we expect.
 ROWS = {
