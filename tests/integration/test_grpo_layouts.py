@@ -5,11 +5,7 @@ in the 7B GRPO and DAPO recipes' shrunk runs (test_recipes.py) and, a node lost 
 test_multinode.py; the colocated layout runs here."""
 
 import json
-import os
 import re
-import signal
-import threading
-import time
 
 import pandas as pd
 import pytest
@@ -17,6 +13,7 @@ import pytest
 from fpa_ray.config import load_config
 from fpa_ray.data.sources import load_prompts
 from fpa_ray.pipelines.online_grpo import OnlineGRPOPipeline, rollout_seed, step_prompts
+from tests.integration.faults import WorkerKiller
 from tests.integration.small_run import GRPO_SMALL, SMALL
 from tests.integration.test_online_grpo import _sampled_from
 
@@ -80,32 +77,15 @@ def test_a_learner_worker_killed_one_step_off_resumes_with_its_staleness_bookkee
     """split-async: a learner worker SIGKILLed after a checkpoint; Ray Train restarts the group from it, the
     learner sends its weights first, and every step's recorded staleness is the one of the rollout it trained
     on (the update that sampled it, from the rollout file), never more than max_staleness."""
-    from ray.util.state import list_actors
-
     config = load_config("tiny-cpu-grpo", [*SMALL, *GRPO_SMALL, "grpo.layout=split-async", "grpo.steps=6", "grpo.eval_every=6",
                                            "learner.checkpoint_every=1", "name=async-killed", f"output_dir={tmp_path}"])
     pipeline = OnlineGRPOPipeline(config, log=lambda line: None)
     pipeline.prepare()
     policy = pipeline.initial_policy()
     online = pipeline.run_dir / "online"
-    killed = []
-
-    def kill_after_first_checkpoint():
-        deadline = time.time() + 300
-        while time.time() < deadline and not killed:
-            if list((online / "ray_train").glob("*/checkpoint_*")):
-                address = ray_cluster.get_runtime_context().gcs_address
-                workers = [a for a in list_actors(address=address, filters=[("state", "=", "ALIVE")]) if "RayTrainWorker" in a.class_name and a.pid]
-                if workers:
-                    os.kill(workers[-1].pid, signal.SIGKILL)
-                    killed.append(workers[-1].pid)
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_after_first_checkpoint)
-    killer.start()
-    pipeline.train_online(policy)
-    killer.join()
-    assert killed, "the run ended before a learner worker could be killed"
+    with WorkerKiller(online / "ray_train", "*/checkpoint_*", ray_cluster.get_runtime_context().gcs_address) as killer:
+        pipeline.train_online(policy)
+    assert killer.killed, "the run ended before a learner worker could be killed"
     metrics = [json.loads(line) for line in (online / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, 13))  # 2 optimizer steps per rollout, each logged once
     for m in metrics:

@@ -2,11 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +16,7 @@ from fpa_ray.learner.forward import shifted_targets
 from fpa_ray.learner.trainer import TrainStage
 from fpa_ray.objectives import get_objective, masked_sum, token_logprobs
 
+from .faults import WorkerKiller
 from .offline_rows import labelled_rows, pair_rows
 
 pytestmark = pytest.mark.slow
@@ -115,27 +113,11 @@ def test_deepspeed_zero_with_accumulation_matches_ddp(uninterrupted, stage):
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_a_killed_worker_resumes_from_its_checkpoint_to_the_same_weights(ray_cluster, rows, tiny_policy, tmp_path, uninterrupted, strategy):
-    from ray.util.state import list_actors
-
     clean = uninterrupted(strategy)
     out = tmp_path / "killed"
-    killed = []
-
-    def kill_after_first_checkpoint():
-        deadline = time.time() + 300
-        while time.time() < deadline and not killed:
-            if list((out / "ray_train" / "train").glob("checkpoint_*")):
-                workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "RayTrainWorker" in a.class_name and a.pid]
-                if workers:
-                    os.kill(workers[-1].pid, signal.SIGKILL)
-                    killed.append(workers[-1].pid)
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_after_first_checkpoint)
-    killer.start()
-    resumed = _train(ray_cluster, rows, tiny_policy, out, fpa=True, epochs=3, micro_batch_size=2, **STRATEGIES[strategy])
-    killer.join()
-    assert killed, "the run ended before a worker could be killed"
+    with WorkerKiller(out / "ray_train" / "train", "checkpoint_*") as killer:
+        resumed = _train(ray_cluster, rows, tiny_policy, out, fpa=True, epochs=3, micro_batch_size=2, **STRATEGIES[strategy])
+    assert killer.killed, "the run ended before a worker could be killed"
     assert [m["step"] for m in resumed.metrics] == list(range(1, 10))  # each step logged once
     a, b = _weights(clean.checkpoint), _weights(resumed.checkpoint)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
