@@ -191,7 +191,10 @@ def grpo_loop(config: dict) -> None:
         return sender.send(backend, step, _probe_logprobs(backend, tokenizer, device) if grpo.refresh_probe else None)
 
     gap = None  # of the last sync, logged with the next step
-    if resumed:  # the samplers may hold newer weights than the checkpoint
+    # The samplers hold other weights than this group's after a restart: newer than its checkpoint, or an
+    # update of the group before it when that one never checkpointed (the group starts from scratch).
+    behind = _broadcast(ray.get(controller.weights_version.remote()) != start if rank == 0 else None, rank)
+    if resumed or behind:
         gap = send_weights(start)
 
     local = G // world

@@ -147,6 +147,10 @@ class RolloutController:
         ray.get([actor.__ray_ready__.remote() for actor in self.samplers])
         self.stale = self.version > 0
 
+    def weights_version(self) -> int:
+        """The update whose weights the samplers hold."""
+        return self.version
+
     def engines(self) -> list:
         """The sampler actors, in the learner's rank order where colocated."""
         return self.samplers
