@@ -78,7 +78,7 @@ def test_the_manifest_says_where_the_stage_time_went(reference_run):
     for entry in shards:
         assert 0 < entry["engine_s"] <= entry["shard_s"] and entry["done_s"] <= timing["wall_s"]
     starts = [actor["began_s"] + actor["start_s"]] + [s["done_s"] for s in shards[:-1]]
-    assert all(start + s["shard_s"] <= s["done_s"] + 0.05 for start, s in zip(starts, shards))  # clocks of one machine
+    assert all(start + s["shard_s"] <= s["done_s"] + 0.05 for start, s in zip(starts, shards)), timing  # clocks of one machine
 
 
 def test_a_killed_sampler_actor_loses_and_duplicates_nothing(reference_run, prompts, tiny_policy, tmp_path):
