@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from fpa_ray.cluster import init_ray
-from fpa_ray.compare import compare, hours_to_reach
+from fpa_ray.compare import compare, cost_to_reach
 from fpa_ray.config import load_config
 from fpa_ray.pipelines.online_grpo import OnlineGRPOPipeline
 from fpa_ray.warmstart import warm_start
@@ -69,8 +69,8 @@ def summary(runs: dict[str, dict[int, Path]], out: Path) -> str:
         reach, share = [], []
         for s in seeds:
             target = grpo_points[s][-1]["pass_at_1"]
-            grpo_hours = hours_to_reach(grpo_points[s], target, "cpu_hours")
-            hours = hours_to_reach(points[s], target, "cpu_hours")
+            grpo_hours = cost_to_reach(grpo_points[s], target, "cpu_hours")
+            hours = cost_to_reach(points[s], target, "cpu_hours")
             reach.append("-" if hours is None else f"{hours:.4f}")
             share.append("-" if hours is None else f"{hours / grpo_hours:.2f}")
         lines.append(

@@ -306,7 +306,7 @@ class OfflinePipeline:
         cost = self.ledger.cost_until(time_s, excluded=NOT_TRAINING)
         point = {"point": label, "pass_at_1": result["pass_at_1"], "pass_at_k": result["pass_at_k"], "maj_at_k": result.get("maj_at_k"),
                  "per_problem": result["per_problem"],
-                 "cpu_hours": cost["cpu_seconds"] / 3600, "gpu_hours": cost["gpu_seconds"] / 3600}
+                 "node_hours": cost["node_seconds"] / 3600, "cpu_hours": cost["cpu_seconds"] / 3600, "gpu_hours": cost["gpu_seconds"] / 3600}
         if "benchmarks" in result:
             point["benchmarks"] = {name: {key: b[key] for key in ("pass_at_1", "pass_at_k", "per_problem")} for name, b in result["benchmarks"].items()}
         return point
@@ -378,7 +378,8 @@ class OfflinePipeline:
         threshold = config.evaluation.solved_threshold
         unit = "GPU-hours" if any(p["gpu_hours"] for p in points) else "CPU-hours"
         lines = [f"# {config.name}", "", self.describe(), "",
-                 f"| policy | pass@1 | vs start (SE) | maj@k | pass@k | Total Gain | Total Loss | training {unit} |", "|---|---|---|---|---|---|---|---|"]
+                 f"| policy | pass@1 | vs start (SE) | maj@k | pass@k | Total Gain | Total Loss | training node-hours | training {unit} used |",
+                 "|---|---|---|---|---|---|---|---|---|"]
         for index, point in enumerate(points):
             change = total_gain_loss(points[0]["per_problem"], point["per_problem"], threshold)
             gain, loss = ("-", "-") if index == 0 else (change["total_gain"], change["total_loss"])
@@ -386,7 +387,8 @@ class OfflinePipeline:
             versus = "-" if index == 0 else f"{paired['difference'] * 100:+.1f} ({paired['se'] * 100:.1f}) pts"
             hours = point["gpu_hours"] if unit == "GPU-hours" else point["cpu_hours"]
             majority = "-" if point["maj_at_k"] is None else f"{point['maj_at_k']:.1%}"
-            lines.append(f"| {point['point']} | {point['pass_at_1']:.1%} | {versus} | {majority} | {point['pass_at_k']:.1%} | {gain} | {loss} | {hours:.4f} |")
+            lines.append(f"| {point['point']} | {point['pass_at_1']:.1%} | {versus} | {majority} | {point['pass_at_k']:.1%} | {gain} | {loss} "
+                         f"| {point['node_hours']:.4f} | {hours:.4f} |")
         if "benchmarks" in points[0]:
             lines += ["", "| policy | " + " | ".join(f"{label} pass@1 | vs start (SE)" for label in points[0]["benchmarks"]) + " |",
                       "|---|" + "---|---|" * len(points[0]["benchmarks"])]
@@ -400,17 +402,23 @@ class OfflinePipeline:
         lines += ["", f"pass@1: mean over the eval problems of the share of {evaluation.samples} samples at T={evaluation.temperature} "
                   f"that are correct; vs start: the mean per-problem change of pass@1 on the same problems, with its standard error over problems "
                   f"(a change under 2 SE is not resolved by this evaluation); maj@k: the most frequent answer of the {evaluation.samples} is right; Total Gain/Loss against the start: problems crossing pass@1 >= {threshold}. Training "
-                  f"{unit}: resources held x wall time of every stage but {', '.join(sorted(NOT_TRAINING))}, up to that policy.", ""]
+                  f"node-hours: the cluster's hosts (machines) x wall time of every stage but {', '.join(sorted(NOT_TRAINING))}, up to that "
+                  f"policy: what the job held, used or idle; training {unit} used: what those stages held of it.", ""]
         for round_index in range(1, config.rounds + 1):
             manifest = self.run_dir / f"round_{round_index}" / "dataset" / "manifest.json"
             if manifest.exists():
                 data = json.loads(manifest.read_text())
                 lines.append(f"round {round_index} data: {data['rows']} {data['kind']} rows; {data['counts']}")
-        lines += ["", "| stage | wall s | CPU-hours | GPU-hours |", "|---|---|---|---|"]
+        lines += ["", "| stage | wall s | node-hours | CPU-hours | GPU-hours |", "|---|---|---|---|---|"]
         for stage, total in self.ledger.totals().items():
-            lines.append(f"| {stage} | {total['wall_s']:.1f} | {total['cpu_seconds'] / 3600:.4f} | {total['gpu_seconds'] / 3600:.4f} |")
-        write_json(self.run_dir / "curve.json", {"name": config.name, "description": self.describe(), "unit": unit,
+            lines.append(f"| {stage} | {total['wall_s']:.1f} | {total['node_seconds'] / 3600:.4f} | {total['cpu_seconds'] / 3600:.4f} "
+                         f"| {total['gpu_seconds'] / 3600:.4f} |")
+        write_json(self.run_dir / "curve.json", {"name": config.name, "description": self.describe(), "unit": "node-hours", "used": unit,
                                                  "points": [curve_point(p, points[0]) for p in points]})
+        # Each point's per-problem pass@1 (overall and per benchmark): what a paired or bootstrap comparison across runs reads.
+        write_json(self.run_dir / "per_problem.json", {"points": [
+            {"point": p["point"], "per_problem": p["per_problem"], "benchmarks": {k: b["per_problem"] for k, b in p.get("benchmarks", {}).items()}}
+            for p in points]})
         path = self.run_dir / "report.md"
         path.write_text("\n".join(lines) + "\n")
         self.log("\n".join(lines))

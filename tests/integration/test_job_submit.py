@@ -124,7 +124,7 @@ def test_the_submitted_run_is_complete_consistent_and_reused(offline_job, ray_cl
     config = load_config("tiny-cpu", _offline_overrides(run.parent))
     report = run / "report.md"
     text = report.read_text()
-    assert "| start |" in text and "| round 1 step 2 |" in text and "| after round 1 |" in text and "CPU-hours" in text
+    assert "| start |" in text and "| round 1 step 2 |" in text and "| after round 1 |" in text and "training CPU-hours used" in text
 
     # The accuracy curve: the start costs nothing, the snapshot part of the training, the end all of it.
     points = json.loads((run / "curve.json").read_text())["points"]
@@ -132,11 +132,18 @@ def test_the_submitted_run_is_complete_consistent_and_reused(offline_job, ray_cl
     ledger = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
     training = sum(e["cpu_seconds"] for e in ledger if e["stage"] in ("generate", "verify", "build", "train")) / 3600
     assert points[0]["cpu_hours"] == 0 < points[1]["cpu_hours"] < points[2]["cpu_hours"] == pytest.approx(training)
+    # The cost basis runs are compared on: the whole cluster (one host here) for every second of those stages.
+    wall = sum(e["wall_s"] for e in ledger if e["stage"] in ("generate", "verify", "build", "train")) / 3600
+    assert points[0]["node_hours"] == 0 < points[1]["node_hours"] < points[2]["node_hours"] == pytest.approx(wall)
     for point in points:  # each split scored on its own 8 problems; together they are the run's 16
         dev, test = point["benchmarks"]["dev"], point["benchmarks"]["test"]
         assert dev["problems"] == test["problems"] == 8 and point["pass_at_1"] == pytest.approx((dev["pass_at_1"] + test["pass_at_1"]) / 2)
         assert test["vs_start"] == pytest.approx(test["pass_at_1"] - points[0]["benchmarks"]["test"]["pass_at_1"])
     assert "| dev pass@1 | vs start (SE) | test pass@1 |" in text
+    per_problem = json.loads((run / "per_problem.json").read_text())["points"]  # what a bootstrap over problems resamples
+    assert [p["point"] for p in per_problem] == [p["point"] for p in points]
+    for point, problems in zip(points, per_problem):
+        assert point["benchmarks"]["test"]["pass_at_1"] == pytest.approx(sum(problems["benchmarks"]["test"].values()) / 8)
 
     samples = json.loads((run / "round_1" / "samples" / "manifest.json").read_text())
     verified = json.loads((run / "round_1" / "verified" / "manifest.json").read_text())
@@ -161,6 +168,7 @@ def test_the_submitted_run_is_complete_consistent_and_reused(offline_job, ray_cl
         assert [e["round"] for e in ledger if e["stage"] == stage] == ["0,1_step_2,1"]
     for entry in ledger:
         assert entry["wall_s"] > 0 and entry["cpu_seconds"] == pytest.approx(entry["cpus"] * entry["wall_s"]) and entry["completed"]
+        assert entry["cluster"] == {"hosts": 1, "cpus": 4.0, "gpus": 0.0} and entry["node_seconds"] == pytest.approx(entry["wall_s"])
     assert (run / "config.yaml").read_text() == config.to_yaml()
 
     # The same run again: every stage is reused, nothing is recomputed.
@@ -209,6 +217,7 @@ def test_the_grpo_run_updates_on_policy_first_and_charges_every_second(grpo_job)
         assert {e["stage"] for e in loop if e["round"] == step} >= {"grpo_generate", "grpo_verify", "grpo_train"}
         assert any(e["stage"] == "grpo_sync" and e["round"] == step + 1 for e in loop)
     assert all(e["cpus"] == 4 and e["gpus"] == 0 for e in loop)  # 1 sampler + 1 verifier + 2 learner CPUs, held throughout
+    assert all(e["cluster"]["hosts"] == 1 and e["node_seconds"] == pytest.approx(e["wall_s"]) for e in loop)  # charged from the controller too
 
     for stage in ("eval_generate", "eval_verify"):  # the start and both snapshots, after training, in one stage each
         assert [e["round"] for e in ledger if e["stage"] == stage] == ["0,step_2,step_3"]
@@ -216,6 +225,7 @@ def test_the_grpo_run_updates_on_policy_first_and_charges_every_second(grpo_job)
     assert [p["point"] for p in curve["points"]] == ["start", "step 2", "step 3"]
     hours = [p["cpu_hours"] for p in curve["points"]]
     assert hours[0] == 0 < hours[1] < hours[2] <= sum(e["cpu_seconds"] for e in loop) / 3600
+    assert curve["points"][2]["node_hours"] == pytest.approx(hours[2] / 4)  # the loop held the whole cluster: its 4 CPUs
     assert (run / "online" / "snapshots" / "step_2" / "config.json").exists()
 
 
@@ -227,7 +237,7 @@ def test_compare_the_grpo_run_with_the_offline_run(grpo_job, offline_job, tmp_pa
     for name, directory in (("grpo-job", run), ("submitted", offline)):
         final = json.loads((directory / "curve.json").read_text())["points"][-1]
         row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
-        assert f"{final['pass_at_1']:.1%}" in row and f"{final['cpu_hours']:.4f}" in row
-        assert row.endswith("| 0.0000 |")  # target 0% is reached at the start, before any training
+        assert f"{final['pass_at_1']:.1%}" in row and row.endswith(f"| {final['node_hours']:.4f} | 0.0000 | {final['cpu_hours']:.4f} |")
+        # target 0% is reached at the start, before any training
     png = (out / "compare.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (840, 540)

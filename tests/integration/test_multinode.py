@@ -145,6 +145,10 @@ def test_a_node_lost_mid_train_resumes_to_the_uninterrupted_weights(cluster_run)
     assert "RayTrainWorker" in lost["actors"]
     train = runs / "lost" / "round_1" / "train"
     assert _steps(train) == list(range(1, STEPS + 1))  # each step logged once
+    # Four Ray nodes on one machine are one host: the job is charged one node-second per second.
+    ledger = [json.loads(line) for line in (runs / "lost" / "ledger.jsonl").read_text().splitlines()]
+    assert all(e["cluster"]["hosts"] == 1 and e["node_seconds"] == pytest.approx(e["wall_s"]) for e in ledger)
+    assert max(e["cluster"]["cpus"] for e in ledger) > max(e["cpus"] for e in ledger)  # the cluster's CPUs, not the stage's
     reference = Path(result["reference"])
     assert _max_weight_difference(train / "policy", reference) <= 1e-6
     losses = lambda d: [json.loads(line)["loss"] for line in (d / "metrics.jsonl").read_text().splitlines() if line]  # noqa: E731
