@@ -12,11 +12,14 @@ Groups (each cell is one offline run of configs/tiny-cpu.yaml with a few overrid
               whose rejected response is cut 4 tokens after it departs from the chosen one (build.rejected_cut)
   recipe      candidates for configs/tiny-cpu.yaml: --objective plain and FPA at lambda 2, each with and
               without the divergence cut
+  mechanism   where gradient entanglement should arise: DPO and SimPER, with and without FPA, on uncut pairs for
+              4 epochs, cos(g_w, g_l) over every parameter as well as the LM head on 64 probe pairs, 4 times an epoch
 
 Every cell of a seed starts from the same warm-started policy and trains on the same regenerated
 data (500 prompts x 8 samples at T=1, fpa_ray benchmarks/seeded_runs.py); a cell shared by two
-groups (e.g. FPA-DPO at lambda 1) is run once. Evaluation: 300 held-out problems x 8 samples at
-T=0.7 (pass@1 averaged over k=8), the same sampling seeds for every policy of a seed. Writes
+groups (e.g. FPA-DPO at lambda 1) is run once. Evaluation: 300 problems of the dev split (choices
+are made on it; the test split is left to the reported results) x 8 samples at T=0.7 (pass@1
+averaged over k=8), the same sampling seeds for every policy of a seed. Writes
 benchmarks/results/ablations/<group>.md (table) and <group>-accuracy.png, <group>-coefficients.png
 (C_w, C_l over steps), <group>-entanglement.png (cos(g_w, g_l) and the norms, at the steps that
 logged them) and, for long and rounds, <group>-curve.png (accuracy over training).
@@ -39,14 +42,15 @@ from seeded_runs import curve, log, offline_run, plot_accuracy_curves, regenerat
 
 OBJECTIVE_PARAMS = {"dpo": "{beta: 0.1}", "rpo": "{beta: 0.1, alpha: 1.0}", "kto": "{beta: 0.1}", "simper": "{}", "offline_rl": "{}"}
 PAIRED = {"dpo", "rpo", "simper"}
-GROUPS = ("objectives", "lambda", "targeting", "long", "rounds", "pairs", "recipe")
+GROUPS = ("objectives", "lambda", "targeting", "long", "rounds", "pairs", "recipe", "mechanism")
 LONG_EPOCHS, ROUNDS = 4, 3
+PROBE_PAIRS, PROBES_PER_EPOCH = 64, 4  # the mechanism group's entanglement diagnostic
 SMOOTH = 5  # optimizer steps per running mean in the coefficient plots
 RESULTS = Path(__file__).parent / "results" / "ablations"
 
 
 def cell(objective: str, fpa: bool, lam: float = 1.0, apply_to: str = "both", epochs: int = 1, rounds: int = 1,
-         pairs: int = 4, cut: str = "none") -> tuple[str, dict]:
+         pairs: int = 4, cut: str = "none", probes: bool = False) -> tuple[str, dict]:
     """A cell's run name (the same settings give the same name, whichever group asks) and its settings."""
     name = ("fpa-" if fpa and lam else "") + objective
     if fpa and lam not in (0, 1):
@@ -61,8 +65,10 @@ def cell(objective: str, fpa: bool, lam: float = 1.0, apply_to: str = "both", ep
         name += f"-{pairs}pairs"
     if cut != "none":
         name += f"-{cut}"
+    if probes:
+        name += "-probed"
     return name, {"objective": objective, "fpa": bool(fpa and lam), "lam": lam, "apply_to": apply_to, "epochs": epochs,
-                  "rounds": rounds, "pairs": pairs, "cut": cut}
+                  "rounds": rounds, "pairs": pairs, "cut": cut, "probes": probes}
 
 
 def cells(group: str, objective: str) -> list[tuple[str, dict]]:
@@ -81,6 +87,8 @@ def cells(group: str, objective: str) -> list[tuple[str, dict]]:
         return [*(cell(objective, fpa, pairs=p) for p in (1, 4, 16) for fpa in both), *(cell(objective, fpa, cut="divergence") for fpa in both)]
     if group == "recipe":
         return [cell(objective, fpa, lam, cut=cut) for cut in ("none", "divergence") for fpa, lam in ((False, 1.0), (True, 2.0))]
+    if group == "mechanism":
+        return [cell(o, fpa, epochs=LONG_EPOCHS, probes=True) for o in ("dpo", "simper") for fpa in both]
     raise ValueError(f"unknown group {group!r}; known: {', '.join(GROUPS)}")
 
 
@@ -91,6 +99,9 @@ def overrides(settings: dict, steps_per_epoch: int) -> list[str]:
               f"build.pairs_per_prompt={settings['pairs']}", f"build.rejected_cut={settings['cut']}"]
     if settings["epochs"] > 1:
         result.append(f"learner.snapshot_every={steps_per_epoch}")
+    if settings.get("probes"):  # every parameter's gradient, on PROBE_PAIRS pairs, PROBES_PER_EPOCH times an epoch
+        result += ["learner.diagnostics_scope=all", f"learner.diagnostics_rows={PROBE_PAIRS}",
+                   f"learner.diagnostics_every={max(1, steps_per_epoch // PROBES_PER_EPOCH)}"]
     return result
 
 
@@ -127,7 +138,10 @@ def run_figures(run_dir: Path) -> dict:
         return statistics.mean(values) if values else float("nan")
 
     ledger = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
+    probed = [r for r in steps if "grad_cosine" in r]
     return {
+        **{f"{key}_{where}": rows[index][key] if rows and key in rows[index] else float("nan")
+           for key in ("grad_cosine", "grad_cosine_all") for where, rows, index in (("probe_first", probed, 0), ("probe_last", probed, -1))},
         "start": points[0]["pass_at_1"], "final": points[-1]["pass_at_1"], "best": max(p["pass_at_1"] for p in points[1:]),
         "gain": change["total_gain"], "loss": change["total_loss"], "training_cpu_hours": points[-1]["cpu_hours"],
         "total_cpu_hours": sum(e["cpus"] * (e["end"] - e["start"]) for e in ledger) / 3600,
@@ -150,27 +164,31 @@ def spread(values: list[float], scale: float = 100, digits: int = 1) -> str:
 
 
 def table(group: str, figures: dict[str, dict[int, dict]], seeds: list[int]) -> str:
+    probed = any(not math.isnan(by_seed[s]["grad_cosine_all_probe_first"]) for by_seed in figures.values() for s in seeds)
+    extra = " | cos(g_w, g_l), LM head, first -> last probe | cos(g_w, g_l), every parameter, first -> last probe" if probed else ""
     lines = [f"# Ablation: {group}", "",
              "| cell | start | final pass@1 | final - start (points) | best trained | Total Gain / Loss | C_w first -> last "
-             "| C_l first -> last | chosen log-prob first -> last | rejected log-prob first -> last | training CPU-h | total CPU-h |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"| C_l first -> last | chosen log-prob first -> last | rejected log-prob first -> last{extra} | training CPU-h | total CPU-h |",
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if probed else "") + "---|---|"]
     for name, by_seed in figures.items():
         rows = [by_seed[s] for s in seeds]
 
-        def pair(key: str, digits: int = 3, rows: list[dict] = rows) -> str:
-            return f"{spread([r[key + '_first'] for r in rows], 1, digits)} -> {spread([r[key + '_last'] for r in rows], 1, digits)}"
+        def pair(key: str, digits: int = 3, rows: list[dict] = rows, first: str = "_first", last: str = "_last") -> str:
+            return f"{spread([r[key + first] for r in rows], 1, digits)} -> {spread([r[key + last] for r in rows], 1, digits)}"
 
+        cosines = (f" | {pair('grad_cosine', 2, first='_probe_first', last='_probe_last')}"
+                   f" | {pair('grad_cosine_all', 2, first='_probe_first', last='_probe_last')}") if probed else ""
         lines.append(
             f"| {name} | {spread([r['start'] for r in rows])} | {spread([r['final'] for r in rows])} "
             f"| {spread([r['final'] - r['start'] for r in rows])} | {spread([r['best'] for r in rows])} "
             f"| {spread([r['gain'] for r in rows], 1)} / {spread([r['loss'] for r in rows], 1)} | {pair('C_w')} | {pair('C_l')} "
-            f"| {pair('logp_chosen', 2)} | {pair('logp_rejected', 2)} | {spread([r['training_cpu_hours'] for r in rows], 1, 4)} "
+            f"| {pair('logp_chosen', 2)} | {pair('logp_rejected', 2)}{cosines} | {spread([r['training_cpu_hours'] for r in rows], 1, 4)} "
             f"| {spread([r['total_cpu_hours'] for r in rows], 1, 4)} |"
         )
     per_seed = ["", "Final pass@1 per seed (" + ", ".join(map(str, seeds)) + "):", ""]
     per_seed += [f"- {name}: " + ", ".join(f"{100 * by_seed[s]['final']:.1f}" for s in seeds) for name, by_seed in figures.items()]
     lines += per_seed + [
-        "", f"Seeds {seeds}; pass@1 in %, mean ± standard deviation over seeds. Evaluation: 300 held-out problems x 8 samples at "
+        "", f"Seeds {seeds}; pass@1 in %, mean ± standard deviation over seeds. Evaluation: 300 dev-split problems x 8 samples at "
         "T=0.7, the same sampling seeds for every policy of a seed, so 'final - start' is a paired difference. Total Gain / Loss: "
         "problems crossing pass@1 >= 0.5 between the start and the final policy. C_w, C_l: the objective's gradient coefficients "
         "on the chosen / rejected log-prob (with FPA: evaluated at the approximated future policy), mean over the first and the "
@@ -233,18 +251,22 @@ def plots(group: str, figures: dict[str, dict[int, dict]], seeds: list[int], out
 
 
 def plot_entanglement(figures: dict[str, dict[int, dict]], seeds: list[int], group: str, path: Path) -> None:
-    """cos(g_w, g_l), |g_w| and |g_l| on the LM head (docs/method.md section 8) at the steps that logged them, mean over seeds."""
+    """cos(g_w, g_l), |g_w| and |g_l| on the LM head, and cos over every parameter where logged (docs/method.md
+    section 8), at the steps that logged them, mean over seeds."""
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 3, figsize=(14, 4.2), sharex=True)
+    whole = any("grad_cosine_all" in row for name in figures for row in figures[name][seeds[0]]["steps"])
+    keys = ("grad_cosine", "grad_norm_w", "grad_norm_l") + (("grad_cosine_all",) if whole else ())
+    titles = ("cos(g_w, g_l), LM head", "|g_w| (chosen), LM head", "|g_l| (rejected), LM head") + (("cos(g_w, g_l), every parameter",) if whole else ())
+    figure, axes = plt.subplots(1, len(keys), figsize=(4.7 * len(keys), 4.2), sharex=True)
     for index, name in enumerate(figures):
         runs = [[row for row in figures[name][s]["steps"] if "grad_cosine" in row] for s in seeds]
         length = min(map(len, runs))
-        for axis, key in zip(axes, ("grad_cosine", "grad_norm_w", "grad_norm_l")):
+        for axis, key in zip(axes, keys):
             mean = [statistics.mean(rows[i][key] for rows in runs) for i in range(length)]
             axis.plot([row["global_step"] for row in runs[0][:length]], mean, color=f"C{index}", label=name, linewidth=1, marker=".")
-    for axis, title in zip(axes, ("cos(g_w, g_l)", "|g_w| (chosen)", "|g_l| (rejected)")):
-        axis.set_title(f"{title}, LM head: mean over seeds {seeds}", fontsize=9)
+    for axis, title in zip(axes, titles):
+        axis.set_title(f"{title}: mean over seeds {seeds}", fontsize=9)
         axis.set_xlabel("optimizer step")
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
@@ -274,7 +296,7 @@ def main() -> int:
     figures: dict[str, dict[int, dict]] = {name: {} for name, _ in plan}
     for seed in args.seeds:
         common = [f"seed={seed}", f"output_dir={out}", f"policy.name_or_path={policy}", f"evaluation.samples={args.eval_samples}",
-                  f"data.eval=[{{name: synthetic, split: test, limit: {args.eval_problems}}}]"]
+                  f"data.eval=[{{name: synthetic, split: dev, limit: {args.eval_problems}}}]"]
         data_dir, pairs = regenerate(seed, common)
         for name, settings in plan:
             epoch = steps_per_epoch(settings, data_dir, pairs, base.learner.global_batch_size)

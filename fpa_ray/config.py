@@ -224,8 +224,12 @@ class LearnerConfig(StrictModel):
     )
     checkpoint_every: int = Field(50, ge=1)
     snapshot_every: int | None = Field(None, ge=1, description="also keep the policy every this many steps (evaluated by the pipeline)")
-    diagnostics_every: int | None = Field(10, ge=1, description="log cos(g_w, g_l) and |g_w|, |g_l| on the LM head every this many steps "
-                                          "(first step included), on the first step's rows every time (learner/entanglement.py); null: never")
+    diagnostics_every: int | None = Field(10, ge=1, description="log cos(g_w, g_l) and |g_w|, |g_l| every this many steps (first step "
+                                          "included), on the same rows every time (learner/entanglement.py); null: never")
+    diagnostics_rows: int = Field(4, ge=1, description="the diagnostic's pairs (or correct and incorrect samples), from the first rows "
+                                  "of the first epoch's order")
+    diagnostics_scope: Literal["head", "all"] = Field("head", description="the diagnostic's parameters: the LM head, or also every "
+                                                      "parameter of the model (DDP only)")
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint (and, apart, start attempts that timed out)")
     start_timeout_s: float = Field(300.0, gt=0, description="how long one start of the worker group may wait for its resources (a lost "
@@ -236,6 +240,9 @@ class LearnerConfig(StrictModel):
     def _batches_divide(self) -> LearnerConfig:
         if self.micro_batch_tokens is not None and not self.padding_free:
             raise ValueError("micro_batch_tokens bounds a padding-free row: set padding_free=true with it")
+        if self.diagnostics_scope == "all" and self.strategy != "ddp":
+            raise ValueError("diagnostics_scope=all copies the whole model onto every worker: with strategy=deepspeed no rank holds it; use "
+                             "diagnostics_scope=head")
         per_step = self.num_workers * self.micro_batch_size
         if self.global_batch_size % per_step:
             raise ValueError(

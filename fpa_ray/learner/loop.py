@@ -116,16 +116,16 @@ def train_loop(config: dict) -> None:
 
     output_dir = Path(setup.output_dir)
     writer = MetricsWriter(output_dir, backend.start_step) if rank == 0 else None
-    # The diagnostic's rows: the first step's batch, the same at every measurement, so its curve follows
-    # the policy rather than which rows each batch happens to hold.
-    probe = [examples[i] for i in global_order(len(examples), 0, G, setup.seed)]
+    # The diagnostic's rows: the first of the first epoch's order, the same at every measurement, so its
+    # curve follows the policy rather than which rows each batch happens to hold.
+    probe = [examples[i] for i in global_order(len(examples), 0, min(max(G, learner.diagnostics_rows), len(examples)), setup.seed)]
     mark = time.perf_counter()  # throughput counts everything between steps, reporting and checkpoints included
     for step in range(backend.start_step, total_steps):
         lr = backend.scheduler.get_last_lr()[0]
         order = global_order(len(examples), step, G, setup.seed)
         diagnostics = {}
         if learner.diagnostics_every and step % learner.diagnostics_every == 0:  # at the weights the step starts from
-            diagnostics = entanglement_metrics(backend, probe, kind, tokenizer.pad_token_id)
+            diagnostics = entanglement_metrics(backend, probe, kind, tokenizer.pad_token_id, learner.diagnostics_rows, learner.diagnostics_scope)
         metrics = train_step(backend, objective, setup.objective.params, reference, examples, order, kind, tokenizer.pad_token_id, fpa,
                              MicroBatching.of(learner), learner.max_length, precomputed)
         now = time.perf_counter()

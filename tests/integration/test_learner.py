@@ -77,8 +77,9 @@ def uninterrupted(ray_cluster, rows, tiny_policy, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def plain_dpo(ray_cluster, rows, tiny_policy, tmp_path_factory):
-    """DPO without FPA on the 24 well-formed pairs, 3 epochs (also the online-reference run of the precomputed test)."""
-    return _train(ray_cluster, rows[:24], tiny_policy, tmp_path_factory.mktemp("plain-dpo"), epochs=3)
+    """DPO without FPA on the 24 well-formed pairs, 3 epochs (also the online-reference run of the precomputed test),
+    the entanglement diagnostic over every parameter on 12 pairs (more than the global batch of 8)."""
+    return _train(ray_cluster, rows[:24], tiny_policy, tmp_path_factory.mktemp("plain-dpo"), epochs=3, diagnostics_scope="all", diagnostics_rows=12)
 
 
 @pytest.mark.parametrize("fpa", [False, True], ids=["dpo", "fpa-dpo"])
@@ -97,6 +98,7 @@ def test_dpo_and_fpa_dpo_reduce_their_loss(request, uninterrupted, fpa):
     # The entanglement diagnostic every learner.diagnostics_every (10) steps, with and without FPA: steps 1 of 9 here.
     assert [m["step"] for m in result.metrics if "grad_cosine" in m] == [1]
     assert -1 <= first["grad_cosine"] <= 1 and first["grad_norm_w"] > 0 and first["grad_norm_l"] > 0
+    assert ("grad_cosine_all" in first) == (not fpa) and (fpa or -1 <= first["grad_cosine_all"] <= 1 and first["grad_norm_w_all"] > first["grad_norm_w"])
     assert ("C_l_current" in first) == fpa
     assert (run / "metrics.jsonl").is_file() and any((run / "tensorboard").iterdir())
     assert (result.checkpoint / "model.safetensors").is_file() and (result.checkpoint / "tokenizer.json").is_file()

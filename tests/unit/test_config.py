@@ -123,3 +123,9 @@ def test_a_token_budget_needs_padding_free_rows():
 def test_kto_needs_two_rows_per_step_for_its_mismatched_pairs():
     with pytest.raises(ConfigError, match="KTO's z0 pairs each prompt with another row's response"):
         load_config("tiny-cpu", ["objective.name=kto", "learner.global_batch_size=1", "learner.micro_batch_size=1", "learner.num_workers=1"])
+
+
+def test_the_whole_model_diagnostic_needs_a_worker_holding_the_whole_model():
+    with pytest.raises(ConfigError, match="diagnostics_scope=all copies the whole model onto every worker: with strategy=deepspeed"):
+        load_config("tiny-cpu", ["learner.strategy=deepspeed", "learner.diagnostics_scope=all"])
+    assert load_config("tiny-cpu", ["learner.diagnostics_scope=all", "learner.diagnostics_rows=64"]).learner.diagnostics_rows == 64

@@ -82,3 +82,23 @@ def test_head_gradient_is_the_same_in_any_chunking():
     assert torch.allclose(head_gradient(hidden, targets, weight, rows=3, chunk=5), whole, atol=1e-6)
     logp = torch.log_softmax(hidden @ weight.T, -1).gather(-1, targets[:, None]).sum() / 3
     assert torch.allclose(torch.autograd.grad(logp, weight)[0], whole, atol=1e-6)
+
+
+def test_whole_model_scope_equals_autograd_over_every_parameter_and_takes_any_number_of_rows(backend):
+    generator = torch.Generator().manual_seed(4)
+    pairs = []
+    for _ in range(20):  # more rows than one block of the whole-model gradient (8)
+        prompt, shared = _ids(generator, 5), _ids(generator, 7)
+        pairs.append(Example(prompt, (shared + _ids(generator, 4), shared + _ids(generator, 6))))
+    got = entanglement_metrics(backend, pairs, "paired", pad_id=0, rows=17, scope="all")
+    model = backend.unwrapped
+    batch, _ = collate(pairs[:17], "paired", 0)
+    labels, mask = shifted_targets(batch)
+    sums = masked_sum(token_logprobs(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, labels, mask), mask)
+    expected = {key: float(v) for key, v in gradient_entanglement(sums[:17], sums[17:], list(model.parameters())).items()}
+    head = _reference(model, pairs[:17], None, "paired")
+    for key in ("grad_cosine", "grad_norm_w", "grad_norm_l"):
+        assert got[f"{key}_all"] == pytest.approx(expected[key], rel=1e-4), key
+        assert got[key] == pytest.approx(head[key], rel=1e-5), key  # the head's, as with scope `head`
+    assert got["grad_cosine_all"] != pytest.approx(got["grad_cosine"], abs=1e-3)  # the body's shared steps count
+    assert all(p.grad is None for p in model.parameters())
