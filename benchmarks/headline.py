@@ -1,49 +1,86 @@
-"""The headline: offline FPA against online GRPO at both plateaus, pass@1 on a held-out test split
-against cumulative training CPU-hours, over seeds.
+"""The headline: offline FPA against online GRPO, test pass@1 against training node-hours, each
+method tuned with the same budget on a seed that is not reported, FPA's own share beside it.
 
-    python benchmarks/headline.py [--seeds 0 1 2] [--out runs/headline] [--results benchmarks/results/headline]
+    python benchmarks/headline.py [--tune-seed 100] [--seeds 0 1 2 3 4] [--out runs/headline]
+                                  [--results benchmarks/results/headline]
 
-Every run starts from the same warm-started tiny policy (configs/tiny-cpu.yaml's) and is evaluated
-on two splits of the synthetic task, disjoint from the training prompts and from each other: dev
-(`--dev` problems) for every choice, test (`--test` problems) for every reported figure, both at
+Every run starts from the same warm-started tiny policy (configs/tiny-cpu.yaml's) and is evaluated on
+two splits of the synthetic task, disjoint from the training prompts and from each other: dev
+(`--dev` problems) for every choice, test (`--test` problems) for every reported figure, at
 `--samples` samples per problem, T=0.7, with the same sampling seeds for every policy of a seed.
 
-Choices, made on seed 0's dev split with the same budget of tries for each method (two):
-  GRPO      lr 2e-5 (configs/tiny-cpu-grpo.yaml) or 5e-5, each for `--grpo-steps` steps with a
-            policy kept and evaluated every `--eval-every`; its plateau is the policy with the best
-            dev pass@1 (reached: at least PATIENCE evaluations after it did not beat it)
-  offline   configs/tiny-cpu.yaml (FPA-RPO, lambda 2, divergence-cut pairs) with and without FPA, for
-            rounds of regenerate -> verify -> build -> train until dev pass@1 has not beaten its best
-            for one round (at most `--rounds`); its plateau is the round with the best dev pass@1
-Seeds 1 and 2 run the two choices only. Each finished run is one cell (its run
-directory's curve.json, copied to `<results>/cells/`): a rerun skips it, so a run cut short goes
-on where it stopped. Per seed the target is the lower of the two plateaus (on test); the table
-gives the training CPU-hours each method needs to reach it (first evaluated policy at or above it),
-their ratio, and the spread over seeds. Training CPU-hours: resources held x wall time of every
-stage but the warm start and evaluation (fpa_ray.accounting), identically for both pipelines.
-Writes `<results>/summary.md` and `summary.png`.
+Cost: node-hours, the cluster's hosts x wall time of every training stage (fpa_ray.accounting): both
+methods are charged the whole machine for every second they train, whatever they use of it (here one
+host: node-hours are training wall-clock hours). Warm start and evaluation are charged to neither.
+
+Tuning, on `--tune-seed` only (its figures are never reported as results): each method gets
+len(GRPO_TRIES) == len(OFFLINE_TRIES) tries over its main knobs (GRPO: lr over a decade either side of
+its default, prompts per step, group size, KL; offline FPA-RPO: lr over the same span, FPA's lambda,
+RPO's beta), and keeps the try whose plateau (the evaluated policy with the best dev pass@1) is best.
+The reported seeds run the choices only: GRPO, offline FPA, and the same offline recipe without FPA
+(`plain`: FPA's own share of the gain).
+
+Evaluation spacing: GRPO keeps a policy every `--eval-every` steps, the offline learner every
+`--snapshot-every` steps and at the end of every round; all are evaluated. The summary gives each
+method's median node-hours between evaluations, so the reader can see they are alike.
+
+The figure, per reported seed: the target is the lower of GRPO's and offline FPA's plateaus on test;
+it counts only if it is at least 2 paired standard errors above the start (else that seed has no
+ratio, and the summary says so). The node-hours each method needs to reach it are interpolated
+between evaluations (fpa_ray.compare.cost_to_reach); the ratio offline / GRPO is averaged over the
+seeds that have one, with a 95% bootstrap interval over seeds and test problems
+(fpa_ray.compare.ratio_with_interval).
+
+Each finished run is one cell (`<results>/cells/<name>.json`: its curve.json and per_problem.json):
+a rerun skips it, so a run cut short goes on where it stopped. Writes `<results>/summary.md` and
+`summary.png`, each run's command line, commit, date and machine in `summary.md`'s header.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from fpa_ray.cluster import init_ray
-from fpa_ray.compare import evaluations_since_best, hours_to_reach
+from fpa_ray.compare import SeedCurves, cost_to_reach, plateau_gain, ratio_with_interval, seed_ratio
 from fpa_ray.config import load_config
 from fpa_ray.pipelines.online_grpo import OnlineGRPOPipeline
 from fpa_ray.warmstart import warm_start
 from seeded_runs import log, offline_run, plot_accuracy_curves, regenerate
 
-PATIENCE = 2  # GRPO evaluations after the best one that did not beat it: a plateau
-GRPO_TRIES = {"grpo-lr2e-5": ["learner.lr=2e-5"], "grpo-lr5e-5": ["learner.lr=5e-5"]}
-OFFLINE = {"fpa-rpo": [], "rpo": ["fpa.enabled=false"]}  # configs/tiny-cpu.yaml is FPA-RPO
+# Relative to configs/tiny-cpu-grpo.yaml (lr 2e-5, 32 prompts x 8 samples per step, no KL).
+GRPO_TRIES = {
+    "grpo-lr2e-6": ["learner.lr=2e-6"],
+    "grpo-lr6e-6": ["learner.lr=6e-6"],
+    "grpo-lr2e-5": [],
+    "grpo-lr6e-5": ["learner.lr=6e-5"],
+    "grpo-lr2e-4": ["learner.lr=2e-4"],
+    "grpo-p128": ["grpo.prompts_per_step=128", "learner.global_batch_size=512"],  # 4x the rollout, the same 2 updates per rollout
+    "grpo-g16": ["sampler.n=16", "grpo.prompts_per_step=16"],  # groups of 16, the same samples per step
+    "grpo-kl0.04": ["objective.params={clip_eps: 0.2, kl_coef: 0.04}"],
+}
+# Relative to configs/tiny-cpu.yaml (FPA-RPO, lr 1e-5, lambda 2, beta 0.1, divergence-cut pairs).
+OFFLINE_TRIES = {
+    "fpa-rpo-lr1e-6": ["learner.lr=1e-6"],
+    "fpa-rpo-lr3e-6": ["learner.lr=3e-6"],
+    "fpa-rpo": [],
+    "fpa-rpo-lr3e-5": ["learner.lr=3e-5"],
+    "fpa-rpo-lr1e-4": ["learner.lr=1e-4"],
+    "fpa-rpo-lam1": ["fpa.lam=1"],
+    "fpa-rpo-lam4": ["fpa.lam=4"],
+    "fpa-rpo-beta0.3": ["objective.params={beta: 0.3, alpha: 1.0}"],
+}
+PLAIN = ["fpa.enabled=false"]  # the chosen offline recipe without FPA
+MIN_SE = 2.0  # a plateau is one when it is this many paired standard errors above the start on test
 RESULTS = Path(__file__).parent / "results" / "headline"
 
 
@@ -55,7 +92,7 @@ def common_overrides(seed: int, out: Path, policy: Path, args) -> list[str]:
 
 
 class Cells:
-    """Finished runs by name: a run directory's curve.json, kept in the results folder as it finishes."""
+    """Finished runs by name: a run directory's curve.json and per_problem.json, kept in the results folder as it finishes."""
 
     def __init__(self, results: Path):
         self.dir = results / "cells"
@@ -66,8 +103,9 @@ class Cells:
         return json.loads(path.read_text()) if path.exists() else None
 
     def put(self, name: str, run_dir: Path) -> dict:
-        shutil.copy(run_dir / "curve.json", self.dir / f"{name}.json")
-        return self.get(name)
+        cell = {"curve": json.loads((run_dir / "curve.json").read_text()), "per_problem": json.loads((run_dir / "per_problem.json").read_text())}
+        (self.dir / f"{name}.json").write_text(json.dumps(cell))
+        return cell
 
 
 def grpo_cell(name: str, overrides: list[str], common: list[str], args, data_dir: Path) -> Path:
@@ -82,6 +120,29 @@ def grpo_cell(name: str, overrides: list[str], common: list[str], args, data_dir
     return run_dir
 
 
+def offline_overrides(method: str, args) -> list[str]:
+    tries = {**OFFLINE_TRIES, **{f"{name}-plain": [*o, *PLAIN] for name, o in OFFLINE_TRIES.items()}}
+    return [*tries[method], f"rounds={args.rounds}", "rounds_patience=1", f"learner.snapshot_every={args.snapshot_every}"]
+
+
+def run_methods(seed: int, methods: list[str], policy: Path, args, cells: Cells) -> dict[str, dict]:
+    """The seed's cells for `methods` (GRPO_TRIES and OFFLINE_TRIES names, an offline one with `-plain`)."""
+    found = {method: cells.get(f"s{seed}-{method}") for method in methods}
+    if all(found.values()):
+        return found
+    common = common_overrides(seed, args.out, policy, args)
+    data_dir, _ = regenerate(seed, common)
+    for method in methods:
+        if found[method] is None:
+            name = f"s{seed}-{method}"
+            if method in GRPO_TRIES:
+                run_dir = grpo_cell(name, GRPO_TRIES[method], common, args, data_dir)
+            else:
+                run_dir = offline_run(name, offline_overrides(method, args), common, args.out, data_dir)
+            found[method] = cells.put(name, run_dir)
+    return found
+
+
 def dev(point: dict) -> float:
     return point["benchmarks"]["dev"]["pass_at_1"]
 
@@ -90,127 +151,147 @@ def test(point: dict) -> float:
     return point["benchmarks"]["test"]["pass_at_1"]
 
 
-def plateau(points: list[dict]) -> dict:
-    """The policy with the best dev pass@1 (the start's included), and whether dev has stopped rising after it."""
-    values = [dev(p) for p in points]
-    best = values.index(max(values))
-    return {"point": points[best], "index": best, "after": evaluations_since_best(values)}
+def plateau_index(cell: dict) -> int:
+    """The evaluated policy with the best dev pass@1 (the start's included; the first of ties)."""
+    values = [dev(p) for p in cell["curve"]["points"]]
+    return values.index(max(values))
 
 
-def run_seed(seed: int, policy: Path, args, cells: Cells, choice: dict[str, str] | None) -> dict[str, dict]:
-    """The seed's cells by method: every try (choice None: the first seed) or the chosen ones."""
-    common = common_overrides(seed, args.out, policy, args)
-    offline = list(OFFLINE) if choice is None else [choice["offline"]]
-    grpo = list(GRPO_TRIES) if choice is None else [choice["grpo"]]
-    curves = {method: cells.get(f"s{seed}-{method}") for method in [*offline, *grpo]}
-    if all(curves.values()):
-        return curves
-    data_dir, _ = regenerate(seed, common)
-    for method in offline:
-        if curves[method] is None:
-            run_dir = offline_run(f"s{seed}-{method}", [*OFFLINE[method], f"rounds={args.rounds}", "rounds_patience=1"], common, args.out, data_dir)
-            curves[method] = cells.put(f"s{seed}-{method}", run_dir)
-    for method in grpo:
-        if curves[method] is None:
-            curves[method] = cells.put(f"s{seed}-{method}", grpo_cell(f"s{seed}-{method}", GRPO_TRIES[method], common, args, data_dir))
-    return curves
+def problem_scores(cell: dict, split: str, problems: list[str]) -> np.ndarray:
+    """Per-problem pass@1 of each evaluated policy (policies x problems, in `problems`' order)."""
+    return np.array([[point["benchmarks"][split][p] for p in problems] for point in cell["per_problem"]["points"]])
+
+
+def seed_curves(cells: dict[str, dict], split: str = "test") -> SeedCurves:
+    problems = sorted(cells[next(iter(cells))]["per_problem"]["points"][0]["benchmarks"][split])
+    return SeedCurves(costs={m: np.array([p["node_hours"] for p in c["curve"]["points"]]) for m, c in cells.items()},
+                      scores={m: problem_scores(c, split, problems) for m, c in cells.items()},
+                      plateaus={m: plateau_index(c) for m, c in cells.items()})
 
 
 def choose(tries: dict[str, dict]) -> dict[str, str]:
-    """Per method the try with the best dev pass@1 at its plateau."""
-    best = {name: max(dev(p) for p in curve["points"]) for name, curve in tries.items()}
-    return {"offline": max(OFFLINE, key=best.__getitem__), "grpo": max(GRPO_TRIES, key=best.__getitem__)}
+    """Per method the try with the best dev pass@1 at its plateau (the first listed of ties)."""
+    best = {name: dev(cell["curve"]["points"][plateau_index(cell)]) for name, cell in tries.items()}
+    return {"offline": max(OFFLINE_TRIES, key=best.__getitem__), "grpo": max(GRPO_TRIES, key=best.__getitem__)}
 
 
-def versus(point: dict) -> str:
-    """The test split's paired difference from the start and its standard error, in points."""
-    bench = point["benchmarks"]["test"]
-    return f"{100 * bench['vs_start']:+.1f} ({100 * bench['vs_start_se']:.1f})"
+def spacing(cell: dict) -> float:
+    """Median node-hours between consecutive evaluations."""
+    costs = [p["node_hours"] for p in cell["curve"]["points"]]
+    return statistics.median(b - a for a, b in zip(costs, costs[1:])) if len(costs) > 1 else float("nan")
 
 
-def spread(values: list[float], scale: float = 100, digits: int = 1) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{scale * values[0]:.{digits}f}"
-    return f"{scale * statistics.mean(values):.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
+def versus(cell: dict, split: str, index: int) -> str:
+    """Policy `index`'s paired per-problem difference from the start on `split`, and its standard error, in points."""
+    problems = sorted(cell["per_problem"]["points"][0]["benchmarks"][split])
+    gain, se = plateau_gain(problem_scores(cell, split, problems), index)
+    return f"{100 * gain:+.1f} ({100 * se:.1f})"
 
 
 def label(method: str) -> str:
-    return {"fpa-rpo": "offline FPA-RPO", "rpo": "offline RPO (no FPA)"}.get(method, "GRPO (" + method.removeprefix("grpo-") + ")")
+    if method.endswith("-plain"):
+        return f"offline {method.removesuffix('-plain').removeprefix('fpa-').upper()} without FPA"
+    return f"offline FPA ({method})" if method in OFFLINE_TRIES else f"GRPO ({method})"
 
 
-def plateau_rows(curves: dict[int, dict], method: str) -> str:
-    """One table row: the method's start, plateau and its cost over the seeds of `curves`."""
-    seeds = sorted(curves)
-    points = {s: curves[s]["points"] for s in seeds}
-    rows = [plateau(points[s]) for s in seeds]
-    reached = ["yes" if r["after"] >= (1 if method in OFFLINE else PATIENCE) else "no" for r in rows]
-    return (f"| {label(method)} | {', '.join(map(str, seeds))} | {spread([test(points[s][0]) for s in seeds])} "
-            f"| {spread([dev(r['point']) for r in rows])} | {spread([test(r['point']) for r in rows])} "
-            f"| {', '.join(versus(r['point']) for r in rows)} | {', '.join(r['point']['point'] for r in rows)} | {', '.join(reached)} "
-            f"| {spread([r['point']['cpu_hours'] for r in rows], 1, 4)} | {spread([points[s][-1]['cpu_hours'] for s in seeds], 1, 4)} |")
+def tuning_rows(tries: dict[str, dict], overrides: dict[str, list[str]]) -> list[str]:
+    rows = []
+    for method, cell in tries.items():
+        points, index = cell["curve"]["points"], plateau_index(cell)
+        rows.append(f"| {label(method)} | {' '.join(overrides[method]) or '(the config)'} | {100 * dev(points[0]):.1f} | {100 * dev(points[index]):.1f} "
+                    f"| {versus(cell, 'dev', index)} | {points[index]['point']} | {points[index]['node_hours']:.4f} | {points[-1]['node_hours']:.4f} |")
+    return rows
 
 
-def summary(by_seed: dict[int, dict[str, dict]], choice: dict[str, str], results: Path) -> str:
-    seeds = sorted(by_seed)
-    first = seeds[0]
-    header = ["| method | seeds | start (test) | plateau (dev) | plateau (test) | plateau - start, test (SE) | at | plateau reached "
-              "| training CPU-hours to the plateau | CPU-hours run |", "|---|---|---|---|---|---|---|---|---|---|"]
-    lines = [f"# Offline vs online GRPO at their plateaus (seeds {seeds})", "",
-             f"## The tries (seed {first}; chosen on dev: {choice['offline']}, {choice['grpo']})", "", *header]
-    lines += [plateau_rows({first: by_seed[first][m]}, m) for m in [*OFFLINE, *GRPO_TRIES]]
-    lines += ["", "## The chosen methods over seeds", "", *header]
-    lines += [plateau_rows({s: by_seed[s][choice[kind]] for s in seeds}, choice[kind]) for kind in ("grpo", "offline")]
-    grpo, offline = label(choice["grpo"]), label(choice["offline"])
-    lines += ["", f"| seed | lower plateau (test) | {grpo}: CPU-hours to it | {offline}: CPU-hours to it | ratio offline / GRPO |",
-              "|---|---|---|---|---|"]
-    ratios = []
-    for s in seeds:
-        as_test = {kind: [{**p, "pass_at_1": test(p)} for p in by_seed[s][choice[kind]]["points"]] for kind in ("grpo", "offline")}
-        target = min(test(plateau(by_seed[s][choice[kind]]["points"])["point"]) for kind in ("grpo", "offline"))
-        hours = {kind: hours_to_reach(as_test[kind], target, "cpu_hours") for kind in as_test}
-        ratio = hours["offline"] / hours["grpo"] if hours["grpo"] else None
-        if ratio is not None:
-            ratios.append(ratio)
-        lines.append(f"| {s} | {100 * target:.1f} | {hours['grpo']:.4f} | {hours['offline']:.4f} | {'-' if ratio is None else f'{ratio:.2f}'} |")
-    lines += ["", f"Ratio over seeds: {spread(ratios, 1, 2)} (goal: at most 0.33, offline FPA at GRPO's plateau in a third of its CPU-hours).",
-              "", "pass@1 in %; mean ± standard deviation over seeds, or per-seed values in seed order. plateau: the evaluated policy with "
-              "the best dev pass@1 (the start's included); plateau - start: the paired per-problem difference on the test split and its "
-              f"standard error over problems. GRPO's plateau is reached when at least {PATIENCE} later evaluations did not beat it on dev; "
-              "offline's when a later round did not. CPU-hours to the lower plateau: the first evaluated policy at or above it on test "
-              "(0: the start itself is as good)."]
-    plot_accuracy_curves({label(choice[kind]): {s: [{**p, "pass_at_1": test(p)} for p in by_seed[s][choice[kind]]["points"]] for s in seeds}
-                          for kind in ("grpo", "offline")}, seeds, "pass@1 (%) on the test split",
-                         f"tiny task, seeds {seeds}: one line per seed", results / "summary.png")
+def reported_row(method: str, seed: int, cell: dict) -> str:
+    points, index = cell["curve"]["points"], plateau_index(cell)
+    problems = sorted(cell["per_problem"]["points"][0]["benchmarks"]["test"])
+    gain, se = plateau_gain(problem_scores(cell, "test", problems), index)
+    resolved = "yes" if gain > 0 and gain >= MIN_SE * se else "no"
+    return (f"| {label(method)} | {seed} | {100 * test(points[0]):.1f} | {100 * test(points[index]):.1f} | {versus(cell, 'test', index)} | {resolved} "
+            f"| {points[index]['point']} | {points[index]['node_hours']:.4f} | {spacing(cell):.4f} |")
+
+
+def provenance(args) -> list[str]:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    return [f"Command: `python benchmarks/headline.py {' '.join(sys.argv[1:])}`; commit {commit}; written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
+            f"on {platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'}), nothing else running."]
+
+
+def summary(tuned: dict[str, dict], choice: dict[str, str], reported: dict[int, dict[str, dict]], args) -> str:
+    grpo, offline = choice["grpo"], choice["offline"]
+    plain = f"{offline}-plain"
+    header = "| method | overrides | start (dev) | plateau (dev) | plateau - start, dev (SE) | at | node-hours to the plateau | node-hours run |"
+    lines = [f"# Offline FPA vs online GRPO, test pass@1 against training node-hours (tuned on seed {args.tune_seed}, reported on seeds {args.seeds})",
+             "", *provenance(args), "",
+             f"## Tuning on seed {args.tune_seed}, dev split ({len(GRPO_TRIES)} tries per method; not reported as results)", "",
+             header, "|---|---|---|---|---|---|---|---|",
+             *tuning_rows({m: tuned[m] for m in OFFLINE_TRIES}, OFFLINE_TRIES), *tuning_rows({m: tuned[m] for m in GRPO_TRIES}, GRPO_TRIES),
+             "", f"Chosen: {label(offline)}, {label(grpo)}.", "",
+             "## The choices on the reported seeds, test split", "",
+             "| method | seed | start | plateau | plateau - start (SE) | a plateau (>= 2 SE)? | at (chosen on dev) | node-hours to it | median node-hours between evaluations |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for method in (grpo, offline, plain):
+        lines += [reported_row(method, seed, reported[seed][method]) for seed in args.seeds]
+    lines += ["", "| seed | target: the lower plateau (test) | GRPO: node-hours to it | offline FPA | ratio | without FPA | ratio | FPA - without FPA at their plateaus (SE) |",
+              "|---|---|---|---|---|---|---|---|"]
+    curves = {seed: seed_curves({"grpo": reported[seed][grpo], "offline": reported[seed][offline], "plain": reported[seed][plain]}) for seed in args.seeds}
+    for seed, curve in curves.items():
+        accuracy = {m: curve.scores[m].mean(axis=1) for m in curve.scores}
+        target = min(accuracy[m][curve.plateaus[m]] for m in ("grpo", "offline"))
+        reach = {m: cost_to_reach([{"pass_at_1": a, "node_hours": c} for a, c in zip(accuracy[m], curve.costs[m])], target) for m in curve.scores}
+        ratio = {m: seed_ratio(curve, m, "grpo", min_se=MIN_SE) for m in ("offline", "plain")}
+        diffs = curve.scores["offline"][curve.plateaus["offline"]] - curve.scores["plain"][curve.plateaus["plain"]]
+        hours = {m: "not reached" if reach[m] is None else f"{reach[m]:.4f}" for m in reach}
+        shown = {m: "-" if ratio[m] is None else f"{ratio[m]:.2f}" for m in ratio}
+        lines.append(f"| {seed} | {100 * target:.1f} | {hours['grpo']} | {hours['offline']} | {shown['offline']} | {hours['plain']} | {shown['plain']} "
+                     f"| {100 * diffs.mean():+.1f} ({100 * diffs.std(ddof=1) / np.sqrt(len(diffs)):.1f}) |")
+    lines.append("")
+    for method, name in (("offline", label(offline)), ("plain", label(plain))):
+        result = ratio_with_interval(list(curves.values()), method, "grpo")
+        defined = sum(r is not None for r in result["per_seed"])
+        if result["ratio"] is None:
+            lines.append(f"- {name} / GRPO: no ratio: in no seed is the lower plateau {MIN_SE:g} paired SE above the start (the curves are in summary.png).")
+        else:
+            lines.append(f"- {name} / GRPO node-hours to the lower plateau: {result['ratio']:.2f}, 95% bootstrap interval "
+                         f"[{result['low']:.2f}, {result['high']:.2f}] over seeds and test problems ({defined} of {len(args.seeds)} seeds have a ratio).")
+    lines += ["", "pass@1 in %. plateau: the evaluated policy with the best dev pass@1 (the start's included); plateau - start: the paired "
+              "per-problem difference and its standard error over problems. node-hours to a pass@1: linear between the last evaluation below it "
+              "and the first at or above it (fpa_ray.compare.cost_to_reach). FPA - without FPA: the paired per-problem difference of their "
+              "plateaus on test."]
+    plot_accuracy_curves({label(m): {s: [{**p, "pass_at_1": test(p)} for p in reported[s][m]["curve"]["points"]] for s in args.seeds}
+                          for m in (grpo, offline, plain)}, args.seeds, "pass@1 (%) on the test split",
+                         f"tiny task, seeds {args.seeds}: one line per seed", args.results / "summary.png", key="node_hours")
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--tune-seed", type=int, default=100, help="the seed every choice is made on; never reported")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="reported seeds: the choices only")
     parser.add_argument("--train", type=int, default=500, help="training prompts (both pipelines)")
-    parser.add_argument("--dev", type=int, default=500, help="dev problems (choices)")
-    parser.add_argument("--test", type=int, default=2000, help="test problems (reported)")
+    parser.add_argument("--dev", type=int, default=300, help="dev problems (choices)")
+    parser.add_argument("--test", type=int, default=1000, help="test problems (reported)")
     parser.add_argument("--samples", type=int, default=2, help="samples per problem in every evaluation")
     parser.add_argument("--grpo-steps", type=int, default=80)
-    parser.add_argument("--eval-every", type=int, default=20)
+    parser.add_argument("--eval-every", type=int, default=10, help="GRPO: a policy kept and evaluated every this many steps")
+    parser.add_argument("--snapshot-every", type=int, default=25, help="offline: a policy kept and evaluated every this many learner steps")
     parser.add_argument("--rounds", type=int, default=5, help="offline round cap")
     parser.add_argument("--out", type=Path, default=Path("runs/headline"))
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.tune_seed in args.seeds:
+        parser.error("--tune-seed must not be one of the reported --seeds")
     args.out = args.out.resolve()
     base = load_config("tiny-cpu")
     policy = warm_start(base.policy.tiny, base.policy.sft, base.data.synthetic, seed=0, log=log).path  # one start for every run
     init_ray()
     cells = Cells(args.results)
-    first, rest = args.seeds[0], args.seeds[1:]
-    by_seed = {first: run_seed(first, policy, args, cells, None)}
-    choice = choose(by_seed[first])
-    log(f"== chosen on seed {first}'s dev split: {choice}")
-    for seed in rest:
-        by_seed[seed] = run_seed(seed, policy, args, cells, choice)
-    text = summary(by_seed, choice, args.results)
+    tuned = run_methods(args.tune_seed, [*OFFLINE_TRIES, *GRPO_TRIES], policy, args, cells)
+    choice = choose(tuned)
+    log(f"== chosen on seed {args.tune_seed}'s dev split: {choice}")
+    reported = {seed: run_methods(seed, [choice["grpo"], choice["offline"], f"{choice['offline']}-plain"], policy, args, cells) for seed in args.seeds}
+    text = summary(tuned, choice, reported, args)
     (args.results / "summary.md").write_text(text + "\n")
     print(text)
     return 0

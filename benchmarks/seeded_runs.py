@@ -57,8 +57,10 @@ def curve(run_dir: Path) -> dict:
     return json.loads((run_dir / "curve.json").read_text())
 
 
-def plot_accuracy_curves(points: dict[str, dict[int, list[dict]]], seeds: list[int], ylabel: str, title: str, path: Path) -> None:
-    """pass@1 against cumulative training CPU-hours: one colour per method, one line per seed."""
+def plot_accuracy_curves(points: dict[str, dict[int, list[dict]]], seeds: list[int], ylabel: str, title: str, path: Path,
+                         key: str = "cpu_hours", target: float | None = None) -> None:
+    """pass@1 against a cumulative training cost (`key`: cpu_hours, node_hours): one colour per method,
+    one line per seed; `target`: a horizontal line at that pass@1."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,9 +69,11 @@ def plot_accuracy_curves(points: dict[str, dict[int, list[dict]]], seeds: list[i
     figure, axes = plt.subplots(figsize=(8, 5))
     for index, (method, by_seed) in enumerate(points.items()):
         for n, s in enumerate(seeds):
-            axes.plot([p["cpu_hours"] for p in by_seed[s]], [100 * p["pass_at_1"] for p in by_seed[s]], marker="o", markersize=3,
+            axes.plot([p[key] for p in by_seed[s]], [100 * p["pass_at_1"] for p in by_seed[s]], marker="o", markersize=3,
                       color=f"C{index}", alpha=0.8, label=method if n == 0 else None)
-    axes.set_xlabel("cumulative training CPU-hours")
+    if target is not None:
+        axes.axhline(100 * target, color="grey", linestyle=":", linewidth=1, label=f"target {100 * target:.1f}%")
+    axes.set_xlabel("cumulative training " + key.replace("_hours", "-hours").replace("cpu", "CPU"))
     axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.grid(alpha=0.3)
