@@ -6,7 +6,7 @@ PIP_ARGS ?=
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run test demo benchmark cluster clean gpu-wheels
+.PHONY: setup run test test-quick demo benchmark cluster clean gpu-wheels
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,10 @@ run: setup
 
 test: setup
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# The unit tests alone (no Ray cluster, vLLM or training run): about a minute here. CI runs `make test`.
+test-quick: setup
+	$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # Each objective trained with and without FPA on synthetic pairs (a small random model, about a minute):
 # how FPA moves the coefficients C_w, C_l and the chosen/rejected log-probs.

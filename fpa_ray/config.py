@@ -376,6 +376,17 @@ class DataConfig(StrictModel):
         return self
 
 
+class TrackingConfig(StrictModel):
+    """Experiment trackers for the learner's metrics, the evaluation curve and the ledger (fpa_ray/tracking.py)."""
+
+    trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="tensorboard (in each stage's directory), mlflow, wandb (the tracking extra)")
+    project: str = Field("fpa_ray", description="the MLflow experiment and the W&B project")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; null: a file store <output_dir>/mlruns")
+    wandb_mode: Literal["online", "offline"] = Field("online", description="W&B: online needs WANDB_API_KEY; offline writes "
+                                                     "<output_dir>/wandb, uploaded later with `wandb sync`")
+
+
 class RunConfig(StrictModel):
     name: str = Field("tiny-cpu", description="run name; the run directory is <output_dir>/<name>")
     seed: int = 0
@@ -399,6 +410,7 @@ class RunConfig(StrictModel):
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     fpa: FPAConfig = Field(default_factory=FPAConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _fpa_needs_a_sequence_objective(self) -> RunConfig:

@@ -23,12 +23,13 @@ from pathlib import Path
 import torch
 
 from fpa_ray import metrics as app_metrics
-from fpa_ray.config import FPAConfig, LearnerConfig, ObjectiveConfig
+from fpa_ray.config import FPAConfig, LearnerConfig, ObjectiveConfig, TrackingConfig
 from fpa_ray.learner.backends import STATE_DIR, build_backend, worker_device
 from fpa_ray.learner.data import Kind, MicroBatching, prepare_examples
 from fpa_ray.learner.entanglement import entanglement_metrics
 from fpa_ray.learner.step import train_step
 from fpa_ray.objectives import PairedBatch, get_objective
+from fpa_ray.tracking import TrackingRun
 
 SNAPSHOTS_DIR = "snapshots"  # step_<k>: HF policies kept every learner.snapshot_every steps, for evaluation
 
@@ -45,6 +46,8 @@ class LearnerSetup:
     reference_path: str
     output_dir: str
     run: str = "train"  # the run's name: the tag of its metrics on the dashboard
+    tracking: TrackingRun | None = None  # the run's trackers (None: TensorBoard in output_dir alone)
+    prefix: str = ""  # the stage's metrics are logged to the trackers as <prefix><name> (round_1/loss)
 
 
 def example_kind(objective_name: str) -> Kind:
@@ -115,7 +118,7 @@ def train_loop(config: dict) -> None:
         reference = backend.frozen_reference(setup.reference_path)
 
     output_dir = Path(setup.output_dir)
-    writer = MetricsWriter(output_dir, backend.start_step) if rank == 0 else None
+    writer = MetricsWriter(output_dir, backend.start_step, setup.tracking, setup.prefix) if rank == 0 else None
     # The diagnostic's rows: the first of the first epoch's order, the same at every measurement, so its
     # curve follows the policy rather than which rows each batch happens to hold.
     probe = [examples[i] for i in global_order(len(examples), 0, min(max(G, learner.diagnostics_rows), len(examples)), setup.seed)]
@@ -179,25 +182,22 @@ def save_checkpoint(directory: Path, backend, step: int, setup) -> None:
 
 
 class MetricsWriter:
-    """metrics.jsonl and TensorBoard events in the output directory (rank 0 only)."""
+    """metrics.jsonl in the output directory and the run's trackers (TensorBoard events in the output
+    directory by default; rank 0 only)."""
 
-    def __init__(self, output_dir: Path, start_step: int):
+    def __init__(self, output_dir: Path, start_step: int, tracking: TrackingRun | None = None, prefix: str = ""):
         output_dir.mkdir(parents=True, exist_ok=True)
         self.path = output_dir / "metrics.jsonl"
         if self.path.exists():  # a resumed run redoes the steps after its checkpoint: drop their old lines
             kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
             self.path.write_text("".join(line + "\n" for line in kept))
-        from tensorboardX import SummaryWriter
-
-        self.tensorboard = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_step + 1)
+        tracking = tracking or TrackingRun(TrackingConfig(), output_dir.name, str(output_dir.parent))
+        self.trackers = tracking.open(prefix, output_dir / "tensorboard", start_step)
 
     def write(self, metrics: dict[str, float]) -> None:
         with self.path.open("a") as handle:
             handle.write(json.dumps(metrics, sort_keys=True) + "\n")
-        for key, value in metrics.items():
-            if key != "step":
-                self.tensorboard.add_scalar(key, value, metrics["step"])
+        self.trackers.log(metrics, metrics["step"])
 
     def close(self) -> None:
-        self.tensorboard.close()
-
+        self.trackers.close()

@@ -35,6 +35,7 @@ from fpa_ray.learner.forward import TokenizedBatch, shifted_targets
 from fpa_ray.learner.loop import MetricsWriter, global_order, report, restored_checkpoint, save_hf
 from fpa_ray.learner.step import StepMetrics, plan_micro_batches
 from fpa_ray.objectives import ObjectiveOutput, TokenBatch, get_objective, token_logprobs
+from fpa_ray.tracking import TrackingRun
 from fpa_ray.weights.probe import probe_ids
 from fpa_ray.weights.transports import make_transport
 
@@ -52,6 +53,7 @@ class OnlineSetup:
     reference_path: str
     output_dir: str
     run: str = "grpo"  # the run's name: the tag of its metrics on the dashboard
+    tracking: TrackingRun | None = None  # the run's trackers (None: TensorBoard in output_dir alone), metrics as grpo/<name>
 
     @property
     def minibatches(self) -> int:
@@ -176,7 +178,7 @@ def grpo_loop(config: dict) -> None:
     if params.get("kl_coef", 0.0) > 0:
         reference = backend.frozen_reference(setup.reference_path)
     output_dir = Path(setup.output_dir)
-    writer = MetricsWriter(output_dir, backend.start_step) if rank == 0 else None
+    writer = MetricsWriter(output_dir, backend.start_step, setup.tracking, "grpo/") if rank == 0 else None
     sender = make_transport(grpo, controller, output_dir, setup.run, device, save=lambda directory: save_hf(directory, backend, setup.policy_path))
     if layout.colocated:  # each rank's engine starts in the rank's own bundle, on its device
         if torch.cuda.is_available():

@@ -13,6 +13,7 @@ from fpa_ray.learner.backends import STATE_DIR
 from fpa_ray.learner.data import REF_COLUMNS
 from fpa_ray.learner.loop import LearnerSetup, example_kind, train_loop
 from fpa_ray.learner.reference import add_reference_logprobs
+from fpa_ray.tracking import TrackingRun
 
 TORCH_EXTENSIONS_DIR = Path(os.environ.get("FPA_RAY_CACHE", Path.home() / ".cache" / "fpa_ray")) / "torch_extensions"
 
@@ -48,7 +49,9 @@ class TrainStage:
     def __init__(self, learner: LearnerConfig, objective: ObjectiveConfig, fpa: FPAConfig, seed: int):
         self.learner, self.objective, self.fpa, self.seed = learner, objective, fpa, seed
 
-    def run(self, dataset, policy: Path, reference: Path, output_dir: Path, name: str = "train", run: str | None = None) -> TrainResult:
+    def run(self, dataset, policy: Path, reference: Path, output_dir: Path, name: str = "train", run: str | None = None,
+            tracking: TrackingRun | None = None, prefix: str = "") -> TrainResult:
+        """`tracking`: the run's trackers, the learner's metrics logged as <prefix><name> (None: TensorBoard in output_dir)."""
         kind = example_kind(self.objective.name)
         if self.learner.reference == "precomputed" and not set(REF_COLUMNS[kind]) <= set(dataset.schema().names):
             # Once per dataset, on the learner's resources and in its precision: the workers then load
@@ -60,7 +63,8 @@ class TrainStage:
         if rows < self.learner.global_batch_size:  # fail here, not once per worker restart
             raise ValueError(f"the dataset has {rows} rows, fewer than learner.global_batch_size={self.learner.global_batch_size}")
         output_dir = output_dir.resolve()
-        setup = LearnerSetup(self.learner, self.objective, self.fpa, self.seed, str(policy), str(reference), str(output_dir), run or name)
+        setup = LearnerSetup(self.learner, self.objective, self.fpa, self.seed, str(policy), str(reference), str(output_dir), run or name,
+                             tracking, prefix)
         final = output_dir / "policy"
         with run_trainer(train_loop, {"setup": setup}, self.learner, output_dir, name, datasets={"train": dataset}).as_directory() as directory:
             _copy_model(Path(directory), final)

@@ -28,6 +28,7 @@ from fpa_ray.learner.loop import SNAPSHOTS_DIR
 from fpa_ray.objectives import PairedBatch, get_objective
 from fpa_ray.placement import check_fit, cluster_nodes
 from fpa_ray.run_files import write_json
+from fpa_ray.tracking import TrackingRun, check_installed
 
 
 class StageInputsChanged(RuntimeError):
@@ -56,6 +57,7 @@ class OfflinePipeline:
         self.config, self.log = config, log
         self.run_dir = (config.output_dir / config.name).resolve()
         self.ledger = Ledger(self.run_dir / "ledger.jsonl", run=config.name)
+        self._tracking: TrackingRun | None = None
 
     # --- bookkeeping -----------------------------------------------------------------------
 
@@ -66,6 +68,7 @@ class OfflinePipeline:
         init_ray()
         for problem in check_fit(self.config, cluster_nodes()):  # raises unless fit_check=warn, before anything is written
             self.log(f"[ray] warning: {problem} (fit_check=warn: going on, waiting for nodes)")
+        check_installed(self.config.tracking)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         saved = self.run_dir / "config.yaml"
         text = self.config.to_yaml()
@@ -77,6 +80,14 @@ class OfflinePipeline:
         logs = link_logs(self.run_dir)
         if logs is not None:
             self.log(f"[ray] the actors' and libraries' output: {logs}")
+
+    @property
+    def tracking(self) -> TrackingRun:
+        """The run's trackers, started on first use (a resumed run finds its tracker runs' ids in tracking.json)."""
+        if self._tracking is None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._tracking = TrackingRun.start(self.config.tracking, self.config.name, self.run_dir, self.config.model_dump(mode="json"))
+        return self._tracking
 
     def _done(self, stage_dir: Path, inputs: dict) -> dict | None:
         """The manifest of a finished stage made from `inputs`; None if it still has to run."""
@@ -252,7 +263,7 @@ class OfflinePipeline:
         with self.ledger.stage("train", round_index, cpus=learner.num_workers * learner.cpus_per_worker, gpus=learner.num_workers * learner.gpus_per_worker):
             result = TrainStage(learner, config.objective, config.fpa, config.seed).run(
                 read_parquet(dataset_dir / "data.parquet"), policy, policy, stage_dir, name=f"{config.name}-round{round_index}",
-                run=config.name,
+                run=config.name, tracking=self.tracking, prefix=f"round_{round_index}/",
             )
         last = result.metrics[-1]
         self.log(f"[train] {len(result.metrics)} steps, last loss {last['loss']:.4f}, C_w {last['C_w']:.4f}, C_l {last['C_l']:.4f}")
@@ -419,6 +430,14 @@ class OfflinePipeline:
         write_json(self.run_dir / "per_problem.json", {"points": [
             {"point": p["point"], "per_problem": p["per_problem"], "benchmarks": {k: b["per_problem"] for k, b in p.get("benchmarks", {}).items()}}
             for p in points]})
+        with self.tracking.open("eval/", self.run_dir / "tensorboard") as trackers:  # the curve: one step per evaluated policy
+            for index, point in enumerate(points):
+                trackers.log({"pass_at_1": point["pass_at_1"], "pass_at_k": point["pass_at_k"], "node_hours": point["node_hours"],
+                              "cpu_hours": point["cpu_hours"], "gpu_hours": point["gpu_hours"],
+                              **{f"{label}/pass_at_1": b["pass_at_1"] for label, b in point.get("benchmarks", {}).items()}}, index)
+        with self.tracking.open("cost/") as trackers:
+            trackers.log({f"{stage}/{key.replace('_seconds', '_hours')}": value / 3600 if key != "wall_s" else value
+                          for stage, total in self.ledger.totals().items() for key, value in total.items()}, 0)
         path = self.run_dir / "report.md"
         path.write_text("\n".join(lines) + "\n")
         self.log("\n".join(lines))

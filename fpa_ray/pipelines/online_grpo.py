@@ -431,7 +431,8 @@ class OnlineGRPOPipeline(OfflinePipeline):
                 config, str(policy), prompts, str(self.run_dir)
             )
             setup = OnlineSetup(
-                config.learner, config.objective, config.grpo, config.sampler.n, config.seed, str(policy), str(policy), str(stage_dir), config.name
+                config.learner, config.objective, config.grpo, config.sampler.n, config.seed, str(policy), str(policy), str(stage_dir), config.name,
+                self.tracking,
             )
             try:
                 run_trainer(grpo_loop, {"setup": setup, "controller": controller}, config.learner, stage_dir, name=f"{config.name}-grpo",

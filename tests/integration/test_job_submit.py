@@ -77,7 +77,8 @@ def offline_job(head, tmp_path_factory):
 
 
 def _offline_overrides(runs) -> list[str]:
-    return ["name=submitted", f"output_dir={runs}", *SMALL, "learner.snapshot_every=2",  # a dev split to choose on, a test split to report
+    return ["name=submitted", f"output_dir={runs}", *SMALL, "learner.snapshot_every=2", "tracking.trackers=[tensorboard, mlflow]",
+            # a dev split to choose on, a test split to report
             "data.eval=[{name: synthetic, split: dev, limit: 8, label: dev}, {name: synthetic, split: test, limit: 8, label: test}]"]
 
 
@@ -86,7 +87,8 @@ def grpo_job(head, tmp_path_factory):
     """The GRPO job, submitted without waiting and followed through the dashboard and the metrics endpoint."""
     dashboard, prometheus, env = head
     runs = tmp_path_factory.mktemp("jobs")
-    submit = jobs.submit(env, dashboard, "grpo", "name=grpo-job", f"output_dir={runs}", *SMALL, *GRPO_SMALL, wait=False)
+    submit = jobs.submit(env, dashboard, "grpo", "name=grpo-job", f"output_dir={runs}", *SMALL, *GRPO_SMALL,
+                         "tracking.trackers=[tensorboard, wandb]", "tracking.wandb_mode=offline", wait=False)
     job_id = re.search(r"(raysubmit_\w+)", submit.stdout + submit.stderr).group(1)
     seen: set[str] = set()
     deadline = time.time() + 1200
@@ -171,6 +173,19 @@ def test_the_submitted_run_is_complete_consistent_and_reused(offline_job, ray_cl
         assert entry["cluster"] == {"hosts": 1, "cpus": 4.0, "gpus": 0.0} and entry["node_seconds"] == pytest.approx(entry["wall_s"])
     assert (run / "config.yaml").read_text() == config.to_yaml()
 
+    # The same figures in MLflow (its file store beside the runs), read back through MLflow's own client.
+    from fpa_ray.tracking import TrackingRun
+
+    tracked = TrackingRun(config.tracking, config.name, str(run.parent), json.loads((run / "tracking.json").read_text()))
+    client = tracked.mlflow_client()
+    history = lambda key: sorted((m.step, m.value) for m in client.get_metric_history(tracked.ids["mlflow"], key))  # noqa: E731
+    train_metrics = [json.loads(line) for line in (run / "round_1" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert history("round_1/loss") == [(m["step"], pytest.approx(m["loss"])) for m in train_metrics]  # from the learner's rank 0
+    assert history("eval/pass_at_1") == [(i, pytest.approx(p["pass_at_1"])) for i, p in enumerate(points)]
+    assert history("eval/node_hours")[-1][1] == pytest.approx(points[-1]["node_hours"])
+    assert history("cost/train/node_hours") == [(0, pytest.approx(sum(e["node_seconds"] for e in ledger if e["stage"] == "train") / 3600))]
+    assert client.get_run(tracked.ids["mlflow"]).data.params["objective.name"] == "rpo"
+
     # The same run again: every stage is reused, nothing is recomputed.
     logs.clear()
     OfflinePipeline(config, log=logs.append).run()
@@ -227,6 +242,10 @@ def test_the_grpo_run_updates_on_policy_first_and_charges_every_second(grpo_job)
     assert hours[0] == 0 < hours[1] < hours[2] <= sum(e["cpu_seconds"] for e in loop) / 3600
     assert curve["points"][2]["node_hours"] == pytest.approx(hours[2] / 4)  # the loop held the whole cluster: its 4 CPUs
     assert (run / "online" / "snapshots" / "step_2" / "config.json").exists()
+    # W&B offline: the driver (config, curve, cost) and the learner's rank 0 (grpo/ metrics) logged into one run id.
+    run_id = json.loads((run / "tracking.json").read_text())["wandb"]
+    offline = list((run.parent / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(offline) >= 3 and all(next(d.glob("*.wandb")).stat().st_size > 0 for d in offline)
 
 
 def test_compare_the_grpo_run_with_the_offline_run(grpo_job, offline_job, tmp_path, capsys):
