@@ -3,7 +3,7 @@
 import pytest
 
 from fpa_ray.config import load_config
-from tests.integration.small_run import SMALL
+from tests.helpers.small_run import SMALL
 
 
 LOGICAL_GPUS = 8  # an 8-GPU node's, so the GPU recipes' pools run here as shipped (tests/integration/test_recipes.py)

@@ -13,8 +13,8 @@ import pytest
 from fpa_ray.config import load_config
 from fpa_ray.data.sources import load_prompts
 from fpa_ray.pipelines.online_grpo import OnlineGRPOPipeline, rollout_seed, step_prompts
-from tests.integration.faults import WorkerKiller
-from tests.integration.small_run import GRPO_SMALL, SMALL
+from tests.helpers.faults import WorkerKiller
+from tests.helpers.small_run import GRPO_SMALL, SMALL
 from tests.integration.test_online_grpo import _sampled_from
 
 pytestmark = pytest.mark.slow

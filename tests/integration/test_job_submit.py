@@ -22,8 +22,8 @@ from fpa_ray.local_cluster import free_port, stop
 from fpa_ray.main import main
 from fpa_ray.metrics import SPECS
 from fpa_ray.pipelines.offline import OfflinePipeline, StageInputsChanged
-from tests.integration import jobs
-from tests.integration.small_run import GRPO_SMALL, SMALL
+from tests.helpers import jobs
+from tests.helpers.small_run import GRPO_SMALL, SMALL
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ from fpa_ray.learner.forward import shifted_targets
 from fpa_ray.learner.trainer import TrainStage
 from fpa_ray.objectives import get_objective, masked_sum, token_logprobs
 
-from .faults import WorkerKiller
-from .offline_rows import labelled_rows, pair_rows
+from tests.helpers.faults import WorkerKiller
+from tests.helpers.offline_rows import labelled_rows, pair_rows
 
 pytestmark = pytest.mark.slow
 VLLM_ENV = {
@@ -173,7 +173,7 @@ def test_labelled_objectives_train_correct_samples_up_and_incorrect_ones_down(ra
 
 def test_a_trained_checkpoint_loads_in_vllm_and_transformers(uninterrupted):
     result = uninterrupted("ddp")
-    script = Path(__file__).with_name("vllm_load_check.py")
+    script = Path(__file__).parents[1] / "helpers" / "vllm_load_check.py"
     check = subprocess.run([sys.executable, str(script), str(result.checkpoint)], capture_output=True, text=True, timeout=600,
                            env={**os.environ, **VLLM_ENV})
     assert check.returncode == 0, check.stderr[-3000:]

@@ -1,7 +1,7 @@
 """The main jobs on a Ray cluster of four nodes on this machine (fpa_ray.local_cluster: a head without
 CPUs and a sampler, a verifier and a learner node, each with its own CPUs, object store and role
 resource), in a network namespace of its own with only the loopback, submitted with `ray job
-submit`, with worker nodes SIGKILLed under them (tests/integration/multinode_run.py runs it all
+submit`, with worker nodes SIGKILLed under them (tests/helpers/multinode_run.py runs it all
 once; each test here checks one part of that run):
 
 - placed: each pool on its own node and the driver on the head; the learner's node lost and not
@@ -34,7 +34,7 @@ def cluster_run(tmp_path_factory):
         pytest.skip("needs `unshare -n` (root, or user namespaces) for a loopback-only multi-node cluster")
     out, runs = tmp_path_factory.mktemp("multinode"), tmp_path_factory.mktemp("multinode-runs")
     cache = tmp_path_factory.getbasetemp() / "pipeline-cache"  # the session's warm start
-    process = subprocess.Popen(["unshare", "-n", sys.executable, "-m", "tests.integration.multinode_run", str(out / "result.json"),
+    process = subprocess.Popen(["unshare", "-n", sys.executable, "-m", "tests.helpers.multinode_run", str(out / "result.json"),
                                 str(runs), str(cache)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         output, _ = process.communicate(timeout=LIMIT_S - 60)

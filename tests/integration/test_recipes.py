@@ -32,7 +32,7 @@ import yaml
 
 from fpa_ray.config import CONFIG_DIR, RunConfig, load_config
 from fpa_ray.pipelines.offline import OfflinePipeline
-from tests.integration.small_run import GRPO_SMALL, SMALL
+from tests.helpers.small_run import GRPO_SMALL, SMALL
 
 pytestmark = pytest.mark.slow
 

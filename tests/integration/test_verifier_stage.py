@@ -12,7 +12,7 @@ from fpa_ray.config import VerifierConfig
 from fpa_ray.verifier.pool import STATUSES
 from fpa_ray.verifier.stage import VerificationReport, VerifierHealthError, VerifyStage
 
-from ..unit.verifier_cases import CASES, HOSTILE
+from tests.helpers.verifier_cases import CASES, HOSTILE
 
 pytestmark = pytest.mark.slow
 

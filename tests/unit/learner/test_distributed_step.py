@@ -15,7 +15,7 @@
 import pytest
 import torch
 
-from .distributed import Case, run_cases, save_random_policy
+from tests.helpers.distributed_learner import Case, run_cases, save_random_policy
 
 pytestmark = pytest.mark.slow
 
@@ -119,7 +119,7 @@ def test_padding_free_rows_with_a_token_budget_take_the_same_step(results, objec
     from fpa_ray.learner.data import MicroBatching
     from fpa_ray.learner.loop import example_kind, global_order
 
-    from .distributed import GLOBAL_BATCH, examples
+    from tests.helpers.distributed_learner import GLOBAL_BATCH, examples
 
     rows, order = examples(example_kind(objective)), global_order(GLOBAL_BATCH, 0, GLOBAL_BATCH, 0)
     plan = MicroBatching(4, PACKED_BUDGET[objective], True).plan

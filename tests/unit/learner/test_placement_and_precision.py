@@ -19,7 +19,7 @@ from fpa_ray.learner.reference import ReferenceActor
 from fpa_ray.learner.step import train_step
 from fpa_ray.objectives import get_objective
 
-from .distributed import examples, save_random_policy
+from tests.helpers.distributed_learner import examples, save_random_policy
 
 CPU = torch.device("cpu")
 

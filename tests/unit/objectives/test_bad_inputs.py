@@ -15,7 +15,7 @@ from fpa_ray.objectives import (
     token_logprobs,
 )
 
-from .helpers import random_batch
+from tests.helpers.objective_batches import random_batch
 
 
 def _stats(n=3, **overrides):

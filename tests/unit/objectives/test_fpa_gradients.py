@@ -16,7 +16,7 @@ from fpa_ray.objectives import (
     token_logprobs,
 )
 
-from .helpers import FPA_OBJECTIVES, LABELLED, PAIRED, leaves, random_batch
+from tests.helpers.objective_batches import FPA_OBJECTIVES, LABELLED, PAIRED, leaves, random_batch
 
 PARAMS = {"dpo": {"beta": 0.5}, "rpo": {"beta": 0.5, "alpha": 0.7}, "kto": {"beta": 0.5, "desirable_weight": 1.3, "undesirable_weight": 0.8}}
 

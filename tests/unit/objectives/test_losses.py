@@ -15,7 +15,7 @@ from fpa_ray.objectives import (
     kto_reference_point,
 )
 
-from .helpers import FPA_OBJECTIVES, leaves, random_batch
+from tests.helpers.objective_batches import FPA_OBJECTIVES, leaves, random_batch
 
 
 def _t(*values):

@@ -8,7 +8,7 @@ from fpa_ray.verifier.extract import extract_answer
 from fpa_ray.verifier.graders import GoldAnswerError, grade_math_verify, grade_normalized, grader_version, normalize_answer
 from fpa_ray.verifier.pool import _check
 
-from ..verifier_cases import CASES
+from tests.helpers.verifier_cases import CASES
 
 
 @pytest.mark.parametrize(("gold", "response", "expected", "kind"), CASES)

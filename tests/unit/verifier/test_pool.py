@@ -6,7 +6,7 @@ import pytest
 
 from fpa_ray.verifier.pool import STATUSES, GradingPool
 
-from ..verifier_cases import HOSTILE
+from tests.helpers.verifier_cases import HOSTILE
 
 
 @pytest.fixture(scope="module")

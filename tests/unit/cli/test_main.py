@@ -62,7 +62,7 @@ def test_make_demo_runs_the_demo_stage():
     import subprocess
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     alone = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}  # not as `make test`'s sub-make
     plan = subprocess.run(["make", "-n", "demo"], cwd=root, capture_output=True, text=True, check=True, env=alone).stdout
     assert plan.strip().splitlines()[-1].endswith("-m fpa_ray.main demo"), plan

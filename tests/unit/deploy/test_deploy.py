@@ -16,7 +16,7 @@ import yaml
 from fpa_ray.config import load_config
 from fpa_ray.main import build_parser
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MANIFESTS = sorted((ROOT / "deploy" / "kuberay").glob("*.yaml"))
 CRDS = ROOT / "tests" / "data" / "kuberay-crds"  # copied from ray-project/kuberay, see SOURCE there
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}

@@ -14,7 +14,7 @@ it, through `ray job submit`:
 What happened is written as JSON: each kill (stage, progress at the kill, what ran on the node), each
 job's status and logs, and the state API's nodes and actors (dead ones included).
 
-    python -m tests.integration.multinode_run OUT.json RUNS_DIR CACHE_DIR
+    python -m tests.helpers.multinode_run OUT.json RUNS_DIR CACHE_DIR
 """
 
 import json
@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 from fpa_ray import local_cluster
-from tests.integration import jobs
-from tests.integration.small_run import GRPO_SMALL, SMALL
+from tests.helpers import jobs
+from tests.helpers.small_run import GRPO_SMALL, SMALL
 
 PLACED = ["sampler.resources={sampler_node: 1}", "verifier.resources={verifier_node: 1}", "learner.resources={learner_node: 1}"]
 # Twenty steps of ~0.15 s with a checkpoint every two: a node lost mid-train leaves one to resume from.
