@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -44,7 +44,7 @@ def _cell(model_dir: str, vocab: int, checkpointing: bool, packed: bool, queue) 
     from fpa_ray.config import FPAConfig, LearnerConfig
     from fpa_ray.learner.backends import build_backend
     from fpa_ray.learner.data import Example, MicroBatching
-    from fpa_ray.learner.step import train_step
+    from fpa_ray.learner.optimizer_step import train_step
     from fpa_ray.objectives import get_objective
 
     generator = torch.Generator().manual_seed(0)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{cells[True]['step_s']:.2f} s, loss rel diff {row['loss_rel_diff']:.1e}, grad max rel diff {worst:.1e}", flush=True)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": "python " + " ".join(sys.argv), "commit": commit, "date": datetime.now(timezone.utc).isoformat(),
+    args.out.write_text(json.dumps({"command": "python " + " ".join(sys.argv), "commit": commit, "date": datetime.now(UTC).isoformat(),
                                     "machine": f"{platform.node()} {platform.machine()}, {mp.cpu_count()} cores", "results": results}, indent=2))
     return 0
 

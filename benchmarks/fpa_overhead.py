@@ -33,7 +33,7 @@ import torch
 from fpa_ray.config import FPAConfig
 from fpa_ray.demo import format_table, fpa_objectives, synthetic_pairs
 from fpa_ray.learner.forward import shifted_targets
-from fpa_ray.learner.step import objective_loss
+from fpa_ray.learner.optimizer_step import objective_loss
 from fpa_ray.objectives import get_objective, masked_sum, token_logprobs
 from fpa_ray.tiny import QWEN2_VOCAB, qwen2_config, random_qwen2
 

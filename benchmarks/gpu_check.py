@@ -6,7 +6,7 @@
     python benchmarks/gpu_check.py --device cpu --tiny                       # smoke test of this script
 
 On a Qwen2.5-1.5B-shaped random model in bf16 with the real 151,936-token vocabulary, through the
-learner's own code (fpa_ray.learner.backends + fpa_ray.learner.step.train_step, the functions each Ray
+learner's own code (fpa_ray.learner.backends + fpa_ray.learner.optimizer_step.train_step, the functions each Ray
 Train worker runs):
 1. every objective, with and without exact FPA (chunk_size 16, as the recipes), on the DDP backend
    (one process: fp32 master weights, bf16 autocast): finite loss, non-zero gradient, and at lr 5e-7
@@ -45,8 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fpa_ray.config import FPAConfig, LearnerConfig  # noqa: E402
 from fpa_ray.learner.backends import build_backend, load_reference, precision_for  # noqa: E402
 from fpa_ray.learner.data import Example, MicroBatching  # noqa: E402
-from fpa_ray.learner.loop import example_kind, global_order, needs_reference_model  # noqa: E402
-from fpa_ray.learner.step import train_step  # noqa: E402
+from fpa_ray.learner.offline_loop import example_kind, needs_reference_model
+from fpa_ray.learner.data import global_order  # noqa: E402
+from fpa_ray.learner.optimizer_step import train_step  # noqa: E402
 from fpa_ray.objectives import get_objective  # noqa: E402
 from fpa_ray.tiny import QWEN2_VOCAB, qwen2_config  # noqa: E402
 

@@ -27,7 +27,7 @@ import multiprocessing as mp
 import platform
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 from fpa_ray.cluster import init_ray
@@ -80,7 +80,7 @@ def main() -> int:
     rows = [{"layout": cell, **r, "step_vs_split": r["step_s"] / base["step_s"],
              "cpu_seconds_vs_split": r["cpu_seconds_per_step"] / base["cpu_seconds_per_step"]} for cell, r in results.items()]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    provenance = {"command": "python " + " ".join(sys.argv), "commit": commit, "date": datetime.now(timezone.utc).isoformat(),
+    provenance = {"command": "python " + " ".join(sys.argv), "commit": commit, "date": datetime.now(UTC).isoformat(),
                   "machine": f"{platform.node()} {platform.machine()}, {mp.cpu_count()} cores, no GPU"}
     (args.out / "summary.json").write_text(json.dumps({**provenance, "cells": rows}, indent=1))
     text = "\n".join(f"{key}: {value}" for key, value in provenance.items()) + "\n\n" + format_table(rows)

@@ -3,7 +3,7 @@ saves the online baseline on rollouts whose lengths spread as math solutions do.
 
     python benchmarks/grpo_packing.py [--rows 32 --micro 8 --reps 5 --vocab 151936]
 
-A step is what one GRPO learner worker does per optimizer step (fpa_ray/learner/online.py, the same
+A step is what one GRPO learner worker does per optimizer step (fpa_ray/learner/grpo_loop.py, the same
 functions): the sampling policy's log-probs of every row (one no-grad pass, as with more than one
 mini-batch per rollout), then per micro-batch the policy's forward, the clipped objective with a
 KL term and backward, then AdamW. Rows: prompts of 30-40 tokens, responses log-uniform in 24-420
@@ -24,7 +24,7 @@ import torch
 from fpa_ray.demo import format_table
 from fpa_ray.learner.backends import Precision
 from fpa_ray.learner.data import Example, MicroBatching, collate
-from fpa_ray.learner.online import _token_logps, grpo_loss
+from fpa_ray.learner.grpo_loop import _token_logps, grpo_loss
 from fpa_ray.objectives import get_objective
 from fpa_ray.tiny import qwen2_config, random_qwen2
 

@@ -96,7 +96,7 @@ def main() -> None:
     from fpa_ray.cluster import init_ray
     from fpa_ray.config import FPAConfig, LearnerConfig, ObjectiveConfig, RunConfig
     from fpa_ray.demo import format_table
-    from fpa_ray.learner.trainer import TrainStage
+    from fpa_ray.learner.worker_group import TrainStage
     from fpa_ray.warmstart import warm_start
 
     name = f"{args.lengths}-{args.vocab}-{args.steps}x{args.batch}"

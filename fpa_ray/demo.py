@@ -1,6 +1,6 @@
 """The objective demo: each FPA-capable objective trained with and without FPA on synthetic pairs.
 
-What it shows: the whole learner step (fpa_ray.learner.step.train_step on the DDP backend: policy
+What it shows: the whole learner step (fpa_ray.learner.optimizer_step.train_step on the DDP backend: policy
 and reference forward, exact future log-probs, KTO's z0, objective, backward, AdamW) on a small
 random Qwen2, and how FPA moves the coefficients C_w, C_l and the chosen/rejected log-probs. The chosen and rejected responses share a long prefix, the situation in
 which pushing the rejected response down also pulls the chosen one down (gradient entanglement).
@@ -18,8 +18,8 @@ from fpa_ray.config import FPAConfig, LearnerConfig
 from fpa_ray.learner.backends import DDPBackend, load_reference
 from fpa_ray.learner.data import Example, MicroBatching
 from fpa_ray.learner.forward import TokenizedBatch
-from fpa_ray.learner.loop import example_kind
-from fpa_ray.learner.step import train_step
+from fpa_ray.learner.offline_loop import example_kind
+from fpa_ray.learner.optimizer_step import train_step
 from fpa_ray.objectives import get_objective, objective_names
 from fpa_ray.tiny import qwen2_config, random_qwen2
 

@@ -2,7 +2,7 @@
 
 A layout says which resources the loop holds (and is charged for in every phase), how many
 rollouts the learner asks for ahead of the step it trains, and whether the loss corrects for
-rollouts sampled by older weights. The loop itself (learner/online.py, the rollout controller)
+rollouts sampled by older weights. The loop itself (learner/grpo_loop.py, the rollout controller)
 is the same for every layout.
 
 - `split`: samplers and learners on resources of their own, each waiting for the other: the

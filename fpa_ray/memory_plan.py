@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fpa_ray.config import RunConfig
 from fpa_ray.grpo_layouts import grpo_layout
-from fpa_ray.learner.loop import needs_reference_model
+from fpa_ray.learner.offline_loop import needs_reference_model
 from fpa_ray.objectives import get_objective
 from fpa_ray.placement import held_together
 

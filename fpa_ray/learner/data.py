@@ -232,3 +232,11 @@ def mismatched_examples(examples: list[Example], max_length: int) -> list[Exampl
         response = examples[(k + 1) % len(examples)].responses[0]
         rows.append(Example(example.prompt, (response[: max_length - len(example.prompt)],), label=example.label))
     return rows
+
+
+def global_order(num_examples: int, step: int, batch: int, seed: int) -> list[int]:
+    """Example indices of global batch `step` (per-epoch seeded permutation, remainder dropped)."""
+    per_epoch = num_examples // batch
+    epoch, offset = divmod(step, per_epoch)
+    permutation = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return permutation[offset * batch : (offset + 1) * batch].tolist()

@@ -24,7 +24,7 @@ from fpa_ray.config import RunConfig, SamplerConfig
 from fpa_ray.data.builder import build_pairs, build_unpaired, content_hash
 from fpa_ray.data.sources import PromptRow, load_prompts
 from fpa_ray.evaluation import paired_difference, score, score_by_benchmark, total_gain_loss
-from fpa_ray.learner.loop import SNAPSHOTS_DIR
+from fpa_ray.learner.worker_records import SNAPSHOTS_DIR
 from fpa_ray.objectives import PairedBatch, get_objective
 from fpa_ray.placement import check_fit, cluster_nodes
 from fpa_ray.run_files import write_json
@@ -248,7 +248,7 @@ class OfflinePipeline:
 
     def train(self, round_index: int, dataset_dir: Path, policy: Path) -> Path:
         from fpa_ray.datasets import read_parquet
-        from fpa_ray.learner.trainer import TrainStage
+        from fpa_ray.learner.worker_group import TrainStage
 
         config = self.config
         stage_dir = self.run_dir / f"round_{round_index}" / "train"

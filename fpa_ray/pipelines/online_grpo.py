@@ -54,7 +54,7 @@ def step_prompts(num_prompts: int, step: int, batch: int, count: int, seed: int,
     (those drawn earlier in the step), from a permutation of its own."""
     import torch
 
-    from fpa_ray.learner.loop import global_order
+    from fpa_ray.learner.data import global_order
 
     if batch == 0:
         return global_order(num_prompts, step, count, seed)
@@ -94,7 +94,7 @@ class RolloutController:
 
         from fpa_ray.verifier.stage import VerifierActor
 
-        config, verifier = self.config, self.config.verifier
+        verifier = self.config.verifier
         for attempt in range(len(POOL_START_PAUSES_S) + 1):
             for actor in self.samplers + self.verifiers:
                 ray.kill(actor)
@@ -412,8 +412,9 @@ class OnlineGRPOPipeline(OfflinePipeline):
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from fpa_ray.learner.online import SNAPSHOTS_DIR, OnlineSetup, grpo_loop
-        from fpa_ray.learner.trainer import run_trainer
+        from fpa_ray.learner.worker_records import SNAPSHOTS_DIR
+        from fpa_ray.learner.grpo_loop import OnlineSetup, grpo_loop
+        from fpa_ray.learner.worker_group import run_trainer
 
         config = self.config
         stage_dir = self.run_dir / ONLINE_DIR

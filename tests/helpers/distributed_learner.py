@@ -1,4 +1,4 @@
-"""Run the learner's own optimizer step (fpa_ray.learner.step.train_step) on real gloo process groups,
+"""Run the learner's own optimizer step (fpa_ray.learner.optimizer_step.train_step) on real gloo process groups,
 without Ray: the strategies, splits and precisions that Ray Train workers would run, in seconds.
 
 Each case is one fresh backend (DDP or DeepSpeed ZeRO-1/2/3) on a saved random tiny Qwen2, trained
@@ -70,16 +70,17 @@ def examples(kind: str, count: int = GLOBAL_BATCH, seed: int = 0):
 def _worker(rank: int, world: int, port: int, model_dir: str, reference_dir: str, cases: list[Case], out: str) -> None:
     os.environ.update(DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
-    from fpa_ray.learner.trainer import TORCH_EXTENSIONS_DIR
+    from fpa_ray.learner.worker_group import TORCH_EXTENSIONS_DIR
 
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(TORCH_EXTENSIONS_DIR))
     import torch.distributed as dist
 
     from fpa_ray.config import FPAConfig, LearnerConfig
     from fpa_ray.learner.backends import build_backend
-    from fpa_ray.learner.loop import example_kind, global_order, needs_reference_model
+    from fpa_ray.learner.offline_loop import example_kind, needs_reference_model
+    from fpa_ray.learner.data import global_order
     from fpa_ray.learner.data import MicroBatching
-    from fpa_ray.learner.step import train_step
+    from fpa_ray.learner.optimizer_step import train_step
     from fpa_ray.objectives import get_objective
 
     dist.init_process_group("gloo", rank=rank, world_size=world)

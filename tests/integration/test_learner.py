@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from fpa_ray.config import FPAConfig, LearnerConfig, ObjectiveConfig
 from fpa_ray.learner.data import MicroBatching, collate
 from fpa_ray.learner.forward import shifted_targets
-from fpa_ray.learner.trainer import TrainStage
+from fpa_ray.learner.worker_group import TrainStage
 from fpa_ray.objectives import get_objective, masked_sum, token_logprobs
 
 from tests.helpers.faults import WorkerKiller
@@ -142,8 +142,8 @@ def test_labelled_objectives_train_correct_samples_up_and_incorrect_ones_down(ra
 
     from fpa_ray.learner.backends import DDPBackend, load_reference
     from fpa_ray.learner.data import prepare_examples
-    from fpa_ray.learner.loop import global_order
-    from fpa_ray.learner.step import train_step
+    from fpa_ray.learner.data import global_order
+    from fpa_ray.learner.optimizer_step import train_step
 
     rows = labelled_rows(tiny_policy, 16)
     result = _train(ray_cluster, rows, tiny_policy, tmp_path / objective, objective=objective, fpa=True, epochs=3)

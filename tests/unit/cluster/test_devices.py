@@ -27,7 +27,7 @@ def test_an_actor_holding_a_gpu_that_torch_cannot_see_fails_naming_it(no_stand_i
 def test_with_the_stand_in_gpu_holders_compute_on_the_cpu_over_gloo(monkeypatch):
     monkeypatch.setenv(STAND_IN, "1")
     assert compute_device(1, "x") == torch.device("cpu") and collective_backend(0.5) == "gloo"
-    from fpa_ray.learner.trainer import worker_env
+    from fpa_ray.learner.worker_group import worker_env
     from fpa_ray.sampler.stage import actor_env
 
     assert worker_env(LearnerConfig(gpus_per_worker=1))[STAND_IN] == "1" == actor_env(SamplerConfig(gpus_per_actor=1))[STAND_IN]
@@ -37,14 +37,14 @@ def test_the_micro_batch_count_is_agreed_on_the_workers_device(monkeypatch):
     """NCCL all-reduces CUDA tensors only: the count travels on the device the learner computes on."""
     import torch.distributed as dist
 
-    from fpa_ray.learner import step
+    from fpa_ray.learner import optimizer_step
 
     seen = []
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
     monkeypatch.setattr(dist, "all_reduce", lambda tensor, op=None: seen.append(tensor.device))
     with pytest.raises(RuntimeError, match="meta tensors"):  # reading a meta tensor's value: after the all-reduce
-        step._max_over_workers(3, torch.device("meta"))
+        optimizer_step._max_over_workers(3, torch.device("meta"))
     assert seen == [torch.device("meta")]
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from fpa_ray.config import LearnerConfig
 from fpa_ray.learner.data import DatasetRowError, collate, prepare_examples, prepare_row
-from fpa_ray.learner.loop import global_order
+from fpa_ray.learner.data import global_order
 from fpa_ray.learner.optim import lr_factor
 
 

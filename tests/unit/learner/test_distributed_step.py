@@ -117,7 +117,8 @@ def test_bf16_training_moves_every_parameter_that_received_a_gradient(results, s
 @pytest.mark.parametrize("objective,fpa", FULL_MATRIX, ids=lambda v: str(v))
 def test_padding_free_rows_with_a_token_budget_take_the_same_step(results, objective, fpa):
     from fpa_ray.learner.data import MicroBatching
-    from fpa_ray.learner.loop import example_kind, global_order
+    from fpa_ray.learner.offline_loop import example_kind
+    from fpa_ray.learner.data import global_order
 
     from tests.helpers.distributed_learner import GLOBAL_BATCH, examples
 

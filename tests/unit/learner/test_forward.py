@@ -8,7 +8,7 @@ import torch
 from fpa_ray.config import FPAConfig
 from fpa_ray.demo import fpa_objectives, run_demo, synthetic_pairs
 from fpa_ray.learner.forward import TokenizedBatch, forward_stats, objective_batch, shifted_targets
-from fpa_ray.learner.step import objective_loss
+from fpa_ray.learner.optimizer_step import objective_loss
 from fpa_ray.objectives import get_objective
 from fpa_ray.tiny import qwen2_config, random_qwen2
 

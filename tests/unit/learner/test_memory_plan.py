@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fpa_ray.config import load_config
-from fpa_ray.memory_plan import GIB, ModelShape, describe_plan, learner_memory, model_state_bytes
+from fpa_ray.memory_plan import ModelShape, describe_plan, learner_memory, model_state_bytes
 
 
 def _models():

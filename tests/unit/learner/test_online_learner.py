@@ -3,9 +3,9 @@ import torch
 
 from fpa_ray.config import load_config
 from fpa_ray.learner.forward import TokenizedBatch
-from fpa_ray.learner.online import rollout_examples
+from fpa_ray.learner.grpo_loop import rollout_examples
 from fpa_ray.config import ConfigError
-from fpa_ray.learner.loop import global_order
+from fpa_ray.learner.data import global_order
 from fpa_ray.grpo_layouts import grpo_layout
 from fpa_ray.pipelines.online_grpo import _spans, step_prompts
 
@@ -83,7 +83,7 @@ class _ControllerStandIn:
 def test_the_feed_asks_for_the_layouts_rollouts_ahead_once_each(monkeypatch):
     import ray
 
-    from fpa_ray.learner.online import RolloutFeed
+    from fpa_ray.learner.grpo_loop import RolloutFeed
 
     monkeypatch.setattr(ray, "get", lambda answer: answer)
 

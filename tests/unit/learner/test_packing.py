@@ -16,9 +16,9 @@ from fpa_ray.config import FPAConfig, LearnerConfig
 from fpa_ray.learner.data import Example, MicroBatching, collate, pack_rows, split_to
 from fpa_ray.learner.forward import shifted_targets
 from fpa_ray.learner.backends import Precision
-from fpa_ray.learner.loop import example_kind
-from fpa_ray.learner.online import _token_logps, grpo_loss
-from fpa_ray.learner.step import objective_loss
+from fpa_ray.learner.offline_loop import example_kind
+from fpa_ray.learner.grpo_loop import _token_logps, grpo_loss
+from fpa_ray.learner.optimizer_step import objective_loss
 from fpa_ray.objectives import get_objective
 from fpa_ray.tiny import qwen2_config, random_qwen2
 

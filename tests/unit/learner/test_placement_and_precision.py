@@ -14,9 +14,9 @@ import torch
 from fpa_ray.config import FPAConfig, LearnerConfig
 from fpa_ray.learner.backends import build_backend, load_reference
 from fpa_ray.learner.data import MicroBatching, collate, prepare_examples
-from fpa_ray.learner.online import _token_logps, grpo_loss
+from fpa_ray.learner.grpo_loop import _token_logps, grpo_loss
 from fpa_ray.learner.reference import ReferenceActor
-from fpa_ray.learner.step import train_step
+from fpa_ray.learner.optimizer_step import train_step
 from fpa_ray.objectives import get_objective
 
 from tests.helpers.distributed_learner import examples, save_random_policy

@@ -4,7 +4,7 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fpa_ray.learner.step import StepMetrics
+from fpa_ray.learner.optimizer_step import StepMetrics
 
 # Worker 0's micro-batches hold both outcomes; worker 1's second one only correct samples, so no C_l.
 MICRO_BATCHES = {

@@ -30,16 +30,15 @@ from fpa_ray import metrics as app_metrics
 from fpa_ray.config import GRPOConfig, LearnerConfig, ObjectiveConfig
 from fpa_ray.grpo_layouts import grpo_layout
 from fpa_ray.learner.backends import build_backend, worker_device
-from fpa_ray.learner.data import Example, MicroBatching, collate
+from fpa_ray.learner.data import Example, MicroBatching, collate, global_order
 from fpa_ray.learner.forward import TokenizedBatch, shifted_targets
-from fpa_ray.learner.loop import MetricsWriter, global_order, report, restored_checkpoint, save_hf
-from fpa_ray.learner.step import StepMetrics, plan_micro_batches
+from fpa_ray.learner.optimizer_step import StepMetrics, plan_micro_batches
+from fpa_ray.learner.worker_records import SNAPSHOTS_DIR, MetricsWriter, report, restored_checkpoint, save_hf
 from fpa_ray.objectives import ObjectiveOutput, TokenBatch, get_objective, token_logprobs
 from fpa_ray.tracking import TrackingRun
 from fpa_ray.weights.probe import probe_ids
 from fpa_ray.weights.transports import make_transport
 
-SNAPSHOTS_DIR = "snapshots"  # step_<k>: policies kept for evaluation
 
 
 @dataclass(frozen=True)

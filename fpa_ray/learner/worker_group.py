@@ -1,4 +1,4 @@
-"""The learner group: Ray Train TorchTrainer runs of the offline loop (loop.py) or the online one (online.py)."""
+"""The learner group: Ray Train TorchTrainer runs of the offline loop (offline_loop.py) or the GRPO one (grpo_loop.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from fpa_ray.config import FPAConfig, LearnerConfig, ObjectiveConfig
 from fpa_ray.devices import collective_backend, stand_in_env
 from fpa_ray.learner.backends import STATE_DIR
 from fpa_ray.learner.data import REF_COLUMNS
-from fpa_ray.learner.loop import LearnerSetup, example_kind, train_loop
+from fpa_ray.learner.offline_loop import LearnerSetup, example_kind, train_loop
 from fpa_ray.learner.reference import add_reference_logprobs
 from fpa_ray.tracking import TrackingRun
 
@@ -57,7 +57,7 @@ class TrainStage:
             # Once per dataset, on the learner's resources and in its precision: the workers then load
             # no reference and run no reference forward (but for exact FPA and KTO's z0, which need its logits).
             dataset = add_reference_logprobs(dataset, reference, kind, self.learner, num_actors=self.learner.num_workers)
-        # Every worker reads all rows (loop.py picks its slice): read them once into the object store.
+        # Every worker reads all rows (offline_loop.py picks its slice): read them once into the object store.
         dataset = dataset.materialize()
         rows = dataset.count()
         if rows < self.learner.global_batch_size:  # fail here, not once per worker restart
@@ -99,7 +99,7 @@ def run_trainer(loop, loop_config: dict, learner: LearnerConfig, output_dir: Pat
             worker_runtime_env={"env_vars": worker_env(learner)},
         ),
         datasets=datasets or {},
-        dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # every worker sees all rows; loop.py picks its slice
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # every worker sees all rows; offline_loop.py picks its slice
         torch_config=TorchConfig(backend=collective_backend(learner.gpus_per_worker)),
     )
     # Ray Train 2.60's controller takes one report per worker per poll, every 2 s by default, and
