@@ -34,7 +34,7 @@ demo: setup
 	$(PYTHON) -m fpa_ray.main demo
 
 benchmark: setup
-	$(PYTHON) benchmarks/fpa_overhead.py
+	$(PYTHON) benchmarks/performance/fpa_overhead.py
 
 # A Ray cluster of four nodes on this machine (head, sampler, verifier, learner) in a network namespace
 # of its own with only the loopback (needs root for `unshare -n`): a shell inside it, with the

@@ -36,7 +36,7 @@ def worker_env(learner: LearnerConfig) -> dict[str, str]:
             DS_ACCELERATOR="cpu",
             OMP_NUM_THREADS=str(max(1, int(learner.cpus_per_worker))),
             # Keep freed logits buffers in the process instead of page-faulting them back each step
-            # (measured: 2.7x faster CPU steps at a 152k vocabulary, benchmarks/fpa_overhead.py).
+            # (measured: 2.7x faster CPU steps at a 152k vocabulary, benchmarks/performance/fpa_overhead.py).
             MALLOC_MMAP_THRESHOLD_=str(2**32),
             MALLOC_TRIM_THRESHOLD_=str(2**36),
         )

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py, the script a lent GPU machine runs, smoke-tested on CPU with a tiny model."""
+"""benchmarks/checks/gpu_check.py, the script a lent GPU machine runs, smoke-tested on CPU with a tiny model."""
 
 import json
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.slow
-SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "gpu_check.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "checks" / "gpu_check.py"
 
 
 def test_gpu_check_runs_every_case_and_reports_figures_on_cpu(tmp_path):

@@ -1,4 +1,4 @@
-"""The default grader against the verdicts other graders' own test suites assert (benchmarks/grader_cases.jsonl)."""
+"""The default grader against the verdicts other graders' own test suites assert (benchmarks/checks/grader_cases.jsonl)."""
 
 import importlib.util
 from pathlib import Path
@@ -9,7 +9,7 @@ from fpa_ray.verifier.extract import extract_answer
 from fpa_ray.verifier.pool import _check
 from fpa_ray.verifier.stage import VerificationReport
 
-SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "grader_agreement.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "checks" / "grader_agreement.py"
 
 
 def _benchmark():

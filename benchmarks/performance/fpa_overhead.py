@@ -1,7 +1,7 @@
 """FPA overhead: one training step of each objective, plain vs FPA (exact, sequence), in one run.
 
-    python benchmarks/fpa_overhead.py                      # CPU, Qwen2 vocabulary (151,936), fp32
-    python benchmarks/fpa_overhead.py --device cuda --dtype bfloat16 --hidden 1024 --layers 8
+    python benchmarks/performance/fpa_overhead.py                      # CPU, Qwen2 vocabulary (151,936), fp32
+    python benchmarks/performance/fpa_overhead.py --device cuda --dtype bfloat16 --hidden 1024 --layers 8
 
 A step = policy forward + reference forward (when the objective or FPA needs it) + log-probs
 (+ future log-probs) + objective + backward + AdamW step, on a randomly initialised Qwen2 model

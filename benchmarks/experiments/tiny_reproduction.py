@@ -1,7 +1,7 @@
 """The paper's comparison at tiny scale: offline DPO, FPA-DPO, SimPER, FPA-SimPER and online GRPO
 from the same warm-started policy, over several seeds, judged by accuracy against CPU-hours.
 
-    python benchmarks/tiny_reproduction.py [--seeds 0 1 2] [--epochs 2] [--grpo-steps 40] [--out runs/tiny_reproduction]
+    python benchmarks/experiments/tiny_reproduction.py [--seeds 0 1 2] [--epochs 2] [--grpo-steps 40] [--out runs/tiny_reproduction]
 
 Per seed: one offline run regenerates the data (500 train prompts x 8 samples at T=1 from the
 warm start, seed-dependent) and trains DPO; the other three offline variants reuse that run's

@@ -2,8 +2,8 @@
 
     make gpu-wheels                                                          # here: .gpu-wheels/, carried along
     python3 -m pip install --no-index --no-deps --target /tmp/pydeps .gpu-wheels/*.whl
-    PYTHONPATH=/tmp/pydeps:. python3 benchmarks/gpu_check.py --out $OUT      # on the lent GPU machine
-    python benchmarks/gpu_check.py --device cpu --tiny                       # smoke test of this script
+    PYTHONPATH=/tmp/pydeps:. python3 benchmarks/checks/gpu_check.py --out $OUT      # on the lent GPU machine
+    python benchmarks/checks/gpu_check.py --device cpu --tiny                       # smoke test of this script
 
 On a Qwen2.5-1.5B-shaped random model in bf16 with the real 151,936-token vocabulary, through the
 learner's own code (fpa_ray.learner.backends + fpa_ray.learner.optimizer_step.train_step, the functions each Ray
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from fpa_ray.config import FPAConfig, LearnerConfig  # noqa: E402
 from fpa_ray.learner.backends import build_backend, load_reference, precision_for  # noqa: E402

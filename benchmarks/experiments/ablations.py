@@ -1,6 +1,6 @@
 """The paper's ablations of offline FPA at tiny scale, one command per group, over several seeds.
 
-    python benchmarks/ablations.py GROUP [--seeds 0 1 2] [--objective dpo] [--out runs/ablations]
+    python benchmarks/experiments/ablations.py GROUP [--seeds 0 1 2] [--objective dpo] [--out runs/ablations]
 
 Groups (each cell is one offline run of configs/tiny-cpu.yaml with a few overrides):
   objectives  dpo, rpo, kto, simper, offline_rl, each with and without FPA (lambda 1, exact)
@@ -16,7 +16,7 @@ Groups (each cell is one offline run of configs/tiny-cpu.yaml with a few overrid
               4 epochs, cos(g_w, g_l) over every parameter as well as the LM head on 64 probe pairs, 4 times an epoch
 
 Every cell of a seed starts from the same warm-started policy and trains on the same regenerated
-data (500 prompts x 8 samples at T=1, fpa_ray benchmarks/seeded_runs.py); a cell shared by two
+data (500 prompts x 8 samples at T=1, fpa_ray benchmarks/experiments/seeded_runs.py); a cell shared by two
 groups (e.g. FPA-DPO at lambda 1) is run once. Evaluation: 300 problems of the dev split (choices
 are made on it; the test split is left to the reported results) x 8 samples at T=0.7 (pass@1
 averaged over k=8), the same sampling seeds for every policy of a seed. Writes
@@ -46,7 +46,7 @@ GROUPS = ("objectives", "lambda", "targeting", "long", "rounds", "pairs", "recip
 LONG_EPOCHS, ROUNDS = 4, 3
 PROBE_PAIRS, PROBES_PER_EPOCH = 64, 4  # the mechanism group's entanglement diagnostic
 SMOOTH = 5  # optimizer steps per running mean in the coefficient plots
-RESULTS = Path(__file__).parent / "results" / "ablations"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "ablations"
 
 
 def cell(objective: str, fpa: bool, lam: float = 1.0, apply_to: str = "both", epochs: int = 1, rounds: int = 1,

@@ -1,7 +1,7 @@
 """Verifier throughput: checks/s of the Ray verify stage (1 and 2 actors) against math-verify
 called directly in one process, on the same inputs, in one run.
 
-    python benchmarks/verifier_throughput.py [--checks 6000]
+    python benchmarks/performance/verifier_throughput.py [--checks 6000]
 
 Direct: extraction + math-verify in this process's main thread, with math-verify's own
 (signal) timeouts on. Pool: the VerifyStage on a local Ray cluster, one grading process per

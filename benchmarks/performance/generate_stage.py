@@ -2,7 +2,7 @@
 actor pool, per-sample seeds, one shard per block, Parquet writes, manifest) vs the same engine's
 own `generate` on the same prompts and requests, in one run; and where the stage's time goes.
 
-    python benchmarks/generate_stage.py [--prompts 256 1024 --n 8 --shard-size 64]
+    python benchmarks/performance/generate_stage.py [--prompts 256 1024 --n 8 --shard-size 64]
 
 For each prompt count, one after the other on the same machine:
 1. the engine alone, cold: a new Python process that starts the engine (imports included) and

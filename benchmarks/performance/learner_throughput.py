@@ -2,8 +2,8 @@
 DeepSpeed ZeRO-2, padded and padding-free) against TRL's DPOTrainer on the same model, data and global
 batch, in one run.
 
-    python benchmarks/learner_throughput.py [--steps 30 --batch 16]
-    python benchmarks/learner_throughput.py --lengths spread --vocab qwen2 --steps 8
+    python benchmarks/performance/learner_throughput.py [--steps 30 --batch 16]
+    python benchmarks/performance/learner_throughput.py --lengths spread --vocab qwen2 --steps 8
 
 Plain DPO (beta 0.1, online reference model) on correct-vs-wrong-answer pairs of the synthetic
 task. `--lengths spread`: each row's solution written out 1 to 8 times (log-uniform), so response
@@ -16,7 +16,7 @@ Ours: 2 workers x 1 CPU thread. TRL: one process with 2 threads (the same two co
 padding_free needs flash-attention), installed only in benchmarks/.venv-trl (created on first use:
 pip install trl==1.16.0 with this project's torch and transformers).
 Tokens = prompt + response tokens of both rows of each pair, no padding; steps 1-2 are warm-up. Each
-cell's result is kept in benchmarks/results/issue23/learner_throughput/ as it finishes; a rerun skips it.
+cell's result is kept in benchmarks/results/learner_throughput/ as it finishes; a rerun skips it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TRL_VENV = HERE / ".venv-trl"
+TRL_VENV = HERE.parent / ".venv-trl"
 TRL_PINS = ["torch==2.13.0", "transformers==5.19.0", "trl==1.16.0", "accelerate", "datasets"]
 
 
@@ -100,7 +100,7 @@ def main() -> None:
     from fpa_ray.warmstart import warm_start
 
     name = f"{args.lengths}-{args.vocab}-{args.steps}x{args.batch}"
-    results = HERE / "results" / "issue23" / "learner_throughput" / name
+    results = HERE.parent / "results" / "learner_throughput" / name
     results.mkdir(parents=True, exist_ok=True)
     defaults = RunConfig()
     policy = warm_start(defaults.policy.tiny, defaults.policy.sft, defaults.data.synthetic).path

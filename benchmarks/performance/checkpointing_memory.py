@@ -1,6 +1,6 @@
 """Gradient checkpointing on the CPU: one FPA-RPO learner step with and without it, side by side.
 
-    python benchmarks/checkpointing_memory.py [--out benchmarks/results/checkpointing_memory.json]
+    python benchmarks/performance/checkpointing_memory.py [--out benchmarks/results/checkpointing_memory.json]
 
 For the tiny default's policy and a Qwen2.5-1.5B-shaped model cut to 2 layers (hidden 1536, MLP 8960,
 the 151,936-token vocabulary), each cell in a fresh process: the learner's own DDP backend and
@@ -27,7 +27,7 @@ import time
 from datetime import datetime, UTC
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 MODELS = {
     "tiny": {"vocab_size": 384, "hidden_size": 128, "num_layers": 4, "num_kv_heads": 2, "intermediate_size": 352},

@@ -1,7 +1,7 @@
 """Does GRPO learn on the embedded task, and with which settings? Short GRPO runs from the tiny
 default's warm start, scored on the dev split (never the test split: this chooses a testbed).
 
-    python benchmarks/grpo_testbed.py [--cells e2 p1 ...] [--out runs/grpo_testbed] [--results benchmarks/results/grpo_testbed]
+    python benchmarks/experiments/grpo_testbed.py [--cells e2 p1 ...] [--out runs/grpo_testbed] [--results benchmarks/results/grpo_testbed]
 
 Each cell is configs/tiny-cpu-grpo.yaml with a few overrides (CELLS), evaluated every `eval_every`
 steps on 500 dev problems x 4 samples at T=0.7 (the paired difference from the start and its
@@ -28,7 +28,7 @@ from fpa_ray.config import load_config
 from fpa_ray.evaluation import paired_difference
 from fpa_ray.pipelines.online_grpo import OnlineGRPOPipeline
 
-RESULTS = Path(__file__).parent / "results" / "grpo_testbed"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "grpo_testbed"
 EVAL = ["data.eval=[{name: synthetic, split: dev, limit: 500, label: dev}]", "evaluation.samples=4"]
 BIG = ["grpo.prompts_per_step=128", "learner.global_batch_size=512"]  # 1,024 samples per step, 2 updates per rollout
 FRESH = ["data.train.limit=20000"]  # no prompt seen twice within 150 steps of 128
@@ -97,7 +97,7 @@ def main() -> int:
     runs = {name: run_cell(name, CELLS[name][0], out) for name in args.cells}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
     lines = ["# GRPO on the embedded task: does it learn? (dev split)", "",
-             f"Command: `python benchmarks/grpo_testbed.py {' '.join(sys.argv[1:])}`; commit {commit}; "
+             f"Command: `python benchmarks/experiments/grpo_testbed.py {' '.join(sys.argv[1:])}`; commit {commit}; "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.node()} (2 cores), nothing else running.", "",
              "| cell | start dev pass@1 | change from the start (SE), per evaluation | training reward first -> last rollout "
              "| its slope per rollout x 1000 (SE) | node-hours | what it tests |", "|---|---|---|---|---|---|---|"]

@@ -1,6 +1,6 @@
 """The three GRPO layouts side by side on the tiny default, in one run: what each costs per step and where it idles.
 
-    python benchmarks/grpo_layouts.py [--steps 12] [--out benchmarks/results/grpo_layouts]
+    python benchmarks/performance/grpo_layouts.py [--steps 12] [--out benchmarks/results/grpo_layouts]
 
 Cells, each a `tiny-cpu-grpo` run from the same warm start on one local Ray cluster, holding the
 same 4 logical CPUs: `split` (1 sampler + 1 verifier + 2 learner CPUs, as shipped), `split-async`

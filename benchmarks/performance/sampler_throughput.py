@@ -2,7 +2,7 @@
 same model, prompts and sampling parameters, in one run; plus the agreement of vLLM's sampled-token
 log-probs with transformers' on the same tokens.
 
-    python benchmarks/sampler_throughput.py [--prompts 200 --n 8]
+    python benchmarks/performance/sampler_throughput.py [--prompts 200 --n 8]
 
 The model is the embedded default's warm-started tiny policy (built and cached on first use, about
 5 minutes). Engines run in this process, one after the other, after one warm-up call each.

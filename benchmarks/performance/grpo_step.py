@@ -1,6 +1,6 @@
 """GRPO step time by weight transfer and by rollout engine, on the tiny default, in one run.
 
-    python benchmarks/grpo_step.py [--steps 6] [--out benchmarks/results/grpo_step]
+    python benchmarks/performance/grpo_step.py [--steps 6] [--out benchmarks/results/grpo_step]
 
 Cells, each a short `tiny-cpu-grpo` training run (no evaluation) on one local Ray cluster, from
 the same warm start: vLLM-CPU with `grpo.weight_sync` = collective (the default: a gloo broadcast

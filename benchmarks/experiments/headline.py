@@ -1,7 +1,7 @@
 """The headline: offline FPA against online GRPO, test pass@1 against training node-hours, each
 method tuned with the same budget on a seed that is not reported, FPA's own share beside it.
 
-    python benchmarks/headline.py [--tune-seed 100] [--seeds 0 1 2 3 4] [--out runs/headline]
+    python benchmarks/experiments/headline.py [--tune-seed 100] [--seeds 0 1 2 3 4] [--out runs/headline]
                                   [--results benchmarks/results/headline]
 
 Every run starts from the same warm-started tiny policy (configs/tiny-cpu.yaml's) and is evaluated on
@@ -81,7 +81,7 @@ OFFLINE_TRIES = {
 }
 PLAIN = ["fpa.enabled=false"]  # the chosen offline recipe without FPA
 MIN_SE = 2.0  # a plateau is one when it is this many paired standard errors above the start on test
-RESULTS = Path(__file__).parent / "results" / "headline"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "headline"
 
 
 def common_overrides(seed: int, out: Path, policy: Path, args) -> list[str]:
@@ -214,7 +214,7 @@ def reported_row(method: str, seed: int, cell: dict) -> str:
 
 def provenance(args) -> list[str]:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
-    return [f"Command: `python benchmarks/headline.py {' '.join(sys.argv[1:])}`; commit {commit}; written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
+    return [f"Command: `python benchmarks/experiments/headline.py {' '.join(sys.argv[1:])}`; commit {commit}; written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
             f"on {platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'}), nothing else running."]
 
 

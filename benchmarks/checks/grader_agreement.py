@@ -13,7 +13,7 @@ for a gold given as text its boxed answer (or the text without `$`) is the gold 
 grader gets the same (gold, response) pairs; math-verify direct is
 `verify(parse("$gold$"), parse(response))` with its defaults (LaTeX and expression extraction).
 
-    python benchmarks/grader_agreement.py [--show-misses]
+    python benchmarks/checks/grader_agreement.py [--show-misses]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from fpa_ray.verifier.pool import GradingPool  # noqa: E402
 

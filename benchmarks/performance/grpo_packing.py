@@ -1,7 +1,7 @@
 """GRPO's learner step, padded vs padding-free, side by side in one run: what `learner.padding_free`
 saves the online baseline on rollouts whose lengths spread as math solutions do.
 
-    python benchmarks/grpo_packing.py [--rows 32 --micro 8 --reps 5 --vocab 151936]
+    python benchmarks/performance/grpo_packing.py [--rows 32 --micro 8 --reps 5 --vocab 151936]
 
 A step is what one GRPO learner worker does per optimizer step (fpa_ray/learner/grpo_loop.py, the same
 functions): the sampling policy's log-probs of every row (one no-grad pass, as with more than one
