@@ -286,6 +286,7 @@ def main() -> int:
     parser.add_argument("--eval-samples", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("runs/ablations"), help="run directories (reused when finished)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the table and plots go")
+    parser.add_argument("--resume", action="store_true", help="reuse the finished runs in --out and go on with the others")
     args = parser.parse_args()
     out, results = args.out.resolve(), args.results
     results.mkdir(parents=True, exist_ok=True)
@@ -300,7 +301,7 @@ def main() -> int:
         data_dir, pairs = regenerate(seed, common)
         for name, settings in plan:
             epoch = steps_per_epoch(settings, data_dir, pairs, base.learner.global_batch_size)
-            run_dir = offline_run(f"s{seed}-{name}", overrides(settings, epoch), common, out, data_dir)
+            run_dir = offline_run(f"s{seed}-{name}", overrides(settings, epoch), common, out, data_dir, args.resume)
             figures[name][seed] = run_figures(run_dir)
     text = table(args.group, figures, args.seeds)
     (results / f"{args.group}.md").write_text(text + "\n")

@@ -7,9 +7,9 @@ Each cell is configs/tiny-cpu-grpo.yaml with a few overrides (CELLS), evaluated 
 steps on 500 dev problems x 4 samples at T=0.7 (the paired difference from the start and its
 standard error over problems). With fresh prompts at every step (data.train.limit far above steps x
 prompts per step) the training reward is itself a held-out measurement at the sampling temperature:
-its least-squares slope over the steps and that slope's standard error are given too. A cell whose
-run directory holds a report is reused (it is named by the cell); a rerun measures only the missing
-ones. Writes `<results>/summary.md` (the command, commit, date and machine on top).
+its least-squares slope over the steps and that slope's standard error are given too. With `--resume`
+a cell whose run directory holds a report is reused (runs are named by their cell) and only the
+missing ones are measured; without it a rerun measures afresh into a new `--out`. Writes `<results>/summary.md` (the command, commit, date and machine on top).
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ from fpa_ray.cluster import init_ray
 from fpa_ray.config import load_config
 from fpa_ray.evaluation import paired_difference
 from fpa_ray.pipelines.online_grpo import OnlineGRPOPipeline
+from fpa_ray.run_files import provenance
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "grpo_testbed"
 EVAL = ["data.eval=[{name: synthetic, split: dev, limit: 500, label: dev}]", "evaluation.samples=4"]
@@ -59,8 +58,10 @@ def slope(values: list[float]) -> tuple[float, float]:
     return b, math.sqrt(residual / (n - 2) / sxx)
 
 
-def run_cell(name: str, overrides: list[str], out: Path) -> Path:
+def run_cell(name: str, overrides: list[str], out: Path, resume: bool) -> Path:
     run_dir = out / name
+    if run_dir.exists() and not resume:
+        raise SystemExit(f"{run_dir} exists from an earlier invocation: pass --resume to reuse it, or --out another directory")
     if (run_dir / "report.md").exists():
         log(f"== {name}: finished earlier, reused")
         return run_dir
@@ -91,14 +92,15 @@ def main() -> int:
     parser.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS))
     parser.add_argument("--out", type=Path, default=Path("runs/grpo_testbed"))
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--resume", action="store_true", help="reuse the finished cells in --out")
     args = parser.parse_args()
     out = args.out.resolve()
     init_ray()
-    runs = {name: run_cell(name, CELLS[name][0], out) for name in args.cells}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    runs = {name: run_cell(name, CELLS[name][0], out, args.resume) for name in args.cells}
+    now = provenance()
     lines = ["# GRPO on the embedded task: does it learn? (dev split)", "",
-             f"Command: `python benchmarks/experiments/grpo_testbed.py {' '.join(sys.argv[1:])}`; commit {commit}; "
-             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.node()} (2 cores), nothing else running.", "",
+             f"Written by `{now['command']}` at commit {now['commit']}, {now['date']}, on {now['machine']}; each cell's run: "
+             "its run directory's config.yaml and ledger (with --resume, cells finished by an earlier invocation are reused).", "",
              "| cell | start dev pass@1 | change from the start (SE), per evaluation | training reward first -> last rollout "
              "| its slope per rollout x 1000 (SE) | node-hours | what it tests |", "|---|---|---|---|---|---|---|"]
     lines += [row(name, run_dir) for name, run_dir in runs.items()]

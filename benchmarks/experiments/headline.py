@@ -31,19 +31,19 @@ between evaluations (fpa_ray.compare.cost_to_reach); the ratio offline / GRPO is
 seeds that have one, with a 95% bootstrap interval over seeds and test problems
 (fpa_ray.compare.ratio_with_interval).
 
-Each finished run is one cell (`<results>/cells/<name>.json`: its curve.json and per_problem.json):
-a rerun skips it, so a run cut short goes on where it stopped. Writes `<results>/summary.md` and
-`summary.png`, each run's command line, commit, date and machine in `summary.md`'s header.
+Each finished run is one cell (`<results>/cells/<name>.json`: its curve.json, per_problem.json and
+the command, commit, date and machine that measured it). A rerun measures afresh; with `--resume` it
+reuses the recorded cells and the finished runs in `--out`, so a run cut short goes on where it
+stopped, and the summary lists which cells were recorded earlier and where. Writes
+`<results>/summary.md` and `summary.png`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,8 +54,9 @@ from fpa_ray.cluster import init_ray
 from fpa_ray.compare import SeedCurves, cost_to_reach, plateau_gain, ratio_with_interval, seed_ratio
 from fpa_ray.config import load_config
 from fpa_ray.pipelines.online_grpo import OnlineGRPOPipeline
+from fpa_ray.run_files import provenance
 from fpa_ray.warmstart import warm_start
-from seeded_runs import log, offline_run, plot_accuracy_curves, regenerate
+from seeded_runs import fresh_or_resumed, log, offline_run, plot_accuracy_curves, regenerate
 
 # Relative to configs/tiny-cpu-grpo.yaml (lr 2e-5, 32 prompts x 8 samples per step, no KL).
 GRPO_TRIES = {
@@ -92,18 +93,24 @@ def common_overrides(seed: int, out: Path, policy: Path, args) -> list[str]:
 
 
 class Cells:
-    """Finished runs by name: a run directory's curve.json and per_problem.json, kept in the results folder as it finishes."""
+    """Finished runs by name: a run directory's curve.json and per_problem.json with what measured them,
+    kept in the results folder as each finishes; recorded ones are read back only with `resume`."""
 
-    def __init__(self, results: Path):
-        self.dir = results / "cells"
+    def __init__(self, results: Path, resume: bool):
+        self.dir, self.resume, self.recorded = results / "cells", resume, {}
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def get(self, name: str) -> dict | None:
         path = self.dir / f"{name}.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        if not (self.resume and path.exists()):
+            return None
+        cell = json.loads(path.read_text())
+        self.recorded[name] = cell["provenance"]
+        return cell
 
     def put(self, name: str, run_dir: Path) -> dict:
-        cell = {"curve": json.loads((run_dir / "curve.json").read_text()), "per_problem": json.loads((run_dir / "per_problem.json").read_text())}
+        cell = {"curve": json.loads((run_dir / "curve.json").read_text()), "per_problem": json.loads((run_dir / "per_problem.json").read_text()),
+                "provenance": provenance()}
         (self.dir / f"{name}.json").write_text(json.dumps(cell))
         return cell
 
@@ -112,6 +119,9 @@ def grpo_cell(name: str, overrides: list[str], common: list[str], args, data_dir
     config = load_config("tiny-cpu-grpo", [*common, f"name={name}", f"grpo.steps={args.grpo_steps}", f"grpo.eval_every={args.eval_every}",
                                            *overrides])
     run_dir = args.out / config.name
+    if fresh_or_resumed(run_dir, args.resume):
+        log(f"== {config.name}: finished earlier, reused")
+        return run_dir
     if not (run_dir / "eval_0").exists():  # the start's evaluation: the same inputs as the seed's offline runs
         shutil.copytree(data_dir / "eval_0", run_dir / "eval_0")
     start = time.time()
@@ -138,7 +148,7 @@ def run_methods(seed: int, methods: list[str], policy: Path, args, cells: Cells)
             if method in GRPO_TRIES:
                 run_dir = grpo_cell(name, GRPO_TRIES[method], common, args, data_dir)
             else:
-                run_dir = offline_run(name, offline_overrides(method, args), common, args.out, data_dir)
+                run_dir = offline_run(name, offline_overrides(method, args), common, args.out, data_dir, args.resume)
             found[method] = cells.put(name, run_dir)
     return found
 
@@ -212,18 +222,21 @@ def reported_row(method: str, seed: int, cell: dict) -> str:
             f"| {points[index]['point']} | {points[index]['node_hours']:.4f} | {spacing(cell):.4f} |")
 
 
-def provenance(args) -> list[str]:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
-    return [f"Command: `python benchmarks/experiments/headline.py {' '.join(sys.argv[1:])}`; commit {commit}; written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
-            f"on {platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'}), nothing else running."]
+def measured_by(cells: Cells) -> list[str]:
+    """Where the summary's figures come from: this invocation, and any cell recorded by an earlier one."""
+    now = provenance()
+    lines = [f"Written by `{now['command']}` at commit {now['commit']}, {now['date']}, on {now['machine']}."]
+    for name, where in sorted(cells.recorded.items()):
+        lines.append(f"- cell {name}: recorded earlier by `{where['command']}` at {where['commit']}, {where['date']}, on {where['machine']}")
+    return lines
 
 
-def summary(tuned: dict[str, dict], choice: dict[str, str], reported: dict[int, dict[str, dict]], args) -> str:
+def summary(tuned: dict[str, dict], choice: dict[str, str], reported: dict[int, dict[str, dict]], args, cells: Cells) -> str:
     grpo, offline = choice["grpo"], choice["offline"]
     plain = f"{offline}-plain"
     header = "| method | overrides | start (dev) | plateau (dev) | plateau - start, dev (SE) | at | node-hours to the plateau | node-hours run |"
     lines = [f"# Offline FPA vs online GRPO, test pass@1 against training node-hours (tuned on seed {args.tune_seed}, reported on seeds {args.seeds})",
-             "", *provenance(args), "",
+             "", *measured_by(cells), "",
              f"## Tuning on seed {args.tune_seed}, dev split ({len(GRPO_TRIES)} tries per method; not reported as results)", "",
              header, "|---|---|---|---|---|---|---|---|",
              *tuning_rows({m: tuned[m] for m in OFFLINE_TRIES}, OFFLINE_TRIES), *tuning_rows({m: tuned[m] for m in GRPO_TRIES}, GRPO_TRIES),
@@ -279,6 +292,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="offline round cap")
     parser.add_argument("--out", type=Path, default=Path("runs/headline"))
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--resume", action="store_true", help="reuse the recorded cells and the finished runs in --out")
     args = parser.parse_args()
     if args.tune_seed in args.seeds:
         parser.error("--tune-seed must not be one of the reported --seeds")
@@ -286,12 +300,12 @@ def main() -> int:
     base = load_config("tiny-cpu")
     policy = warm_start(base.policy.tiny, base.policy.sft, base.data.synthetic, seed=0, log=log).path  # one start for every run
     init_ray()
-    cells = Cells(args.results)
+    cells = Cells(args.results, args.resume)
     tuned = run_methods(args.tune_seed, [*OFFLINE_TRIES, *GRPO_TRIES], policy, args, cells)
     choice = choose(tuned)
     log(f"== chosen on seed {args.tune_seed}'s dev split: {choice}")
     reported = {seed: run_methods(seed, [choice["grpo"], choice["offline"], f"{choice['offline']}-plain"], policy, args, cells) for seed in args.seeds}
-    text = summary(tuned, choice, reported, args)
+    text = summary(tuned, choice, reported, args, cells)
     (args.results / "summary.md").write_text(text + "\n")
     print(text)
     return 0

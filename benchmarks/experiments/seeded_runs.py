@@ -33,11 +33,20 @@ def regenerate(seed: int, common: list[str]) -> tuple[Path, int]:
     return pipeline.run_dir, json.loads((dataset / "manifest.json").read_text())["rows"]
 
 
-def offline_run(name: str, overrides: list[str], common: list[str], out: Path, source: Path) -> Path:
-    """Run (or reuse, when finished) `name` on a copy of `source`'s shared stages; returns its run dir."""
+def fresh_or_resumed(run_dir: Path, resume: bool) -> bool:
+    """Whether `run_dir` holds a finished run to reuse; without `resume` it must not exist at all (a rerun
+    measures afresh: reusing what an earlier invocation left is asked for, never implied)."""
+    if run_dir.exists() and not resume:
+        raise SystemExit(f"{run_dir} exists from an earlier invocation: pass --resume to go on from it (its finished cells "
+                         "reused), or --out another directory to measure afresh")
+    return (run_dir / "curve.json").exists()
+
+
+def offline_run(name: str, overrides: list[str], common: list[str], out: Path, source: Path, resume: bool = False) -> Path:
+    """Run `name` on a copy of `source`'s shared stages (with `resume`, reuse it when finished, go on when not); returns its run dir."""
     config = load_config("tiny-cpu", [*common, f"name={name}", *overrides])
     run_dir = out / config.name
-    if (run_dir / "curve.json").exists():  # finished: reused as it is, whichever code version made it
+    if fresh_or_resumed(run_dir, resume):  # finished: reused as it is, whichever code version made it
         log(f"== {config.name}: finished earlier, reused")
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from fpa_ray.compare import compare, cost_to_reach
 from fpa_ray.config import load_config
 from fpa_ray.pipelines.online_grpo import OnlineGRPOPipeline
 from fpa_ray.warmstart import warm_start
-from seeded_runs import curve, log, offline_run, plot_accuracy_curves, regenerate
+from seeded_runs import curve, fresh_or_resumed, log, offline_run, plot_accuracy_curves, regenerate
 
 OFFLINE = {  # variant -> overrides of configs/tiny-cpu.yaml
     "dpo": ["objective.name=dpo", "objective.params={beta: 0.1}", "fpa.enabled=false"],
@@ -36,14 +36,17 @@ OFFLINE = {  # variant -> overrides of configs/tiny-cpu.yaml
 }
 
 
-def offline_variant(variant: str, seed: int, common: list[str], epochs: int, steps_per_epoch: int, out: Path, source: Path) -> Path:
+def offline_variant(variant: str, seed: int, common: list[str], epochs: int, steps_per_epoch: int, out: Path, source: Path, resume: bool) -> Path:
     # whole responses as rejected, as when its results were recorded (the default now cuts them)
     overrides = [*OFFLINE[variant], "build.rejected_cut=none", f"learner.epochs={epochs}", f"learner.snapshot_every={steps_per_epoch}"]
-    return offline_run(f"s{seed}-{variant}", overrides, common, out, source)
+    return offline_run(f"s{seed}-{variant}", overrides, common, out, source, resume)
 
 
-def grpo_run(seed: int, common: list[str], steps: int, eval_every: int, out: Path) -> Path:
+def grpo_run(seed: int, common: list[str], steps: int, eval_every: int, out: Path, resume: bool) -> Path:
     config = load_config("tiny-cpu-grpo", [*common, f"name=s{seed}-grpo", f"grpo.steps={steps}", f"grpo.eval_every={eval_every}"])
+    if fresh_or_resumed(out / config.name, resume):
+        log(f"== {config.name}: finished earlier, reused")
+        return out / config.name
     start = time.time()
     OnlineGRPOPipeline(config, log=log).run()
     log(f"== {config.name}: {time.time() - start:.0f} s")
@@ -97,6 +100,7 @@ def main() -> int:
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--eval-problems", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path("runs/tiny_reproduction"))
+    parser.add_argument("--resume", action="store_true", help="reuse the finished runs in --out and go on with the others")
     args = parser.parse_args()
     out = args.out.resolve()
     base = load_config("tiny-cpu")
@@ -110,8 +114,8 @@ def main() -> int:
         steps_per_epoch = pairs // base.learner.global_batch_size
         log(f"seed {seed}: {pairs} pairs, {steps_per_epoch} steps per epoch")
         for variant in OFFLINE:
-            runs[variant][seed] = offline_variant(variant, seed, common, args.epochs, steps_per_epoch, out, data_dir)
-        runs["grpo"][seed] = grpo_run(seed, common, args.grpo_steps, args.eval_every, out)
+            runs[variant][seed] = offline_variant(variant, seed, common, args.epochs, steps_per_epoch, out, data_dir, args.resume)
+        runs["grpo"][seed] = grpo_run(seed, common, args.grpo_steps, args.eval_every, out, args.resume)
         compare([runs[m][seed] for m in runs], out / f"compare-s{seed}")
     text = summary(runs, out)
     (out / "summary.md").write_text(text + "\n")

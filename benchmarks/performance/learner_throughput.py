@@ -16,7 +16,9 @@ Ours: 2 workers x 1 CPU thread. TRL: one process with 2 threads (the same two co
 padding_free needs flash-attention), installed only in benchmarks/.venv-trl (created on first use:
 pip install trl==1.16.0 with this project's torch and transformers).
 Tokens = prompt + response tokens of both rows of each pair, no padding; steps 1-2 are warm-up. Each
-cell's result is kept in benchmarks/results/learner_throughput/ as it finishes; a rerun skips it.
+cell's result is kept in benchmarks/results/learner_throughput/ as it finishes, with the command, commit,
+date and machine; a rerun measures every cell afresh, or with --resume reuses the recorded ones (the
+table's `measured` column says which).
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ def main() -> None:
     parser.add_argument("--lengths", choices=["uniform", "spread"], default="uniform")
     parser.add_argument("--vocab", choices=["tiny", "qwen2"], default="tiny")
     parser.add_argument("--cells", nargs="+", choices=[*CELLS, "trl"], default=[*CELLS, "trl"])
+    parser.add_argument("--resume", action="store_true", help="reuse the cells recorded under benchmarks/results instead of measuring them")
     args = parser.parse_args()
 
     import ray
@@ -97,6 +100,7 @@ def main() -> None:
     from fpa_ray.config import FPAConfig, LearnerConfig, ObjectiveConfig, RunConfig
     from fpa_ray.demo import format_table
     from fpa_ray.learner.worker_group import TrainStage
+    from fpa_ray.run_files import provenance
     from fpa_ray.warmstart import warm_start
 
     name = f"{args.lengths}-{args.vocab}-{args.steps}x{args.batch}"
@@ -111,7 +115,8 @@ def main() -> None:
             policy = qwen2_vocab_policy(policy, Path(tmp) / "policy")
         data = Path(tmp) / "pairs.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        todo = [c for c in args.cells if c != "trl" and not (results / f"{c}.json").exists()]
+        recorded = {c for c in args.cells if args.resume and (results / f"{c}.json").exists()}
+        todo = [c for c in args.cells if c != "trl" and c not in recorded]
         if todo:
             init_ray(num_cpus=4)
         for cell in todo:
@@ -121,21 +126,24 @@ def main() -> None:
             stage = TrainStage(learner, ObjectiveConfig(name="dpo", params={"beta": 0.1}), FPAConfig(enabled=False), seed=0)
             metrics = stage.run(ray.data.from_items(rows), policy, policy, Path(tmp) / cell).metrics[2:]
             tokens_per_s = sum(m["tokens_per_s"] for m in metrics) / len(metrics)
-            (results / f"{cell}.json").write_text(json.dumps({"trainer": f"fpa_ray {cell}, 2 workers", "tokens_per_s": tokens_per_s}))
+            (results / f"{cell}.json").write_text(json.dumps({"trainer": f"fpa_ray {cell}, 2 workers", "tokens_per_s": tokens_per_s,
+                                                              "provenance": provenance()}))
         if todo:
             ray.shutdown()
-        if "trl" in args.cells and not (results / "trl.json").exists():
+        if "trl" in args.cells and "trl" not in recorded:
             trl = subprocess.run([str(trl_python()), str(HERE / "trl_dpo_run.py"), str(policy), str(data), str(args.steps), str(args.batch), "2",
                                   str(Path(tmp) / "trl")], capture_output=True, text=True, check=False)
             if trl.returncode != 0:
                 raise SystemExit(f"TRL run failed:\n{trl.stderr[-3000:]}")
             result = json.loads(trl.stdout.strip().splitlines()[-1])
             (results / "trl.json").write_text(json.dumps({"trainer": "TRL DPOTrainer 1.16.0, 1 process x 2 threads, padded",
-                                                          "tokens_per_s": result["tokens_per_s"]}))
+                                                          "tokens_per_s": result["tokens_per_s"], "provenance": provenance()}))
     table = [json.loads((results / f"{c}.json").read_text()) for c in args.cells if (results / f"{c}.json").exists()]
     trl_row = next((r for r in table if r["trainer"].startswith("TRL")), None)
-    for row in table:
+    for cell, row in zip([c for c in args.cells if (results / f"{c}.json").exists()], table):
         row["vs_trl"] = row["tokens_per_s"] / trl_row["tokens_per_s"] if trl_row else float("nan")
+        where = row.pop("provenance", None)
+        row["measured"] = ("recorded " + (f"{where['date']}, {where['commit']}" if where else "before provenance was kept")) if cell in recorded else "now"
     header = (f"DPO, {args.vocab} vocabulary, {args.lengths} lengths (chosen response tokens: min {lengths[0]}, median "
               f"{lengths[len(lengths) // 2]}, max {lengths[-1]}), {args.steps} steps of {args.batch} pairs, fp32, CPU")
     (results / "summary.md").write_text(f"{header}\n\n```\n{format_table(table)}\n```\n")
