@@ -6,10 +6,9 @@ it, through `ray job submit`:
    is SIGKILLed after the first checkpoint and not replaced: the job must fail saying what the
    learner lacks. The node is replaced and the same command submitted again: it must resume.
 2. `lost`: the same job with the pools placed anywhere on the three worker nodes, and the node
-   running the stage's actor SIGKILLed in the middle of generate, verify, train and the evaluation;
-   each lost node is replaced once its stage has finished on the others.
-3. `reference`: round 1's training on `lost`'s dataset, uninterrupted, from this driver.
-4. `grpo`: the small GRPO job, the node running its rollout worker SIGKILLed after the first step.
+   running the stage's actor SIGKILLed in the middle of generate, verify and train; each lost node
+   is replaced once its stage has finished on the others.
+3. `grpo`: the small GRPO job, the node running its rollout worker SIGKILLed after the first step.
 
 What happened is written as JSON: each kill (stage, progress at the kill, what ran on the node), each
 job's status and logs, and the state API's nodes and actors (dead ones included).
@@ -18,7 +17,6 @@ job's status and logs, and the state API's nodes and actors (dead ones included)
 """
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -174,30 +172,9 @@ def lost(cluster, runs: Path) -> dict:
         ("generate", SAMPLER, lambda: shards(samples) if 0 < shards(samples) < 4 else None),  # 4 shards of 16 prompts
         ("verify", VERIFIER, lambda: (finished_tasks(cluster, VERIFIER) or None) if "generate" in finished_stages(run) else None),
         ("train", TRAINER, lambda: registered_checkpoints(run) or None),
-        # the start's and round 1's policies, one shard each: the first written, the second not yet
-        ("eval_generate", SAMPLER, lambda: 1 if shards(run / "eval_0" / "samples") + shards(run / "eval_1" / "samples") == 1 else None),
     ]
     events = follow(cluster, job_id, run, triggers)
     return {"events": events, "job": job_record(cluster, job_id)}
-
-
-def reference(cluster, runs: Path, cache: Path) -> str:
-    """Round 1's training of `lost`'s dataset from this driver, no node lost: the weights to match."""
-    os.environ.update(cluster.env)
-    os.environ["FPA_RAY_CACHE"] = str(cache)
-    import ray
-
-    from fpa_ray.cluster import init_ray
-    from fpa_ray.config import load_config
-    from fpa_ray.pipelines.offline import OfflinePipeline
-
-    init_ray(address=cluster.address)
-    pipeline = OfflinePipeline(load_config("tiny-cpu", ["name=reference", f"output_dir={runs}", *SMALL, *TRAIN]))
-    pipeline.prepare()
-    try:
-        return str(pipeline.train(1, runs / "lost" / "round_1" / "dataset", pipeline.initial_policy()))
-    finally:
-        ray.shutdown()  # a driver attached to a worker node's raylet would die with that node
 
 
 def grpo(cluster, runs: Path) -> dict:
@@ -223,7 +200,7 @@ def main(out: Path, runs: Path, cache: Path) -> int:
     result, times = {}, {}
     try:
         for name, part in (("placed", lambda: placed(cluster, runs)), ("lost", lambda: lost(cluster, runs)),
-                           ("reference", lambda: reference(cluster, runs, cache)), ("grpo", lambda: grpo(cluster, runs))):
+                           ("grpo", lambda: grpo(cluster, runs))):
             began = time.time()
             result[name] = part()
             times[name] = time.time() - began
