@@ -444,10 +444,11 @@ class RunConfig(StrictModel):
                 raise ValueError(f"grpo.layout=colocated: each engine runs on its learner worker's device, so sampler.gpus_per_actor "
                                  f"({sampler.gpus_per_actor}) must equal learner.gpus_per_worker ({learner.gpus_per_worker}) and "
                                  f"sampler.tensor_parallel_size ({sampler.tensor_parallel_size}) be 1")
-        if self.grpo.layout == "split-async" and (self.sampler.temperature != 1.0 or self.sampler.top_p != 1.0):
+        if self.grpo.layout == "split-async" and (self.sampler.top_p != 1.0 or self.sampler.logprobs_mode != "processed"):
             raise ValueError(
-                f"grpo.layout=split-async corrects for the stale sampler with the sampled tokens' log-probs, which are the policy's own "
-                f"only at sampler.temperature 1 and sampler.top_p 1 (got {self.sampler.temperature} and {self.sampler.top_p})"
+                f"grpo.layout=split-async corrects for the stale sampler with the sampled tokens' log-probs, which are those of the "
+                f"policy the learner trains, softmax(logits / sampler.temperature), only at sampler.top_p 1 with sampler.logprobs_mode "
+                f"processed (got {self.sampler.top_p} and {self.sampler.logprobs_mode})"
             )
         rows = self.grpo.prompts_per_step * self.sampler.n
         if rows % self.learner.global_batch_size:

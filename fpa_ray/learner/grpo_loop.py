@@ -51,6 +51,9 @@ class OnlineSetup:
     policy_path: str
     reference_path: str
     output_dir: str
+    # The samplers' temperature: the learner's log-probs (the ratio's, the reference's) are of the same tempered
+    # policy, softmax(logits / T), as TRL's GRPOTrainer and verl compute them.
+    temperature: float = 1.0
     run: str = "grpo"  # the run's name: the tag of its metrics on the dashboard
     tracking: TrackingRun | None = None  # the run's trackers (None: TensorBoard in output_dir alone), metrics as grpo/<name>
 
@@ -118,10 +121,15 @@ def _gathered(value) -> list:
     return values
 
 
+def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return logits if temperature == 1.0 else logits / temperature
+
+
 @torch.no_grad()
-def _token_logps(net, examples: list[Example], batching: MicroBatching, pad_id: int, device, precision) -> list[torch.Tensor]:
+def _token_logps(net, examples: list[Example], batching: MicroBatching, pad_id: int, device, precision,
+                 temperature: float = 1.0) -> list[torch.Tensor]:
     """Per-row response-token log-probs (1-D each, in `examples` order), for the sampling policy or the
-    reference, in the training precision."""
+    reference, in the training precision, of softmax(logits / temperature)."""
     rows: list[torch.Tensor | None] = [None] * len(examples)
     everything = list(range(len(examples)))
     for ids in plan_micro_batches(batching, everything, {i: examples[i].num_tokens for i in everything}, device):
@@ -129,20 +137,22 @@ def _token_logps(net, examples: list[Example], batching: MicroBatching, pad_id: 
         labels, mask = shifted_targets(batch)
         with precision.autocast(device):
             logits = net(**batch.model_inputs()).logits
-        for i, values in zip(ids, batch.sequence_tokens(token_logprobs(logits, labels, mask), mask)):
+        for i, values in zip(ids, batch.sequence_tokens(token_logprobs(_tempered(logits, temperature), labels, mask), mask)):
             rows[i] = values
     return rows
 
 
 def grpo_loss(objective, params: dict, model, batch: TokenizedBatch, advantages: torch.Tensor, normalizer: float | None,
               old: list[torch.Tensor] | None = None, ref: list[torch.Tensor] | None = None,
-              sampled: list[torch.Tensor] | None = None, tis_cap: float | None = None) -> tuple[ObjectiveOutput, torch.Tensor]:
+              sampled: list[torch.Tensor] | None = None, tis_cap: float | None = None,
+              temperature: float = 1.0) -> tuple[ObjectiveOutput, torch.Tensor]:
     """The objective on one micro-batch, padded or packed, and its response mask. `advantages`: one per
     sequence; `old`, `ref`, `sampled`: each sequence's response-token log-probs under the learner's policy
     before the step's first update (None: the policy's own, detached), the reference (None: no KL term) and
-    the sampler that generated it (with `tis_cap`: the importance correction for a stale sampler)."""
+    the sampler that generated it (with `tis_cap`: the importance correction for a stale sampler); every
+    log-prob of softmax(logits / temperature), the sampler's distribution."""
     labels, mask = shifted_targets(batch)
-    logp = token_logprobs(model(**batch.model_inputs()).logits, labels, mask)
+    logp = token_logprobs(_tempered(model(**batch.model_inputs()).logits, temperature), labels, mask)
     old_logp = batch.place(old, mask) if old else logp.detach()
     ref_logp = batch.place(ref, mask) if ref else None
     behaviour = batch.place(sampled, mask) if tis_cap is not None else None
@@ -217,11 +227,12 @@ def grpo_loop(config: dict) -> None:
         mine = sorted({i for m in range(minibatches) for i in order[m * G + rank * local : m * G + (rank + 1) * local]})
         old = {}
         if minibatches > 1:
-            values = _token_logps(backend.model, [examples[i] for i in mine], batching, pad_id, device, precision)
+            values = _token_logps(backend.model, [examples[i] for i in mine], batching, pad_id, device, precision, setup.temperature)
             old = dict(zip(mine, values))
         ref = {}
         if reference is not None:
-            ref = dict(zip(mine, _token_logps(reference, [examples[i] for i in mine], batching, pad_id, device, precision)))
+            ref = dict(zip(mine, _token_logps(reference, [examples[i] for i in mine], batching, pad_id, device, precision,
+                                              setup.temperature)))
         for m in range(minibatches):
             ids = order[m * G : (m + 1) * G]
             normalizer = float(sum(response_tokens[i] for i in ids))  # every worker's tokens of this mini-batch
@@ -235,7 +246,7 @@ def grpo_loop(config: dict) -> None:
                     adv = torch.tensor([advantages[i] for i in rows], dtype=torch.float32)
                     out, mask = grpo_loss(objective, params, backend.model, batch, adv, normalizer,
                                           [old[i] for i in rows] if old else None, [ref[i] for i in rows] if ref else None,
-                                          [sampled[i] for i in rows], layout.tis_cap)
+                                          [sampled[i] for i in rows], layout.tis_cap, setup.temperature)
                     backend.backward(out.loss)
                 step_metrics.add(out.metrics, float(mask.sum()), float(batch.attention_mask.sum()))
             grad_norm = backend.step()

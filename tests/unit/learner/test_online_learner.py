@@ -63,8 +63,11 @@ def test_colocated_settings_that_cannot_share_a_device_are_refused_naming_them()
 
 
 def test_split_async_needs_the_policys_own_sampling_distribution():
-    with pytest.raises(ConfigError, match="split-async corrects for the stale sampler .* sampler.temperature 1"):
-        load_config("tiny-cpu-grpo", ["grpo.layout=split-async", "sampler.temperature=0.7"])
+    with pytest.raises(ConfigError, match="split-async corrects for the stale sampler .* sampler.top_p 1"):
+        load_config("tiny-cpu-grpo", ["grpo.layout=split-async", "sampler.top_p=0.9"])
+    with pytest.raises(ConfigError, match="split-async .* sampler.logprobs_mode processed"):
+        load_config("tiny-cpu-grpo", ["grpo.layout=split-async", "sampler.logprobs_mode=raw"])
+    assert load_config("tiny-cpu-grpo", ["grpo.layout=split-async", "sampler.temperature=0.7"]).sampler.temperature == 0.7
 
 
 class _ControllerStandIn:

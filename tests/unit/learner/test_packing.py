@@ -4,7 +4,8 @@
    without FPA (exact and sequence mode), on sequences whose lengths differ (so the padded batch is
    mostly padding in some rows and a shift, mask or boundary bug would show).
 2. GRPO's per-token loss likewise: packed rows take each token's advantage, old and reference
-   log-probs from its own sequence, and give the padded loss, metrics and gradient.
+   log-probs from its own sequence, and give the padded loss, metrics and gradient; every log-prob is
+   of the sampler's tempered distribution.
 3. The token budget: micro-batches stay within both limits, in order, and a worker cut into fewer
    micro-batches than another is cut further to the same count (ZeRO-2/3 hold collectives per backward).
 """
@@ -113,6 +114,27 @@ def test_grpo_packed_and_padded_give_the_same_loss_metrics_and_gradient(models):
     assert scale > 0
     for name, grad in padded_grad.items():
         assert torch.allclose(packed_grad[name], grad, rtol=1e-4, atol=1e-6 * scale), name
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_grpo_log_probs_are_the_tempered_sampling_policys(models, packed):
+    """Sampled at T, the rollout's tokens are scored under softmax(logits / T) by the learner: for the ratio's
+    old log-probs, the reference's and the loss's own (TRL's GRPOTrainer and verl do the same)."""
+    policy, _ = models
+    rows = _rows("labelled")
+    batching = MicroBatching(4, tokens=40, packed=packed)
+    tempered = _token_logps(policy, rows, batching, 0, torch.device("cpu"), FP32, temperature=0.7)
+    for example, values in zip(rows, tempered):  # by hand, one row at a time
+        ids = torch.tensor([[*example.prompt, *example.responses[0]]])
+        with torch.no_grad():
+            logits = policy(input_ids=ids).logits[0, len(example.prompt) - 1 : -1] / 0.7
+        expected = torch.log_softmax(logits, -1).gather(-1, ids[0, len(example.prompt):, None])[:, 0]
+        assert torch.allclose(values, expected, atol=1e-5)
+    batch, _ = collate(rows, "labelled", pad_id=0, packed=packed)
+    advantages = torch.tensor([1.5, -0.7, 0.3, -2.0, 0.9, -0.1])
+    at_t, _ = grpo_loss(get_objective("grpo"), {}, policy, batch, advantages, 50.0, tempered, temperature=0.7)
+    at_1, _ = grpo_loss(get_objective("grpo"), {}, policy, batch, advantages, 50.0, tempered)
+    assert float(at_t.metrics["ratio"]) == pytest.approx(1.0, abs=1e-5) and float(at_1.metrics["ratio"]) != pytest.approx(1.0, abs=1e-2)
 
 
 def test_per_sequence_values_go_back_where_they_came_from():
