@@ -1,39 +1,39 @@
 """Benchmark evaluation of one checkpoint: `python -m fpa_ray.main evaluate --checkpoint C --benchmarks a,b`.
 
 Per benchmark: k sampled responses per problem from the sampler pool (restartable shards), each
-graded by the verifier pool with both graders, then scored (fpa_ray.evaluation.scoring). Outputs
+graded by the verifier pool with both graders (the evaluator every run's evaluation uses:
+fpa_ray.evaluation.evaluator), then scored (fpa_ray.evaluation.scoring). Outputs
 are keyed by everything that determines them, so a repeated evaluation is reused, not recomputed:
 
     <output_dir>/evaluations/<checkpoint name>-<fingerprint>/
         <benchmark>/<template>-k<k>-T<temperature>-<settings hash>/
-            samples/ (shards + manifest)   verified/ (Parquet)   samples.jsonl (one line per sample)
+            samples/ (shards + manifest)   verified/ (data/: Parquet; manifest)   samples.jsonl (one line per sample)
             disagreements.jsonl (the graders differ)   score.json (written last: the benchmark is done)
         summary.json, summary.md (this invocation's benchmarks), ledger.jsonl
 
 The fingerprint covers the name, size and modification time of every checkpoint file; the settings
 hash covers the benchmark source (and a local file's content), template, sampling parameters, seed,
-engine and grader versions. An interrupted evaluation keeps its finished generation shards and
-benchmarks and redoes only what is missing.
+engine and grader versions. An interrupted evaluation keeps its finished generation shards, grading
+and benchmarks and redoes only what is missing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from fpa_ray import metrics
-from fpa_ray.accounting import Ledger
 from fpa_ray.config import PromptSourceConfig, RunConfig, SamplerConfig, VerifierConfig
 from fpa_ray.data.schemas import SCHEMAS
 from fpa_ray.data.sources import load_prompts
+from fpa_ray.evaluation.evaluator import Evaluator, evaluation_sampler
 from fpa_ray.evaluation.report import summary_markdown
 from fpa_ray.evaluation.scoring import disagreements, overall, paired_difference, score, total_gain_loss
+from fpa_ray.run_directory import RunDirectory
 from fpa_ray.run_files import write_json
 
 SAMPLE_COLUMNS = ("prompt_id", "sample_index", "answer", "response", "extracted", "status", "reward", "cross_extracted",
@@ -84,11 +84,9 @@ class BenchmarkEvaluation:
         return chosen
 
     def settings(self, source: PromptSourceConfig) -> tuple[SamplerConfig, VerifierConfig, str]:
-        config, evaluation = self.config, self.config.evaluation
-        sampler = config.sampler.model_copy(update={
-            "n": evaluation.samples, "temperature": evaluation.temperature, "top_p": evaluation.top_p,
-            "max_new_tokens": source.max_new_tokens or evaluation.max_new_tokens, "engine": evaluation.engine,
-        })
+        """The evaluation's sampling settings with the benchmark's length, and both graders (a second one where the run has none)."""
+        config = self.config
+        sampler = evaluation_sampler(config, source.max_new_tokens)
         verifier = config.verifier
         if verifier.cross_grader is None or verifier.cross_grader == verifier.grader:
             verifier = verifier.model_copy(update={"cross_grader": OTHER_GRADER[verifier.grader]})
@@ -128,7 +126,8 @@ class BenchmarkEvaluation:
         base = _load_baseline(baseline) if baseline else None
         checkpoint_dir = self.root / f"{checkpoint.name}-{checkpoint_fingerprint(checkpoint)}"
         init_ray()
-        results = {source.benchmark: self.benchmark(checkpoint, checkpoint_dir, source) for source in sources}
+        evaluator = Evaluator(RunDirectory(checkpoint_dir, self.config, self.log))  # its ledger.jsonl: every benchmark's stages
+        results = {source.benchmark: self.benchmark(checkpoint, evaluator, source) for source in sources}
         scores = {label: result["score"] for label, result in results.items()}
         evaluation = self.config.evaluation
         summary = {
@@ -151,13 +150,10 @@ class BenchmarkEvaluation:
         self.log(summary_markdown(summary))
         return out / "summary.json"
 
-    def benchmark(self, checkpoint: Path, checkpoint_dir: Path, source: PromptSourceConfig) -> dict:
+    def benchmark(self, checkpoint: Path, evaluator: Evaluator, source: PromptSourceConfig) -> dict:
         """One benchmark's score.json contents, computed or reused."""
-        from fpa_ray.sampler.stage import GenerateStage, read_samples
-        from fpa_ray.verifier.stage import VerificationReport, VerifyStage
-
         label, key = source.benchmark, self.key(source)
-        result_dir = self.result_dir(checkpoint_dir, source)
+        result_dir = self.result_dir(evaluator.run.path, source)
         done = result_dir / "score.json"
         if done.is_file():
             result = json.loads(done.read_text())
@@ -170,28 +166,12 @@ class BenchmarkEvaluation:
             self.log(f"[evaluate] {label}: skipped {len(prompts.skipped)} malformed rows, first: {prompts.skipped[0]}")
         if not prompts.rows:
             raise BenchmarkError(f"benchmark {label!r}: no problems to evaluate ({source.path or source.name})")
-        ledger, run = Ledger(checkpoint_dir / "ledger.jsonl", run=self.config.name), self.config.name
         self.log(f"[evaluate] {label}: {len(prompts.rows)} problems x {sampler.n} samples, template {template}")
         started = time.time()
-        samples_dir = result_dir / "samples"
-        with ledger.stage("eval_generate", None, cpus=sampler.num_actors * sampler.cpus_per_actor, gpus=sampler.num_actors * sampler.gpus_per_actor):
-            manifest = GenerateStage(sampler, template, self.config.seed).run(
-                prompts.rows, checkpoint, samples_dir, name=f"{run}-eval-{label}",
-                on_shard_done=lambda s, d, t: self.log(f"  [evaluate] {label}: shard {d}/{t} written"),
-            )
-        metrics.samples_generated(run, "eval_generate", manifest["rows"])
+        evaluator.sample(label, [(checkpoint, result_dir)], prompts.rows, sampler, template)
         generated = time.time()
-        shutil.rmtree(result_dir / "verified", ignore_errors=True)  # an interrupted write leaves stray files
-        with ledger.stage("eval_verify", None, cpus=verifier.num_actors * verifier.workers_per_actor):
-            verified = VerifyStage(verifier)(read_samples(samples_dir), name=f"{run}-eval-verify-{label}").materialize()
-            verified.write_parquet(str(result_dir / "verified"))
-        report = VerificationReport.from_dataset(verified)
-        metrics.verdicts(run, report.by_status)
-        if report.failure_share > verifier.max_failure_share:  # reported, not fatal: the numbers are still the model's
-            self.log(f"[evaluate] {label}: WARNING {report.failure_share:.0%} of verdicts unparseable/timeout/error; check the template")
+        frame = evaluator.grade(label, [result_dir], verifier, strict=False)[0]  # reported, not fatal: the numbers are still the model's
         finished = time.time()
-        frame = pd.read_parquet(result_dir / "verified")
-        frame = frame.sort_values(["prompt_id", "sample_index"], kind="stable")
         _write_jsonl(result_dir / "samples.jsonl", frame, label)
         differing = disagreements(frame)
         _write_jsonl(result_dir / "disagreements.jsonl", differing, label, with_problem=True)

@@ -1,4 +1,4 @@
-"""The online RLVR baseline: GRPO on the same cluster, built from the offline pipeline's parts.
+"""The online RLVR baseline: GRPO on the same cluster, built from the parts the offline pipeline uses.
 
 Parts: the sampler pool (RolloutWorker actors whose engines stay alive and take the new weights
 in place after every update), the verifier pool (VerifierActor actors), the learner group (Ray
@@ -15,8 +15,8 @@ time x the resources held; where rollouts are sampled while the learner trains (
 phase is named for what the loop waited on. Each pool's busy seconds (sampling and receiving
 weights; grading; training and sending weights) over the seconds held go to online/busy.json, so
 the idle share of every layout is on record. Policies are snapshotted every
-`grpo.eval_every` steps and evaluated after training, with the start, by the offline pipeline's
-evaluation (all in one sampler pool, each policy's weights loaded in place): both pipelines are
+`grpo.eval_every` steps and evaluated after training, with the start, by the evaluator the offline
+pipeline uses (all in one sampler pool, each policy's weights loaded in place): both pipelines are
 scored by the same code, and evaluation is not charged to training.
 """
 
@@ -33,8 +33,11 @@ from fpa_ray import metrics
 from fpa_ray.accounting import Ledger
 from fpa_ray.config import RunConfig
 from fpa_ray.data.sources import PromptRow
+from fpa_ray.evaluation.evaluator import Evaluator
+from fpa_ray.evaluation.run_report import cost_point, write_run_report
 from fpa_ray.grpo_layouts import grpo_layout
-from fpa_ray.pipelines.offline import OfflinePipeline
+from fpa_ray.pool_stages import prompts, starting_policy
+from fpa_ray.run_directory import RunDirectory
 from fpa_ray.run_files import write_json
 from fpa_ray.weights.group import TransferFailed
 from fpa_ray.weights.transports import TRANSPORTS
@@ -405,8 +408,22 @@ def _split(items: list, parts: int) -> list[list]:
     return [items[start : start + length] for start, length in _spans(len(items), parts)]
 
 
-class OnlineGRPOPipeline(OfflinePipeline):
-    """Evaluate the start, train online for grpo.steps, evaluate the snapshots; report and curve."""
+class OnlineGRPOPipeline:
+    """Train online for grpo.steps, then evaluate the start and the snapshots; report and curve. The run
+    directory, starting policy, prompts, evaluator and report are the offline pipeline's parts."""
+
+    def __init__(self, config: RunConfig, log=print):
+        self.config, self.log = config, log
+        self.run_directory = RunDirectory.of(config, log)
+        self.run_dir, self.ledger = self.run_directory.path, self.run_directory.ledger
+        self.evaluator = Evaluator(self.run_directory)
+
+    def prepare(self) -> None:
+        """Check the cluster and create the run directory, or check that it was made with the same config."""
+        self.run_directory.prepare()
+
+    def initial_policy(self) -> Path:
+        return starting_policy(self.run_directory)
 
     def train_online(self, policy: Path) -> list[tuple[int, Path]]:
         import ray
@@ -419,9 +436,9 @@ class OnlineGRPOPipeline(OfflinePipeline):
         config = self.config
         stage_dir = self.run_dir / ONLINE_DIR
         inputs = {"policy": str(policy), "config": json.loads(config.model_dump_json(exclude={"evaluation"}))}
-        done = self._done(stage_dir, inputs)
+        done = self.run_directory.done(stage_dir, inputs)
         if not done:
-            prompts = self._prompts([config.data.train])
+            rows = prompts(self.run_directory, [config.data.train])
             self.log(f"[grpo] {config.grpo.steps} steps x {config.grpo.prompts_per_step} prompts x {config.sampler.n} samples, "
                      f"{config.grpo.layout} layout, holding {grpo_layout(config.grpo).held_resources(config)}")
             # On the driver's node, as Ray Train places its own controller: a lost worker node takes pool
@@ -429,11 +446,11 @@ class OnlineGRPOPipeline(OfflinePipeline):
             on_driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
             controller = ray.remote(RolloutController).options(num_cpus=0, name=f"{config.name}-rollout-controller",
                                                                scheduling_strategy=on_driver_node).remote(
-                config, str(policy), prompts, str(self.run_dir)
+                config, str(policy), rows, str(self.run_dir)
             )
             setup = OnlineSetup(
-                config.learner, config.objective, config.grpo, config.sampler.n, config.seed, str(policy), str(policy), str(stage_dir), config.name,
-                self.tracking,
+                config.learner, config.objective, config.grpo, config.sampler.n, config.seed, str(policy), str(policy), str(stage_dir),
+                temperature=config.sampler.temperature, run=config.name, tracking=self.run_directory.tracking,
             )
             try:
                 run_trainer(grpo_loop, {"setup": setup, "controller": controller}, config.learner, stage_dir, name=f"{config.name}-grpo",
@@ -445,7 +462,7 @@ class OnlineGRPOPipeline(OfflinePipeline):
             last = metrics[-1]
             self.log(f"[grpo] {last['rollout_step']} steps, last reward {last['reward_mean']:.3f}, loss {last['loss']:.4f}; busy share of "
                      f"the {busy['held_s']:.0f} s held: " + ", ".join(f"{pool} {busy[pool]['busy_share']:.0%}" for pool in ("sampler", "verifier", "learner")))
-            write_json(stage_dir / "manifest.json", {"kind": "grpo", "inputs": inputs, "complete": True, "steps": last["rollout_step"]})
+            self.run_directory.finish(stage_dir, "grpo", inputs, steps=last["rollout_step"])
         snapshots = sorted((stage_dir / SNAPSHOTS_DIR).glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
         return [(int(p.name.split("_")[1]), p) for p in snapshots]
 
@@ -459,9 +476,9 @@ class OnlineGRPOPipeline(OfflinePipeline):
         self.prepare()
         policy = self.initial_policy()
         snapshots = self.train_online(policy)
-        results = self.evaluate_many([(0, policy), *((f"step_{step}", snapshot) for step, snapshot in snapshots)])
-        points = [self.point("start", results[0], time_s=0.0)]
+        results = self.evaluator.evaluate_many([(0, policy), *((f"step_{step}", snapshot) for step, snapshot in snapshots)])
+        points = [cost_point(self.ledger, "start", results[0], time_s=0.0)]
         for (step, _), result in zip(snapshots, results[1:]):
             sync = [e for e in self.ledger.entries() if e["stage"] == "grpo_sync" and e["round"] == step]
-            points.append(self.point(f"step {step}", result, time_s=sync[-1]["end"]))
-        return self.write_report(points)
+            points.append(cost_point(self.ledger, f"step {step}", result, time_s=sync[-1]["end"]))
+        return write_run_report(self.run_directory, self.describe(), points)

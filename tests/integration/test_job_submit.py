@@ -21,7 +21,8 @@ from fpa_ray.evaluation import score
 from fpa_ray.local_cluster import free_port, stop
 from fpa_ray.main import main
 from fpa_ray.metrics import SPECS
-from fpa_ray.pipelines.offline import OfflinePipeline, StageInputsChanged
+from fpa_ray.pipelines.offline import OfflinePipeline
+from fpa_ray.run_directory import StageInputsChanged
 from tests.helpers import jobs
 from tests.helpers.small_run import GRPO_SMALL, SMALL
 

@@ -12,7 +12,8 @@ from fpa_ray.config import TinyModelConfig, load_config
 from fpa_ray.data.builder import build_pairs, build_unpaired, content_hash, cut_at_divergence
 from fpa_ray.data.synthetic import SyntheticTaskConfig, generate
 from fpa_ray.evaluation import paired_difference, score, score_by_benchmark, total_gain_loss
-from fpa_ray.pipelines.offline import OfflinePipeline, curve_point
+from fpa_ray.evaluation.run_report import curve_point
+from fpa_ray.pipelines.offline import OfflinePipeline
 from fpa_ray.run_files import write_json
 from fpa_ray.tiny import build_tiny_policy
 
