@@ -40,9 +40,9 @@ CELLS = {
     "p1-lr2e-4-kl0.04": ([*BIG, *FRESH, "learner.lr=2e-4", "objective.params={clip_eps: 0.2, kl_coef: 0.04}", "grpo.steps=25",
                           "grpo.eval_every=25"], "4x the lr, held near the warm start by a KL term"),
     "p3-t0.7-lr5e-5-40": ([*BIG, *FRESH, "sampler.temperature=0.7", "learner.lr=5e-5", "grpo.steps=40", "grpo.eval_every=10"],
-                          "p2 for longer, evaluated every 10 steps: does the gain hold"),
+                          "p2 for longer, evaluated every 10 steps, the learner scoring tokens at the rollouts' T=0.7 (p1, p2: at T=1)"),
     "p4-t0.7-lr5e-5-seed1": ([*BIG, *FRESH, "sampler.temperature=0.7", "learner.lr=5e-5", "grpo.steps=25", "grpo.eval_every=25", "seed=1"],
-                             "p2 on another seed (other prompts, other samples)"),
+                             "p3's first 25 steps on another seed (other prompts, other samples)"),
 }
 
 

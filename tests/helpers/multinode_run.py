@@ -2,13 +2,10 @@
 cluster (fpa_ray.local_cluster: a head without CPUs, a sampler, a verifier and a learner node) and on
 it, through `ray job submit`:
 
-1. `placed`: the small offline job, each pool asking for its node's role resource. Its learner node
-   is SIGKILLed after the first checkpoint and not replaced: the job must fail saying what the
-   learner lacks. The node is replaced and the same command submitted again: it must resume.
+1. `placed`: the small offline job, each pool asking for its node's role resource, uninterrupted.
 2. `lost`: the same job with the pools placed anywhere on the three worker nodes, and the node
    running the stage's actor SIGKILLed in the middle of generate, verify and train; each lost node
    is replaced once its stage has finished on the others.
-3. `grpo`: the small GRPO job, the node running its rollout worker SIGKILLed after the first step.
 
 What happened is written as JSON: each kill (stage, progress at the kill, what ran on the node), each
 job's status and logs, and the state API's nodes and actors (dead ones included).
@@ -28,14 +25,12 @@ from pathlib import Path
 
 from fpa_ray import local_cluster
 from tests.helpers import jobs
-from tests.helpers.small_run import GRPO_SMALL, SMALL
+from tests.helpers.small_run import SMALL
 
 PLACED = ["sampler.resources={sampler_node: 1}", "verifier.resources={verifier_node: 1}", "learner.resources={learner_node: 1}"]
 # Twenty steps of ~0.15 s with a checkpoint every two: a node lost mid-train leaves one to resume from.
 TRAIN = ["learner.max_steps=20", "learner.checkpoint_every=2"]
-# The learner's lost node not replaced: two starts of 10 s each, then the error.
-UNRECOVERABLE = ["learner.max_failures=1", "learner.start_timeout_s=10"]
-SAMPLER, VERIFIER, TRAINER, ROLLOUT = "SamplerActor", "VerifierActor", "RayTrainWorker", "RolloutWorker"
+SAMPLER, VERIFIER, TRAINER = "SamplerActor", "VerifierActor", "RayTrainWorker"
 
 
 def finished_stages(run: Path) -> set[str]:
@@ -147,21 +142,10 @@ def wait_for_nodes(cluster) -> None:
 
 
 def placed(cluster, runs: Path) -> dict:
-    command = ["run", "name=placed", f"output_dir={runs}", *SMALL, *PLACED, *TRAIN, *UNRECOVERABLE]
-    run = runs / "placed"
-    job_id = submit(cluster, *command)
-    checkpointed = lambda: registered_checkpoints(run) or None  # noqa: E731
-    events = follow(cluster, job_id, run, [("train", TRAINER, checkpointed)], replace=False)
-    failed = job_record(cluster, job_id)
-    kept = {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.glob("round_1/*/manifest.json")}
-    replace_lost(cluster, events)
-    again = jobs.submit(cluster.env, cluster.dashboard, *command)
-    job_id2 = re.search(r"(raysubmit_\w+)", again.stdout + again.stderr)
+    job_id = submit(cluster, "run", "name=placed", f"output_dir={runs}", *SMALL, *PLACED, *TRAIN)
+    follow(cluster, job_id, runs / "placed", [])
     time.sleep(2)  # the state API lists an actor that has exited a moment later
-    return {"events": events, "failed": failed, "kept": kept, "rerun": {"returncode": again.returncode, "output": again.stdout + again.stderr,
-            "job": job_record(cluster, job_id2.group(1)) if job_id2 else None},
-            "mtimes": {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.glob("round_1/*/manifest.json")},
-            "nodes": local_cluster.state(cluster, "nodes"), "actors": local_cluster.state(cluster, "actors")}
+    return {"job": job_record(cluster, job_id), "nodes": local_cluster.state(cluster, "nodes"), "actors": local_cluster.state(cluster, "actors")}
 
 
 def lost(cluster, runs: Path) -> dict:
@@ -177,19 +161,6 @@ def lost(cluster, runs: Path) -> dict:
     return {"events": events, "job": job_record(cluster, job_id)}
 
 
-def grpo(cluster, runs: Path) -> dict:
-    run = runs / "grpo"
-    # One step off: the node goes while the sampler generates step 1's rollout, requested before step 0 trains,
-    # or as the first weight sync opens its group: the learner waits 20 s for the lost sampler, not the default 120.
-    job_id = submit(cluster, "grpo", "name=grpo", f"output_dir={runs}", *SMALL, *GRPO_SMALL, "grpo.sync_join_timeout_s=20",
-                    "grpo.layout=split-async")
-    rollouts = run / "online" / "rollouts"
-    triggers = [("grpo", ROLLOUT, lambda: 1 if (rollouts / "step-00000.parquet").exists() else None)]
-    events = follow(cluster, job_id, run, triggers, replace=False)
-    replace_lost(cluster, events)
-    return {"events": events, "job": job_record(cluster, job_id)}
-
-
 def main(out: Path, runs: Path, cache: Path) -> int:
     # A SIGTERM (the test's time limit) ends the run through `finally`: a cluster left behind would go
     # on running its jobs on the test session's cores.
@@ -199,8 +170,7 @@ def main(out: Path, runs: Path, cache: Path) -> int:
     cluster = local_cluster.start(temp_dir=temp_dir, env={"FPA_RAY_CACHE": str(cache)})
     result, times = {}, {}
     try:
-        for name, part in (("placed", lambda: placed(cluster, runs)), ("lost", lambda: lost(cluster, runs)),
-                           ("grpo", lambda: grpo(cluster, runs))):
+        for name, part in (("placed", lambda: placed(cluster, runs)), ("lost", lambda: lost(cluster, runs))):
             began = time.time()
             result[name] = part()
             times[name] = time.time() - began

@@ -2,15 +2,15 @@
 CPUs and a sampler, a verifier and a learner node, each with its own CPUs, object store and role
 resource), in a network namespace of its own with only the loopback, submitted with `ray job
 submit`, with worker nodes SIGKILLed under them (tests/helpers/multinode_run.py runs it all
-once; each test here checks one part of that run):
+once; each test here checks one part of that run; a learner whose node is lost and not replaced is
+test_learner.py's LearnerUnschedulable test):
 
-- placed: each pool on its own node and the driver on the head; the learner's node lost and not
-  replaced fails the job saying so, and the same command resumes once the node is back;
+- placed: each pool on its own node and the driver on the head, uninterrupted;
 - lost: the node under generate, verify and train killed in turn; each stage ends on the other nodes
-  with every sample and verdict exactly once, and training with the weights of the placed run (its
-  learner lost another way, and resumed by the rerun);
-- grpo: the node of the rollout worker killed after the first step (one step off: mid-rollout of the
-  second); the loop goes on.
+  with every sample and verdict exactly once, and training with the weights of the placed run;
+
+A GRPO sampler killed under the loop is test_grpo_layouts.py's (on the session's cluster: the same
+controller restarts its pools whether an actor or its node died).
 """
 
 import json
@@ -77,40 +77,20 @@ def _steps(train_dir: Path) -> list[int]:
 def test_each_pool_runs_on_its_own_node_and_the_driver_on_the_head(cluster_run):
     result, runs = cluster_run
     placed = result["placed"]
-    assert placed["rerun"]["job"]["status"] == "SUCCEEDED", placed["rerun"]["output"][-3000:]
+    assert placed["job"]["status"] == "SUCCEEDED", placed["job"]["logs"][-3000:]
     roles = {n["node_id"]: next((r.removesuffix("_node") for r in n["resources_total"] if r.endswith("_node")), "head")
              for n in placed["nodes"] if n.get("resources_total")}
-    roles.update({e["node_id"]: e["role"] for e in placed["events"]})  # the lost node, dead by now
     placed_on: dict[str, set[str]] = {}
-    for actor in placed["actors"]:  # both attempts' (dead ones included)
+    for actor in placed["actors"]:
         placed_on.setdefault(actor["class_name"], set()).add(roles[actor["node_id"]])
     samplers = {r for name, rs in placed_on.items() if "SamplerActor" in name for r in rs}
     verifiers = {r for name, rs in placed_on.items() if "VerifierActor" in name for r in rs}
     assert samplers == {"sampler"} and verifiers == {"verifier"}, placed_on  # generation and evaluation alike
     assert placed_on["RayTrainWorker"] == {"learner"}, placed_on
-    assert roles[placed["failed"]["driver_node_id"]] == roles[placed["rerun"]["job"]["driver_node_id"]] == "head"
+    assert roles[placed["job"]["driver_node_id"]] == "head"
     run = runs / "placed"
     assert [p["point"] for p in json.loads((run / "curve.json").read_text())["points"]] == ["start", "after round 1"]
-
-
-def test_a_learner_without_the_nodes_it_needs_fails_saying_so_and_the_same_command_resumes(cluster_run):
-    result, runs = cluster_run
-    placed, run = result["placed"], runs / "placed"
-    lost = _event(placed, "train")
-    assert lost["role"] == "learner" and "RayTrainWorker" in lost["actors"]
-    assert placed["failed"]["status"] == "FAILED"
-    logs = placed["failed"]["logs"]
-    assert "LearnerUnschedulable" in logs and "did not start within learner.start_timeout_s=10 s in 2 tries" in logs, logs[-3000:]
-    assert "room for 0 such workers" in logs and "'learner_node': 1.0" in logs
-    rerun = placed["rerun"]["output"]
-    for stage in ("samples", "verified", "dataset"):  # not redone: the same manifests, untouched
-        assert f"[round_1/{stage}] done earlier: reusing it" in rerun
-        assert placed["mtimes"][f"round_1/{stage}/manifest.json"] == placed["kept"][f"round_1/{stage}/manifest.json"]
-    # training resumed from the first attempt's last checkpoint: those steps were not run again
-    train = run / "round_1" / "train"
-    metrics = [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines() if line]
-    assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))
-    assert metrics[0]["time"] < lost["time"] < metrics[-1]["time"]
+    assert _steps(run / "round_1" / "train") == list(range(1, STEPS + 1))
 
 
 def test_a_node_lost_mid_generate_loses_and_duplicates_no_sample(cluster_run):
@@ -139,10 +119,9 @@ def test_a_node_lost_mid_verify_gives_every_sample_exactly_one_verdict(cluster_r
     assert rewards(verified) == rewards(placed)
 
 
-def test_a_node_lost_mid_train_resumes_to_the_weights_of_the_run_that_lost_its_learner_another_way(cluster_run):
-    """The two runs train on the same dataset (the same samples and verdicts, asserted above) and each lost its
-    learner's node after a checkpoint: `lost` restarted in the job, `placed` in a rerun. Resuming to the weights of
-    an uninterrupted run is the learner's own test (tests/integration/test_learner.py, for DDP and ZeRO-2/3)."""
+def test_a_node_lost_mid_train_resumes_to_the_weights_of_the_uninterrupted_run(cluster_run):
+    """The two runs train on the same dataset (the same samples and verdicts, asserted above); `lost` lost its
+    learner's node after a checkpoint and restarted in the job, `placed` ran through."""
     result, runs = cluster_run
     lost = _event(result["lost"], "train")
     assert "RayTrainWorker" in lost["actors"]
@@ -154,7 +133,7 @@ def test_a_node_lost_mid_train_resumes_to_the_weights_of_the_run_that_lost_its_l
     ledger = [json.loads(line) for line in (runs / "lost" / "ledger.jsonl").read_text().splitlines()]
     assert all(e["cluster"]["hosts"] == 1 and e["node_seconds"] == pytest.approx(e["wall_s"]) for e in ledger)
     assert max(e["cluster"]["cpus"] for e in ledger) > max(e["cpus"] for e in ledger)  # the cluster's CPUs, not the stage's
-    assert _max_weight_difference(train / "policy", other / "policy") <= 2e-6  # each was within 1e-6 of an uninterrupted run
+    assert _max_weight_difference(train / "policy", other / "policy") <= 1e-6
     losses = lambda d: [json.loads(line)["loss"] for line in (d / "metrics.jsonl").read_text().splitlines() if line]  # noqa: E731
     assert losses(train) == pytest.approx(losses(other), rel=1e-6)
 
@@ -167,28 +146,3 @@ def test_the_evaluation_on_the_cluster_scores_every_sample_once(cluster_run):
         assert len(keys) == EVAL_PROBLEMS * EVAL_SAMPLES and set(keys.values()) == {1}
         score = json.loads((evaluation / "manifest.json").read_text())["score"]
         assert score == json.loads((runs / "placed" / f"eval_{label}" / "manifest.json").read_text())["score"]
-
-
-def test_a_node_lost_mid_grpo_and_the_loop_goes_on_from_the_latest_weights(cluster_run):
-    result, runs = cluster_run
-    grpo = result["grpo"]
-    lost = _event(grpo, "grpo")
-    assert "RolloutWorker" in lost["actors"]
-    assert grpo["job"]["status"] == "SUCCEEDED", grpo["job"]["logs"][-3000:]
-    online = runs / "grpo" / "online"
-    rollouts = sorted((online / "rollouts").glob("step-*.parquet"))
-    assert [p.name for p in rollouts] == ["step-00000.parquet", "step-00001.parquet", "step-00002.parquet"]
-    for step, path in enumerate(rollouts):
-        frame = pd.read_parquet(path)
-        keys = _keys(frame)
-        assert len(keys) == 8 * N and set(keys.values()) == {1}  # grpo.prompts_per_step x G, each once
-        # one step off: steps 0 and 1 sampled by the start's weights, each later one by the weights the
-        # learner sent two steps before it (after the kill too: the retried rollout is the same)
-        if step < 2:
-            assert not any("@step" in policy for policy in frame["policy"]), set(frame["policy"])
-        else:
-            assert set(frame["policy"]) == {f"{online}@step{step - 1}"}, set(frame["policy"])
-    metrics = [json.loads(line) for line in (online / "metrics.jsonl").read_text().splitlines() if line]
-    assert [m["step"] for m in metrics] == list(range(1, len(metrics) + 1))  # optimizer steps, each once
-    assert sorted({m["rollout_step"] for m in metrics}) == [1, 2, 3]
-    assert [m["staleness"] for m in metrics] == [0.0 if m["rollout_step"] == 1 else 1.0 for m in metrics]

@@ -71,7 +71,7 @@ def test_rollout_advantages_and_an_in_place_sync_round_trip_on_the_real_pools(ra
 
     # The default, grpo.weight_sync=collective: this process as the learner's rank 0 broadcasts over gloo
     # to the sampler's vLLM worker. (A sampler lost after it comes back on its start weights, which only the
-    # learner holds, and the learner sends them again: the 4-node test loses a rollout worker's node so.)
+    # learner holds, and the learner sends them again: test_grpo_layouts.py kills a rollout worker under the loop.)
     state = model.state_dict()
     address = weight_group.new_address("test-weights", 1 + ray_cluster.get(controller.weight_group_ranks.remote()), "gloo")
     joined = controller.open_weight_group.remote(address)

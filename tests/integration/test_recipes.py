@@ -2,11 +2,13 @@
 
 Each recipe in configs/ is loaded as shipped, and only what a CPU cannot hold is overridden
 (`cpu_overrides`: the tiny policy for the hub model, synthetic prompts for hub datasets, short
-lengths, no GPUs, 2 learner workers, one sampler and one verifier actor). The pools as shipped
-(every sampler, every learner worker, each holding its GPU) run too, on the session cluster's
-logical GPUs (tests/integration/conftest.py): the offline recipes share one pool layout and the
-GRPO recipes another, so one run of each (`LAYOUT_RUNS`) covers them; those runs shrink only the
-CPUs each actor asks for and the verifier pool, which holds CPUs alone. Everything else stays as
+lengths, no GPUs, 2 learner workers, one sampler and one verifier actor). The actors as shipped,
+each holding its GPU, run too, on the session cluster's logical GPUs (tests/integration/conftest.py):
+the offline recipes share one pool layout and the GRPO recipes another, so one run of each
+(`LAYOUT_RUNS`) covers them. The GRPO run keeps its pools' sizes (4 samplers, 4 learner workers and a
+verifier at once); the offline run's pools are 2 + 2 of the shipped 8 + 8 (8 vLLM engines, then 8
+DeepSpeed workers, took ~3 minutes on 2 cores: the same actors and code, 4x over). Those runs shrink
+the CPUs each actor asks for and the verifier pool, which holds CPUs alone. Everything else stays as
 shipped and is asserted to: strategy, ZeRO stage, the accumulation steps the recipe implies, bf16
 (DeepSpeed's bf16 mode on CPU), FPA mode and chunk size, objective and its parameters, sampler,
 verifier and evaluation settings. Then one offline round runs (GRPO: 2 steps), to its report in the
@@ -44,11 +46,19 @@ WORKERS = 2
 TINY_POLICY = ["policy.name_or_path=tiny", *(o for o in SMALL + GRPO_SMALL if o.startswith(("policy.sft.", "data.synthetic")))]
 
 
-# The recipe whose run keeps its pools as shipped, for each pool layout (asserted to be shared below).
+# The recipe whose run keeps each actor's GPUs as shipped, for each pool layout (asserted to be shared below);
+# the offline one with OFFLINE_LAYOUT_ACTORS samplers and learner workers, the GRPO one with every actor.
 LAYOUT_RUNS = ("qwen25-math-7b-rpo", "qwen25-math-7b-grpo")
-# GRPO's layout run takes 4 accumulation steps, not the recipe's 16: its 4 learners would otherwise train
-# 4x the rows of the shrunk runs. The DAPO run keeps the 16 of the same learner section.
-GRPO_LAYOUT_ACCUMULATION = 4
+OFFLINE_LAYOUT_ACTORS = 2
+# GRPO's layout run takes 1 accumulation step, not the recipe's 16: 8 rows per optimizer step (4 workers x 2),
+# 4 prompts x 8 samples per rollout, not 16x that. The DAPO run keeps the 16 of the same learner section.
+GRPO_LAYOUT_ACCUMULATION = 1
+
+
+def per_actor(config: RunConfig) -> dict:
+    """What each actor of a run's pools holds: GPUs, tensor parallelism, custom resources."""
+    return {"sampler": config.sampler.model_dump(include={"gpus_per_actor", "tensor_parallel_size", "resources"}),
+            "learner": config.learner.model_dump(include={"gpus_per_worker", "resources"})}
 
 
 def pool_layout(config: RunConfig) -> dict:
@@ -60,16 +70,19 @@ def pool_layout(config: RunConfig) -> dict:
 
 def cpu_overrides(recipe: RunConfig, shipped_layout: bool = False) -> list[str]:
     """What a 2-core CPU cannot hold, each with its reason; nothing else of the recipe changes.
-    `shipped_layout`: every actor count and GPU as the recipe ships them, each actor asking for a
-    quarter of one of the 4 logical CPUs (8 + 8 actors, or GRPO's 4 + 4 + a verifier held at once)."""
+    `shipped_layout`: every actor's GPUs as the recipe ships them; GRPO's 4 + 4 + a verifier held at
+    once, each asking for a quarter of one of the 4 logical CPUs; offline, 2 samplers then 2 learner
+    workers, a CPU each."""
     learner = recipe.learner
     micro = learner.micro_batch_size
-    workers = learner.num_workers if shipped_layout else WORKERS
-    accumulation = learner.accumulation_steps
-    if shipped_layout and recipe.objective.name == "grpo":
-        accumulation = GRPO_LAYOUT_ACCUMULATION
-    if shipped_layout:
+    grpo_layout = shipped_layout and recipe.objective.name == "grpo"
+    workers = learner.num_workers if grpo_layout else WORKERS
+    accumulation = GRPO_LAYOUT_ACCUMULATION if grpo_layout else learner.accumulation_steps
+    if grpo_layout:
         pools = ["sampler.cpus_per_actor=0.25", "learner.cpus_per_worker=0.25", "verifier.num_actors=1"]
+    elif shipped_layout:
+        pools = [f"sampler.num_actors={OFFLINE_LAYOUT_ACTORS}", "sampler.cpus_per_actor=1", f"learner.num_workers={OFFLINE_LAYOUT_ACTORS}",
+                 "learner.cpus_per_worker=1", "verifier.num_actors=1"]
     elif recipe.grpo.layout == "colocated":  # an engine in each learner's bundle: 2 x (0.5 + 0.5) + the verifier's 1 CPU
         pools = [f"sampler.num_actors={WORKERS}", "sampler.cpus_per_actor=0.5", "sampler.gpus_per_actor=0", "verifier.num_actors=1",
                  f"learner.num_workers={WORKERS}", "learner.cpus_per_worker=0.5", "learner.gpus_per_worker=0"]
@@ -146,7 +159,8 @@ def cpu_config(recipe_name: str, output_dir, shipped_layout: bool = False) -> Ru
     content = load_config(recipe_name, [*overrides, "name=x"]).model_dump(mode="json", exclude={"name"})
     config = load_config(recipe_name, [*overrides, f"name=recipe-{recipe.objective.name}-{_digest(content)}"])
     assert _kept(config) == kept, "a CPU override changed a setting the recipe ships"
-    assert (pool_layout(config) == pool_layout(recipe)) == shipped_layout
+    assert (per_actor(config) == per_actor(recipe)) == shipped_layout
+    assert (pool_layout(config) == pool_layout(recipe)) == (shipped_layout and recipe.objective.name == "grpo")
     assert recipe.evaluation.model_dump(exclude={"max_new_tokens"}) == load_config(LAYOUT_RUNS[0]).evaluation.model_dump(exclude={"max_new_tokens"})
     return config
 
@@ -210,7 +224,7 @@ def test_qwen_and_llama_recipes_differ_only_in_what_the_cpu_replaces(recipe_runs
 
 GRPO_RECIPES = ["qwen25-math-7b-dapo", "qwen25-math-7b-grpo", "qwen25-math-7b-grpo-colocated"]
 # Not run with its pools as shipped: 8 vLLM engines and 8 ZeRO-3 workers at once do not fit this machine's
-# memory; its shrunk run has 2 of each, colocated.
+# memory; its shrunk run (2 of each, colocated) is the colocated layout's test, test_grpo_layouts.py.
 COLOCATED_RECIPE = "qwen25-math-7b-grpo-colocated"
 
 
@@ -221,6 +235,7 @@ def test_the_recipes_share_two_pool_layouts_each_run_as_shipped():
     assert all(layouts[name] == layouts[LAYOUT_RUNS[0]] for name in offline) and LAYOUT_RUNS[0] in offline
     assert all(layouts[name] == layouts[LAYOUT_RUNS[1]] for name in online) and LAYOUT_RUNS[1] in online
     assert layouts[LAYOUT_RUNS[0]]["sampler"]["num_actors"] == layouts[LAYOUT_RUNS[0]]["learner"]["num_workers"] == 8  # the whole node, stage by stage
+    assert all(layouts[name]["sampler"]["gpus_per_actor"] == layouts[name]["learner"]["gpus_per_worker"] == 1 for name in layouts)
 
 
 def test_a_gpu_recipe_that_the_cluster_cannot_hold_fails_before_any_stage_naming_its_pools(ray_cluster, tmp_path, capsys):
@@ -233,20 +248,20 @@ def test_a_gpu_recipe_that_the_cluster_cannot_hold_fails_before_any_stage_naming
     assert not any(tmp_path.iterdir())  # no run directory, no stage started
 
 
-def test_the_offline_recipes_pools_run_as_shipped_on_logical_gpus(ray_cluster, recipe_runs, cache):
+def test_the_offline_recipes_actors_hold_their_gpus_as_shipped_on_logical_gpus(ray_cluster, recipe_runs, cache):
     config = cpu_config(LAYOUT_RUNS[0], recipe_runs, shipped_layout=True)
     pipeline = OfflinePipeline(config, log=lambda line: None)
-    pipeline.prepare()  # the fit check: 8 x {CPU: 0.25, GPU: 1} per stage on 4 CPUs and 8 GPUs
+    pipeline.prepare()  # the fit check: 2 x {CPU: 1, GPU: 1} per stage on 4 CPUs and 8 GPUs
     policy = pipeline.initial_policy()
-    samples = pipeline.generate(1, policy)  # Ray Data's pool of 8 actors holding a GPU each
-    pipeline.train(1, pipeline.build(1, pipeline.verify(1, samples)), policy)  # Ray Train: 8 workers with use_gpu, ZeRO-3
+    samples = pipeline.generate(1, policy)  # Ray Data's pool of actors holding a GPU each
+    pipeline.train(1, pipeline.build(1, pipeline.verify(1, samples)), policy)  # Ray Train: workers with use_gpu, ZeRO-3
     run = pipeline.run_dir
     manifest = json.loads((samples / "manifest.json").read_text())
     assert manifest["complete"] and manifest["rows"] == 64 * config.sampler.n and len(manifest["timing"]["actors"]) >= 2
     metrics = [json.loads(line) for line in (run / "round_1" / "train" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == [1] and metrics[0]["num_units"] == 64 and metrics[0]["grad_norm"] > 0
+    assert [m["step"] for m in metrics] == [1] and metrics[0]["num_units"] == config.learner.global_batch_size and metrics[0]["grad_norm"] > 0
     ledger = {e["stage"]: e for e in map(json.loads, (run / "ledger.jsonl").read_text().splitlines())}
-    assert ledger["generate"]["gpus"] == ledger["train"]["gpus"] == 8 and ledger["train"]["completed"]  # charged as held
+    assert ledger["generate"]["gpus"] == ledger["train"]["gpus"] == OFFLINE_LAYOUT_ACTORS and ledger["train"]["completed"]  # charged as held
 
 
 @pytest.mark.parametrize("recipe_name", [name for name in GPU_RECIPES if name not in GRPO_RECIPES])
@@ -281,7 +296,7 @@ def test_offline_recipe_runs_one_round_with_its_own_settings(ray_cluster, recipe
     assert train["cpus"] == config.learner.num_workers * config.learner.cpus_per_worker and train["completed"]
 
 
-@pytest.mark.parametrize("recipe_name", GRPO_RECIPES)
+@pytest.mark.parametrize("recipe_name", [name for name in GRPO_RECIPES if name != COLOCATED_RECIPE])
 def test_grpo_recipe_runs_two_steps_with_its_own_settings(ray_cluster, recipe_runs, cache, recipe_name):
     import pyarrow.parquet as pq
 
@@ -299,20 +314,16 @@ def test_grpo_recipe_runs_two_steps_with_its_own_settings(ray_cluster, recipe_ru
     assert [m["rollout_step"] for m in metrics] == [1] * 4 + [2] * 4  # 4 optimizer steps per rollout, as shipped
     busy = json.loads((run / "online" / "busy.json").read_text())
     assert busy["layout"] == shipped.grpo.layout and all(0 < busy[pool]["busy_share"] <= 1 for pool in ("sampler", "verifier", "learner"))
-    if shipped.grpo.layout == "colocated":  # on-policy; each engine slept through both steps' training
-        assert [m["staleness"] for m in metrics] == [0] * 8 and "tis_weight" not in metrics[0]
-        assert [len(naps) for naps in busy["engine_naps"]] == [2] * WORKERS
-    else:  # one step off: rollout 2 was asked for before step 1 trained, so the start's weights sampled it; its
-        # tokens' losses are weighted by the truncated importance ratio to the learner's policy before step 2
-        assert shipped.grpo.layout == "split-async" and shipped.grpo.max_staleness == 1
-        assert [m["staleness"] for m in metrics] == [0] * 4 + [1] * 4
-        assert all(0 < m["tis_weight"] <= shipped.grpo.tis_cap and 0 <= m["tis_clip_fraction"] <= 1 for m in metrics)
+    # One step off: rollout 2 was asked for before step 1 trained, so the start's weights sampled it; its
+    # tokens' losses are weighted by the truncated importance ratio to the learner's policy before step 2.
+    assert shipped.grpo.layout == "split-async" and shipped.grpo.max_staleness == 1
+    assert [m["staleness"] for m in metrics] == [0] * 4 + [1] * 4
+    assert all(0 < m["tis_weight"] <= shipped.grpo.tis_cap and 0 <= m["tis_clip_fraction"] <= 1 for m in metrics)
     assert all("dual_clip_fraction" in m for m in metrics)
     assert config.learner.padding_free  # as the offline recipes: packed rows, per-token advantages from each sequence
-    # Step 1's weights reached the samplers in place (broadcast over gloo, ZeRO-3 gathered; colocated: each
-    # worker's into its own engine, through the object store), probed in bf16; the DAPO run through the disk
-    # fallback, probed against the checkpoint it wrote.
-    assert shipped.grpo.weight_sync == ("same_device" if shipped.grpo.layout == "colocated" else "collective") and shipped.grpo.refresh_probe
+    # Step 1's weights reached the samplers in place (broadcast over gloo, ZeRO-3 gathered), probed in bf16; the
+    # DAPO run through the disk fallback, probed against the checkpoint it wrote.
+    assert shipped.grpo.weight_sync == "collective" and shipped.grpo.refresh_probe
     assert all(0 < m["sync_probe_gap"] < shipped.grpo.probe_tolerance for m in metrics if m["rollout_step"] == 2)
     assert (run / "online" / "weights").exists() == (config.grpo.weight_sync == "disk")  # no checkpoint on disk on the hot path
     if recipe_name in LAYOUT_RUNS:  # 4 samplers and 4 learner workers holding a GPU each, all charged to every phase
