@@ -1,13 +1,10 @@
 """Run inside a network namespace of its own (`unshare -n`, by test_multinode.py): a four-node local
 cluster (fpa_ray.local_cluster: a head without CPUs, a sampler, a verifier and a learner node) and on
-it, through `ray job submit`:
+it, through `ray job submit`, the small offline job with each pool asking for its node's role
+resource, and the node running the stage's actor SIGKILLed in the middle of generate, verify and
+train; each lost node is replaced at once (as KubeRay starts a new pod), and its pool goes on there.
 
-1. `placed`: the small offline job, each pool asking for its node's role resource, uninterrupted.
-2. `lost`: the same job with the pools placed anywhere on the three worker nodes, and the node
-   running the stage's actor SIGKILLed in the middle of generate, verify and train; each lost node
-   is replaced once its stage has finished on the others.
-
-What happened is written as JSON: each kill (stage, progress at the kill, what ran on the node), each
+What happened is written as JSON: each kill (stage, progress at the kill, what ran on the node), the
 job's status and logs, and the state API's nodes and actors (dead ones included).
 
     python -m tests.helpers.multinode_run OUT.json RUNS_DIR CACHE_DIR
@@ -30,6 +27,7 @@ from tests.helpers.small_run import SMALL
 PLACED = ["sampler.resources={sampler_node: 1}", "verifier.resources={verifier_node: 1}", "learner.resources={learner_node: 1}"]
 # Twenty steps of ~0.15 s with a checkpoint every two: a node lost mid-train leaves one to resume from.
 TRAIN = ["learner.max_steps=20", "learner.checkpoint_every=2"]
+RUN = "lost-nodes"  # the run directory's name under RUNS_DIR
 SAMPLER, VERIFIER, TRAINER = "SamplerActor", "VerifierActor", "RayTrainWorker"
 
 
@@ -70,14 +68,14 @@ def victim(cluster, kind: str) -> dict | None:
     return {"node": node, "actors": sorted(a["class_name"] for a in actors if a["node_id"] == node.node_id)}
 
 
-def follow(cluster, job_id: str, run: Path, triggers: list, replace: bool = True) -> list[dict]:
-    """Poll the job until it ends; at each trigger's moment kill the node of the actor it names.
-    A trigger is (stage, actor kind, progress function: a value once the moment has come, else None).
-    The victim is looked up over and over on a thread of its own, so the kill follows the moment
-    within one poll of the moment (a few ms) rather than one state API call (up to seconds on two
-    busy cores: a train stage of 3 s had ended before the kill). With `replace`, each lost node is
-    replaced once its stage has finished."""
-    events, pending, armed, done = [], [], {}, threading.Event()
+def follow(cluster, job_id: str, triggers: list) -> list[dict]:
+    """Poll the job until it ends; at each trigger's moment kill the node of the actor it names and
+    start its replacement. A trigger is (stage, actor kind, progress function: a value once the moment
+    has come, else None). The victim is looked up over and over on a thread of its own, so the kill
+    follows the moment within one poll of the moment (a few ms) rather than one state API call (up to
+    seconds on two busy cores: a train stage of 3 s had ended before the kill). The replacement starts
+    on a thread too: `ray start` takes seconds, and the next stage's moment must not wait for it."""
+    events, armed, done, replacements = [], {}, threading.Event(), []
 
     def watch():
         while not done.is_set():
@@ -95,10 +93,6 @@ def follow(cluster, job_id: str, run: Path, triggers: list, replace: bool = True
                 if jobs.get(f"{cluster.dashboard}/api/jobs/{job_id}")["status"] not in ("PENDING", "RUNNING"):
                     break
                 checked = time.time()
-                for stage, spec in list(pending):
-                    if stage in finished_stages(run):
-                        local_cluster.add_node(cluster, spec)
-                        pending.remove((stage, spec))
             target = armed.get(len(events)) if triggers else None
             if target and not target["node"].raylet.is_running():  # found just before the last kill, on its node
                 target = None
@@ -108,14 +102,15 @@ def follow(cluster, job_id: str, run: Path, triggers: list, replace: bool = True
                 events.append({"stage": stage, "node_id": target["node"].node_id, "role": target["node"].spec.role,
                                "progress": moment, "actors": target["actors"], "time": time.time()})
                 local_cluster.kill_node(cluster, target["node"])
-                if replace:
-                    pending.append((stage, target["node"].spec))
+                replacement = threading.Thread(target=local_cluster.add_node, args=(cluster, target["node"].spec))
+                replacement.start()
+                replacements.append(replacement)
             time.sleep(0.02)
     finally:
         done.set()
         watcher.join()
-    for _, spec in pending:  # the job ended before the stage's entry: bring the cluster back to its size
-        local_cluster.add_node(cluster, spec)
+        for replacement in replacements:
+            replacement.join()
     return events
 
 
@@ -130,35 +125,19 @@ def submit(cluster, *command) -> str:
     return re.search(r"(raysubmit_\w+)", started.stdout + started.stderr).group(1)
 
 
-def replace_lost(cluster, events: list[dict]) -> None:
-    """A new node for each one `events` lost, and wait until the cluster is back to its size."""
-    for event in events:
-        local_cluster.add_node(cluster, next(s for s in cluster.nodes if s.role == event["role"]))
-    wait_for_nodes(cluster)
-
-
-def wait_for_nodes(cluster) -> None:
-    local_cluster.wait_for_nodes(cluster, len(cluster.nodes))
-
-
-def placed(cluster, runs: Path) -> dict:
-    job_id = submit(cluster, "run", "name=placed", f"output_dir={runs}", *SMALL, *PLACED, *TRAIN)
-    follow(cluster, job_id, runs / "placed", [])
-    time.sleep(2)  # the state API lists an actor that has exited a moment later
-    return {"job": job_record(cluster, job_id), "nodes": local_cluster.state(cluster, "nodes"), "actors": local_cluster.state(cluster, "actors")}
-
-
-def lost(cluster, runs: Path) -> dict:
-    run = runs / "lost"
-    job_id = submit(cluster, "run", "name=lost", f"output_dir={runs}", *SMALL, *TRAIN, "verifier.batch_size=32")
+def run_job(cluster, runs: Path) -> dict:
+    run = runs / RUN
+    job_id = submit(cluster, "run", f"name={RUN}", f"output_dir={runs}", *SMALL, *PLACED, *TRAIN, "verifier.batch_size=32")
     samples = run / "round_1" / "samples"
     triggers = [
         ("generate", SAMPLER, lambda: shards(samples) if 0 < shards(samples) < 4 else None),  # 4 shards of 16 prompts
         ("verify", VERIFIER, lambda: (finished_tasks(cluster, VERIFIER) or None) if "generate" in finished_stages(run) else None),
         ("train", TRAINER, lambda: registered_checkpoints(run) or None),
     ]
-    events = follow(cluster, job_id, run, triggers)
-    return {"events": events, "job": job_record(cluster, job_id)}
+    events = follow(cluster, job_id, triggers)
+    time.sleep(2)  # the state API lists an actor that has exited a moment later
+    return {"events": events, "job": job_record(cluster, job_id), "nodes": local_cluster.state(cluster, "nodes"),
+            "actors": local_cluster.state(cluster, "actors")}
 
 
 def main(out: Path, runs: Path, cache: Path) -> int:
@@ -168,14 +147,10 @@ def main(out: Path, runs: Path, cache: Path) -> int:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     temp_dir = tempfile.mkdtemp(prefix="/tmp/fmn")  # short: Ray's socket paths must fit in 107 bytes
     cluster = local_cluster.start(temp_dir=temp_dir, env={"FPA_RAY_CACHE": str(cache)})
-    result, times = {}, {}
     try:
-        for name, part in (("placed", lambda: placed(cluster, runs)), ("lost", lambda: lost(cluster, runs))):
-            began = time.time()
-            result[name] = part()
-            times[name] = time.time() - began
-            out.write_text(json.dumps({**result, "seconds": times}))  # what is done so far, if a later part hangs
-            wait_for_nodes(cluster)
+        began = time.time()
+        result = run_job(cluster, runs)
+        out.write_text(json.dumps({**result, "seconds": time.time() - began}))
     finally:
         local_cluster.stop(temp_dir)
     return 0

@@ -1,16 +1,14 @@
-"""The main jobs on a Ray cluster of four nodes on this machine (fpa_ray.local_cluster: a head without
+"""The main job on a Ray cluster of four nodes on this machine (fpa_ray.local_cluster: a head without
 CPUs and a sampler, a verifier and a learner node, each with its own CPUs, object store and role
 resource), in a network namespace of its own with only the loopback, submitted with `ray job
-submit`, with worker nodes SIGKILLed under them (tests/helpers/multinode_run.py runs it all
-once; each test here checks one part of that run; a learner whose node is lost and not replaced is
-test_learner.py's LearnerUnschedulable test):
-
-- placed: each pool on its own node and the driver on the head, uninterrupted;
-- lost: the node under generate, verify and train killed in turn; each stage ends on the other nodes
-  with every sample and verdict exactly once, and training with the weights of the placed run;
-
-A GRPO sampler killed under the loop is test_grpo_layouts.py's (on the session's cluster: the same
-controller restarts its pools whether an actor or its node died).
+submit`, each pool asking for its node's role resource, with the node under generate, verify and
+train SIGKILLed in turn and replaced (tests/helpers/multinode_run.py runs it once; each test here
+checks one part of that run). Each stage ends on the replacement with every sample and verdict
+exactly once and every training step once. That a restart gives the samples, verdicts and weights
+of an uninterrupted run is checked on the session's cluster, where the actor or worker dies the same
+way: test_sampler_stage.py, test_verifier_stage.py, test_learner.py (whose LearnerUnschedulable test
+is a learner whose node is lost and not replaced). A GRPO sampler killed under the loop is
+test_grpo_layouts.py's.
 """
 
 import json
@@ -21,9 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from safetensors.torch import load_file
 
-LIMIT_S = 1500  # s; alone, the run first builds the warm start (~4 min) that earlier tests of a full session built
+from tests.helpers.multinode_run import RUN
+
+LIMIT_S = 1200  # s; alone, the run first builds the warm start (~1 min) that earlier tests of a full session built
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(LIMIT_S)]
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS, N, EVAL_PROBLEMS, EVAL_SAMPLES, STEPS = 64, 8, 16, 2, 20  # small_run.SMALL, multinode_run.TRAIN
@@ -47,7 +46,7 @@ def cluster_run(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 process.kill()
     assert process.returncode == 0, output[-4000:]
-    return json.loads((out / "result.json").read_text()), runs
+    return json.loads((out / "result.json").read_text()), runs / RUN
 
 
 def _event(part: dict, stage: str) -> dict:
@@ -64,85 +63,63 @@ def _samples(directory: Path) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p) for p in sorted(directory.glob("shard-*.parquet"))])
 
 
-def _max_weight_difference(a: Path, b: Path) -> float:
-    x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
-    assert x.keys() == y.keys()
-    return max(float((x[k] - y[k]).abs().max()) for k in x)
-
-
-def _steps(train_dir: Path) -> list[int]:
-    return [json.loads(line)["step"] for line in (train_dir / "metrics.jsonl").read_text().splitlines() if line]
-
-
 def test_each_pool_runs_on_its_own_node_and_the_driver_on_the_head(cluster_run):
-    result, runs = cluster_run
-    placed = result["placed"]
-    assert placed["job"]["status"] == "SUCCEEDED", placed["job"]["logs"][-3000:]
+    result, run = cluster_run
+    assert result["job"]["status"] == "SUCCEEDED", result["job"]["logs"][-3000:]
     roles = {n["node_id"]: next((r.removesuffix("_node") for r in n["resources_total"] if r.endswith("_node")), "head")
-             for n in placed["nodes"] if n.get("resources_total")}
+             for n in result["nodes"] if n.get("resources_total")}
     placed_on: dict[str, set[str]] = {}
-    for actor in placed["actors"]:
+    for actor in result["actors"]:  # the lost nodes' actors too, and their replacements'
         placed_on.setdefault(actor["class_name"], set()).add(roles[actor["node_id"]])
     samplers = {r for name, rs in placed_on.items() if "SamplerActor" in name for r in rs}
     verifiers = {r for name, rs in placed_on.items() if "VerifierActor" in name for r in rs}
     assert samplers == {"sampler"} and verifiers == {"verifier"}, placed_on  # generation and evaluation alike
     assert placed_on["RayTrainWorker"] == {"learner"}, placed_on
-    assert roles[placed["job"]["driver_node_id"]] == "head"
-    run = runs / "placed"
+    assert roles[result["job"]["driver_node_id"]] == "head"
     assert [p["point"] for p in json.loads((run / "curve.json").read_text())["points"]] == ["start", "after round 1"]
-    assert _steps(run / "round_1" / "train") == list(range(1, STEPS + 1))
+    assert sorted(e["role"] for e in result["events"]) == ["learner", "sampler", "verifier"]  # one node of each role lost
+    assert sum(1 for n in result["nodes"] if n["state"] == "DEAD") == 3
 
 
 def test_a_node_lost_mid_generate_loses_and_duplicates_no_sample(cluster_run):
-    result, runs = cluster_run
-    lost = _event(result["lost"], "generate")
+    result, run = cluster_run
+    lost = _event(result, "generate")
     assert "SamplerActor" in " ".join(lost["actors"]) and 0 < lost["progress"] < PROMPTS // 16  # shards written at the kill
-    assert result["lost"]["job"]["status"] == "SUCCEEDED", result["lost"]["job"]["logs"][-3000:]
-    samples = _samples(runs / "lost" / "round_1" / "samples")
+    samples = _samples(run / "round_1" / "samples")
     keys = _keys(samples)
     assert len(keys) == PROMPTS * N and set(keys.values()) == {1}  # every prompt its N samples, each once
     assert Counter(samples["prompt_id"]).most_common()[-1][1] == N
-    # the same samples as the uninterrupted placed run's (seeded per prompt and index)
-    manifest = lambda run: json.loads((runs / run / "round_1" / "samples" / "manifest.json").read_text())["shards"]  # noqa: E731
-    assert manifest("lost") == manifest("placed")
 
 
 def test_a_node_lost_mid_verify_gives_every_sample_exactly_one_verdict(cluster_run):
-    result, runs = cluster_run
-    lost = _event(result["lost"], "verify")
+    result, run = cluster_run
+    lost = _event(result, "verify")
     assert "VerifierActor" in " ".join(lost["actors"]) and lost["progress"] >= 1  # batches graded before the kill
-    verified = pd.read_parquet(runs / "lost" / "round_1" / "verified" / "data")
+    verified = pd.read_parquet(run / "round_1" / "verified" / "data")
     keys = _keys(verified)
     assert len(keys) == PROMPTS * N and set(keys.values()) == {1}
-    placed = pd.read_parquet(runs / "placed" / "round_1" / "verified" / "data")
-    rewards = lambda frame: dict(zip(zip(frame["prompt_id"], frame["sample_index"]), frame["reward"]))  # noqa: E731
-    assert rewards(verified) == rewards(placed)
+    assert set(verified["status"]) <= {"correct", "incorrect", "unparseable"}  # graded, not lost to the kill as errors
 
 
-def test_a_node_lost_mid_train_resumes_to_the_weights_of_the_uninterrupted_run(cluster_run):
-    """The two runs train on the same dataset (the same samples and verdicts, asserted above); `lost` lost its
-    learner's node after a checkpoint and restarted in the job, `placed` ran through."""
-    result, runs = cluster_run
-    lost = _event(result["lost"], "train")
-    assert "RayTrainWorker" in lost["actors"]
-    train, other = runs / "lost" / "round_1" / "train", runs / "placed" / "round_1" / "train"
-    assert _steps(train) == list(range(1, STEPS + 1))  # each step logged once
-    assert json.loads((runs / "lost" / "round_1" / "dataset" / "manifest.json").read_text())["sha256"] == \
-        json.loads((runs / "placed" / "round_1" / "dataset" / "manifest.json").read_text())["sha256"]
+def test_a_node_lost_mid_train_resumes_from_its_checkpoint(cluster_run):
+    result, run = cluster_run
+    lost = _event(result, "train")
+    assert "RayTrainWorker" in lost["actors"] and lost["progress"] >= 1  # a checkpoint registered before the kill
+    metrics = [json.loads(line) for line in (run / "round_1" / "train" / "metrics.jsonl").read_text().splitlines() if line]
+    assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))  # each step logged once
+    # Resumed, not restarted: the steps up to the checkpoint kept the lines written before the kill.
+    before = [m["step"] for m in metrics if m["time"] < lost["time"]]
+    assert before and before == list(range(1, len(before) + 1)) and len(before) < STEPS, before
     # Four Ray nodes on one machine are one host: the job is charged one node-second per second.
-    ledger = [json.loads(line) for line in (runs / "lost" / "ledger.jsonl").read_text().splitlines()]
+    ledger = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
     assert all(e["cluster"]["hosts"] == 1 and e["node_seconds"] == pytest.approx(e["wall_s"]) for e in ledger)
     assert max(e["cluster"]["cpus"] for e in ledger) > max(e["cpus"] for e in ledger)  # the cluster's CPUs, not the stage's
-    assert _max_weight_difference(train / "policy", other / "policy") <= 1e-6
-    losses = lambda d: [json.loads(line)["loss"] for line in (d / "metrics.jsonl").read_text().splitlines() if line]  # noqa: E731
-    assert losses(train) == pytest.approx(losses(other), rel=1e-6)
 
 
 def test_the_evaluation_on_the_cluster_scores_every_sample_once(cluster_run):
-    _, runs = cluster_run
+    _, run = cluster_run
     for label in (0, 1):  # the start and round 1's policy
-        evaluation = runs / "lost" / f"eval_{label}"
+        evaluation = run / f"eval_{label}"
         keys = _keys(pd.read_parquet(evaluation / "verified" / "data"))
         assert len(keys) == EVAL_PROBLEMS * EVAL_SAMPLES and set(keys.values()) == {1}
-        score = json.loads((evaluation / "manifest.json").read_text())["score"]
-        assert score == json.loads((runs / "placed" / f"eval_{label}" / "manifest.json").read_text())["score"]
+        assert 0 <= json.loads((evaluation / "manifest.json").read_text())["score"]["pass_at_1"] <= 1
