@@ -4,8 +4,8 @@
    1 worker x 1 micro-batch, whatever the split into 1 or 2 workers x 1, 2 or 4 accumulation steps
    (down to micro-batches of one row), for FPA-RPO; every other objective, with and without FPA, on
    DDP and ZeRO-3 (every recipe's) at 2 workers x 4 (ZeRO-1/2 shard only the optimizer's state and
-   gradients, whatever the objective computed). Adam's first
-   update is about lr * sign(g), so the gradient's size is checked through the pre-clip norm.
+   gradients, whatever the objective computed). Adam's first update is about lr * sign(g), so the
+   gradient's size is checked through the pre-clip norm.
    Padding-free rows with a token budget, on 2 workers whose rows need different numbers of
    micro-batches (cut to the same count), take that same step too.
 2. Gradient checkpointing (DDP, ZeRO-3; padded and padding-free) takes the step taken without it.
@@ -33,18 +33,17 @@ def _key(objective, fpa, strategy, world, accumulation, precision="fp32"):
     return f"{objective}{'-fpa' if fpa else ''}-{strategy}-w{world}a{accumulation}-{precision}"
 
 
+def _splits(objective, fpa):
+    """(strategy, workers, accumulation steps) of every run an objective's invariance compares."""
+    full = (objective, fpa) in FULL_MATRIX
+    return [(strategy, world, accumulation) for strategy in (STRATEGIES if full else EXTREME_STRATEGIES)
+            for world, accumulation in (SPLITS if full else [(1, 1), (2, 4)])]
+
+
 def _invariance_cases():
-    cases = []
-    for objective, fpa in FULL_MATRIX + EXTREMES:
-        full = (objective, fpa) in FULL_MATRIX
-        splits = SPLITS if full else [(1, 1), (2, 4)]
-        for strategy, settings in STRATEGIES.items():
-            if not full and strategy not in EXTREME_STRATEGIES:
-                continue
-            for world, accumulation in splits:
-                learner = {**settings, "lr": LR, "precision": "fp32"}
-                cases.append(Case(_key(objective, fpa, strategy, world, accumulation), objective, fpa, world, accumulation, learner))
-    return cases
+    return [Case(_key(objective, fpa, strategy, world, accumulation), objective, fpa, world, accumulation,
+                 {**STRATEGIES[strategy], "lr": LR, "precision": "fp32"})
+            for objective, fpa in FULL_MATRIX + EXTREMES for strategy, world, accumulation in _splits(objective, fpa)]
 
 
 # tokens per micro-batch: with these rows one worker's plan has more micro-batches than the other's (2 and 1, 3 and 2)
@@ -93,9 +92,7 @@ def test_first_step_is_the_same_for_every_strategy_worker_count_and_accumulation
     base = results[_key(objective, fpa, "ddp", 1, 1)]
     base_metrics, base_update = base["metrics"][0], base["update"]
     assert base_metrics["grad_norm"] > 0 and max(u.abs().max() for u in base_update.values()) > LR / 2  # it trained
-    full = (objective, fpa) in FULL_MATRIX
-    splits = SPLITS if full else [(1, 1), (2, 4)]
-    compared = [_key(objective, fpa, strategy, w, a) for strategy in (STRATEGIES if full else EXTREME_STRATEGIES) for w, a in splits]
+    compared = [_key(objective, fpa, strategy, w, a) for strategy, w, a in _splits(objective, fpa)]
     for key in compared:
         metrics, update = results[key]["metrics"][0], results[key]["update"]
         # A loss near 0 (FPA-SimPER, offline RL: ~3e-4) is a difference of terms ~1e3 times larger, whose
