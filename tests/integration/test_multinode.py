@@ -7,8 +7,8 @@ checks one part of that run). Each stage ends on the replacement with every samp
 exactly once and every training step once. That a restart gives the samples, verdicts and weights
 of an uninterrupted run is checked on the session's cluster, where the actor or worker dies the same
 way: test_sampler_stage.py, test_verifier_stage.py, test_learner.py (whose LearnerUnschedulable test
-is a learner whose node is lost and not replaced). A GRPO sampler killed under the loop is
-test_grpo_layouts.py's.
+is a learner whose node is lost and not replaced). A GRPO rollout worker killed under the loop is
+test_recipes.py's (the GRPO recipe's run).
 """
 
 import json
