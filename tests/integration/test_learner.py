@@ -9,8 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from fpa_ray.config import FPAConfig, LearnerConfig, ObjectiveConfig
-from fpa_ray.learner.data import MicroBatching, collate
+from fpa_ray.learner.data import MicroBatching, collate, global_order, prepare_examples
 from fpa_ray.learner.forward import shifted_targets
+from fpa_ray.learner.offline_loop import example_kind
 from fpa_ray.learner.worker_group import LearnerUnschedulable, TrainStage
 from fpa_ray.objectives import get_objective, masked_sum, token_logprobs
 
@@ -24,6 +25,26 @@ def _train(ray, rows, policy, out, objective="dpo", fpa=False, dataset=None, **l
     config = LearnerConfig(**{"num_workers": 2, "global_batch_size": 8, "micro_batch_size": 4, "lr": 1e-4, "checkpoint_every": 3, **learner})
     stage = TrainStage(config, ObjectiveConfig(name=objective), FPAConfig(enabled=fpa, lam=1.0), seed=0)
     return stage.run(dataset if dataset is not None else ray.data.from_items(rows), policy, policy, out)
+
+
+def _ray_free(rows, policy, objective, steps, fpa=False):
+    """The learner's own optimizer step (train_step) in this process, on one worker with one micro-batch of
+    _train's global batch of 8: the steps a Ray Train run takes, without Ray. The reference is the start
+    policy, computed online. Returns (examples, the trained model, metrics per step)."""
+    from transformers import AutoTokenizer
+
+    from fpa_ray.learner.backends import DDPBackend, load_reference
+    from fpa_ray.learner.optimizer_step import train_step
+
+    learner = LearnerConfig(num_workers=1, global_batch_size=8, micro_batch_size=8, lr=1e-4)
+    kind = example_kind(objective)
+    examples = prepare_examples(rows, kind, learner.max_length).examples
+    backend = DDPBackend(learner, str(policy), None, steps, torch.device("cpu"))
+    reference = load_reference(str(policy), backend.precision, torch.device("cpu"))
+    pad_id = AutoTokenizer.from_pretrained(policy).pad_token_id
+    metrics = [train_step(backend, get_objective(objective), {}, reference, examples, global_order(len(examples), step, 8, 0), kind, pad_id,
+                          FPAConfig(enabled=fpa, lam=1.0), MicroBatching(8), learner.max_length, False) for step in range(steps)]
+    return examples, backend.unwrapped, metrics
 
 
 def _weights(path):
@@ -71,9 +92,12 @@ def uninterrupted(ray_cluster, rows, tiny_policy, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def plain_dpo(ray_cluster, rows, tiny_policy, tmp_path_factory):
-    """DPO without FPA on the 24 well-formed pairs, 3 epochs (also the online-reference run of the precomputed test),
+    """DPO without FPA on the 24 well-formed pairs, 3 epochs, its reference precomputed (learner.reference=precomputed
+    on rows without the columns: the train stage adds them in a Ray Data pass of the reference, learner/reference.py,
+    and the workers train without a reference model; the loop refuses to start if any row lacked its value);
     the entanglement diagnostic over every parameter on 12 pairs (more than the global batch of 8)."""
-    return _train(ray_cluster, rows[:24], tiny_policy, tmp_path_factory.mktemp("plain-dpo"), epochs=3, diagnostics_scope="all", diagnostics_rows=12)
+    return _train(ray_cluster, rows[:24], tiny_policy, tmp_path_factory.mktemp("plain-dpo"), epochs=3, reference="precomputed",
+                  diagnostics_scope="all", diagnostics_rows=12)
 
 
 @pytest.mark.parametrize("fpa", [False, True], ids=["dpo", "fpa-dpo"])
@@ -119,49 +143,37 @@ def test_a_killed_worker_resumes_from_its_checkpoint_to_the_same_weights(ray_clu
     assert [m["loss"] for m in resumed.metrics] == pytest.approx([m["loss"] for m in clean.metrics], rel=1e-6)
 
 
-def test_precomputed_reference_trains_like_the_online_one(ray_cluster, rows, tiny_policy, tmp_path, plain_dpo):
-    """learner.reference=precomputed on rows without the columns: the train stage adds them (a Ray Data
-    pass of the reference, learner/reference.py) and the workers train without a reference model
-    (the loop refuses to start if any row lacked its value)."""
-    precomputed = _train(ray_cluster, rows[:24], tiny_policy, tmp_path / "pre", epochs=3, reference="precomputed")
-    assert [m["loss"] for m in precomputed.metrics] == pytest.approx([m["loss"] for m in plain_dpo.metrics], rel=1e-5)
+def test_precomputed_reference_trains_like_the_online_one(rows, tiny_policy, plain_dpo):
+    """The precomputed run's 9 steps are those of the learner's step with the reference computed online, without Ray."""
+    _, _, online = _ray_free(rows[:24], tiny_policy, "dpo", steps=9)
+    assert [m["loss"] for m in plain_dpo.metrics] == pytest.approx([m["loss"] for m in online], rel=1e-5)
+    assert [m["reward_margin"] for m in plain_dpo.metrics] == pytest.approx([m["reward_margin"] for m in online], rel=1e-4, abs=1e-6)
 
 
-@pytest.mark.parametrize("objective", ["kto", "offline_rl"])
-def test_labelled_objectives_train_correct_samples_up_and_incorrect_ones_down(ray_cluster, tiny_policy, tmp_path, objective):
-    """The Ray Train run's first step is the Ray-free train_step's on the same batch, and after 3 epochs the
-    policy puts more log-probability on the correct completions and less on the incorrect ones."""
-    from transformers import AutoTokenizer
+def _mean_logp(model, examples, label):
+    batch, _ = collate([e for e in examples if e.label is label], "labelled", 0)
+    labels, mask = shifted_targets(batch)
+    with torch.no_grad():
+        logits = model.eval()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return float((masked_sum(token_logprobs(logits, labels, mask), mask) / mask.sum(-1)).mean())
 
-    from fpa_ray.learner.backends import DDPBackend, load_reference
-    from fpa_ray.learner.data import prepare_examples
-    from fpa_ray.learner.data import global_order
-    from fpa_ray.learner.optimizer_step import train_step
 
+def test_labelled_objectives_train_correct_samples_up_and_incorrect_ones_down(ray_cluster, tiny_policy, tmp_path):
+    """KTO on Ray Train workers: its first step is the Ray-free train_step's on the same batch, and after 3 epochs
+    the policy puts more log-probability on the correct completions and less on the incorrect ones. The other
+    labelled objective, offline RL, moves them so in the same 6 steps without Ray (its Ray Train runs are the
+    offline_rl recipe's, test_recipes.py)."""
     rows = labelled_rows(tiny_policy, 16)
-    result = _train(ray_cluster, rows, tiny_policy, tmp_path / objective, objective=objective, fpa=True, epochs=3)
-    assert len(result.metrics) == 6 and {"C_w", "C_l", "C_l_current"} <= result.metrics[0].keys()
-    assert ("kl_reference" in result.metrics[0]) == (objective == "kto")
-
-    learner = LearnerConfig(num_workers=1, global_batch_size=8, micro_batch_size=8, lr=1e-4)
-    examples = prepare_examples(rows, "labelled", learner.max_length).examples
-    backend = DDPBackend(learner, str(tiny_policy), None, 1, torch.device("cpu"))
-    reference = load_reference(str(tiny_policy), backend.precision, torch.device("cpu"))
-    first = train_step(backend, get_objective(objective), {}, reference, examples, global_order(len(examples), 0, 8, 0), "labelled",
-                       AutoTokenizer.from_pretrained(tiny_policy).pad_token_id, FPAConfig(enabled=True, lam=1.0), MicroBatching(8), learner.max_length, False)
-    for key in ("loss", "grad_norm", "C_w", "C_l", "logp_chosen", "logp_rejected"):
+    result = _train(ray_cluster, rows, tiny_policy, tmp_path / "kto", objective="kto", fpa=True, epochs=3)
+    assert len(result.metrics) == 6 and {"C_w", "C_l", "C_l_current", "kl_reference"} <= result.metrics[0].keys()
+    examples, _, (first,) = _ray_free(rows, tiny_policy, "kto", steps=1, fpa=True)
+    for key in ("loss", "grad_norm", "C_w", "C_l", "logp_chosen", "logp_rejected", "kl_reference"):
         assert result.metrics[0][key] == pytest.approx(first[key], rel=1e-5), key
-
-    def mean_logp(policy, label):
-        model = AutoModelForCausalLM.from_pretrained(policy).eval()
-        batch, _ = collate([e for e in examples if e.label is label], "labelled", 0)
-        labels, mask = shifted_targets(batch)
-        with torch.no_grad():
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        return float((masked_sum(token_logprobs(logits, labels, mask), mask) / mask.sum(-1)).mean())
-
-    assert mean_logp(result.checkpoint, True) > mean_logp(tiny_policy, True)
-    assert mean_logp(result.checkpoint, False) < mean_logp(tiny_policy, False)
+    start = AutoModelForCausalLM.from_pretrained(tiny_policy)
+    trained = {"kto": AutoModelForCausalLM.from_pretrained(result.checkpoint), "offline_rl": _ray_free(rows, tiny_policy, "offline_rl", 6, fpa=True)[1]}
+    for objective, model in trained.items():
+        assert _mean_logp(model, examples, True) > _mean_logp(start, examples, True), objective
+        assert _mean_logp(model, examples, False) < _mean_logp(start, examples, False), objective
 
 
 def test_a_learner_whose_workers_fit_no_node_fails_saying_what_they_ask_and_what_the_nodes_offer(ray_cluster, rows, tiny_policy, tmp_path):
