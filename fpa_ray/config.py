@@ -177,6 +177,8 @@ class SamplerConfig(StrictModel):
     kv_cache_gb: float = Field(1.0, gt=0, description="vLLM-CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     shard_size: int = Field(64, ge=1, description="prompts per output shard (the unit of restart)")
+    max_failures: int = Field(2, ge=0, description="reruns of a generate stage, each from its written shards, after a node is lost "
+                              "mid-stage (Ray Data replaces the pool's own actors, not every task of its pipeline)")
 
     @model_validator(mode="after")
     def _engine_holds_its_tensor_parallel_gpus(self) -> SamplerConfig:
@@ -267,6 +269,8 @@ class VerifierConfig(StrictModel):
     memory_limit_mb: int | None = Field(2048, ge=256, description="address-space limit of a grading process")
     batch_size: int = Field(256, ge=1)
     max_failure_share: float = Field(0.5, ge=0, le=1, description="fail the run above this unparseable+timeout+error share")
+    max_failures: int = Field(2, ge=0, description="reruns of a verify stage after a node is lost mid-stage (nothing is written "
+                              "before a stage has graded everything)")
 
 
 class BuildConfig(StrictModel):

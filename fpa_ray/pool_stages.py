@@ -17,6 +17,7 @@ from pathlib import Path
 from fpa_ray import metrics
 from fpa_ray.config import PromptSourceConfig, SamplerConfig, VerifierConfig
 from fpa_ray.data.sources import PromptRow, load_prompts
+from fpa_ray.node_loss import rerun_on_node_loss
 from fpa_ray.run_directory import RunDirectory
 
 
@@ -79,12 +80,13 @@ class PoolStages:
                 run.log(f"[{stage}] {len(prompts)} prompts x {sampler.n} samples from {policy}")
             resources = {"cpus": sampler.num_actors * sampler.cpus_per_actor, "gpus": sampler.num_actors * sampler.gpus_per_actor}
             before = sum(shard["rows"] for _, d in todo for shard in manifests[d].get("shards", {}).values())  # a resumed stage's finished shards
+            generate = GenerateStage(sampler, template or config.data.template, config.seed + round_label if seed is None else seed)
             with run.ledger.stage(stage, round_label, **resources):
-                done = GenerateStage(sampler, template or config.data.template, config.seed + round_label if seed is None else seed).run_many(
+                done = rerun_on_node_loss(lambda: generate.run_many(
                     prompts, [Target(policy, d) for policy, d in todo],
                     on_shard_done=lambda t, s, d, n: run.log(f"  [{stage}] {run.name(todo[t][1])}: shard {d}/{n} written"),
                     name=f"{config.name}-{stage}-{round_label}",
-                )
+                ), sampler.max_failures, run.log, stage)
             metrics.samples_generated(config.name, stage, sum(m["rows"] for m in done) - before)
             run.log(f"[{stage}] {' + '.join(str(m['rows']) for m in done)} samples; {timing_summary(done)}")
         return [d for _, d in parts]
@@ -108,13 +110,17 @@ class PoolStages:
         if not todo:
             return [d for _, d in parts]
         reports = {}
-        with run.ledger.stage(stage, round_label, cpus=verifier.num_actors * verifier.workers_per_actor):
+
+        def grade():
             datasets = [read_samples(samples) for samples, _ in todo]
             if len(todo) > 1:  # one pool for all: tag each part's rows, split them again after grading
                 datasets = [ds.map_batches(lambda t, i=i: t.append_column("part", pa.array([i] * t.num_rows, pa.int32())),
                                            batch_format="pyarrow") for i, ds in enumerate(datasets)]
-            verified = VerifyStage(verifier)(datasets[0].union(*datasets[1:]) if len(todo) > 1 else datasets[0],
-                                             name=f"{run.config.name}-{stage}-{round_label}").materialize()
+            return VerifyStage(verifier)(datasets[0].union(*datasets[1:]) if len(todo) > 1 else datasets[0],
+                                         name=f"{run.config.name}-{stage}-{round_label}").materialize()
+
+        with run.ledger.stage(stage, round_label, cpus=verifier.num_actors * verifier.workers_per_actor):
+            verified = rerun_on_node_loss(grade, verifier.max_failures, run.log, stage)  # nothing is written before it is all graded
             for i, (_, stage_dir) in enumerate(todo):
                 part = verified.filter(expr=f"part == {i}").drop_columns(["part"]).materialize() if len(todo) > 1 else verified
                 shutil.rmtree(stage_dir, ignore_errors=True)
