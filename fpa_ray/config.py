@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 
 from fpa_ray.data.schemas import SOURCE_NAMES
 from fpa_ray.data.templates import TEMPLATES
-from fpa_ray.objectives import get_objective, objective_names
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = "tiny-cpu"
@@ -42,6 +41,20 @@ class FPAConfig(StrictModel):
     mode: Literal["exact", "sequence"] = "exact"
     apply_to: Literal["both", "rejected", "chosen"] = "both"
     chunk_size: PositiveInt | None = Field(None, description="positions per log-prob chunk; None: about 2M logits per chunk")
+
+
+def get_objective(name: str):
+    """The registered objective `name`. The registry is imported on first use, not with this module: it
+    imports torch, which the verifier pool's actors (they unpickle a VerifierConfig) never need."""
+    from fpa_ray.objectives import get_objective as registered
+
+    return registered(name)
+
+
+def objective_names() -> list[str]:
+    from fpa_ray.objectives import objective_names as registered
+
+    return registered()
 
 
 def objective_params_model(name: str) -> type[BaseModel]:
