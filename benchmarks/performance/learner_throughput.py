@@ -35,11 +35,15 @@ TRL_VENV = HERE.parent / ".venv-trl"
 TRL_PINS = ["torch==2.13.0", "transformers==5.19.0", "trl==1.16.0", "accelerate", "datasets"]
 
 
-def trl_python() -> Path:
-    python = TRL_VENV / "bin" / "python"
+def trl_python(extra: tuple[str, ...] = ()) -> Path:
+    """The TRL venv's python, with TRL_PINS and `extra` installed (once each; the venv records what it has)."""
+    python, record = TRL_VENV / "bin" / "python", TRL_VENV / "fpa_ray_pins.json"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *TRL_PINS], check=True)
+    installed = set(json.loads(record.read_text())) if record.exists() else set()
+    if not {*TRL_PINS, *extra} <= installed:
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *TRL_PINS, *extra], check=True)
+        record.write_text(json.dumps(sorted(installed | {*TRL_PINS, *extra})))
     return python
 
 
