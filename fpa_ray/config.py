@@ -203,6 +203,19 @@ class SamplerConfig(StrictModel):
         return self
 
 
+class LoRAConfig(StrictModel):
+    """Low-rank adapters (PEFT LoRA) on the policy: only they train; a reference that is the starting policy is the
+    policy with its adapters off (no second model). Limited to what vLLM's LoRA loader reads too: linear
+    target modules, no bias, nothing else trained."""
+
+    rank: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0, description="the adapters' scale is alpha / rank")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names (e.g. [q_proj, k_proj, v_proj, o_proj]), or every linear layer but the LM head"
+    )
+
+
 class LearnerConfig(StrictModel):
     """The learner group: Ray Train workers running the objective with DDP or DeepSpeed ZeRO."""
 
@@ -245,6 +258,7 @@ class LearnerConfig(StrictModel):
                                   "of the first epoch's order")
     diagnostics_scope: Literal["head", "all"] = Field("head", description="the diagnostic's parameters: the LM head, or also every "
                                                       "parameter of the model (DDP only)")
+    lora: LoRAConfig | None = Field(None, description="train low-rank adapters instead of every weight; null: full fine-tuning")
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint (and, apart, start attempts that timed out)")
     start_timeout_s: float = Field(300.0, gt=0, description="how long one start of the worker group may wait for its resources (a lost "
@@ -445,6 +459,9 @@ class RunConfig(StrictModel):
     def _grpo_batches_divide(self) -> RunConfig:
         if self.objective.name != "grpo":
             return self
+        if self.learner.lora is not None:
+            raise ValueError("learner.lora: GRPO's weight sync sends the policy's full weights by name and does not yet send adapters; "
+                             "LoRA runs with the offline objectives")
         if self.sampler.n < 2:
             raise ValueError(f"sampler.n: GRPO normalises rewards within a group of samples and needs at least 2, got {self.sampler.n}")
         if self.grpo.overlong_buffer is not None and self.grpo.overlong_buffer >= self.sampler.max_new_tokens:

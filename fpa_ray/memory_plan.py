@@ -9,6 +9,8 @@ sums) is bf16, sharded under ZeRO-3 (2 / N, and its largest layer gathered), els
 SwiGLU and fused attention, in bf16: 2 x (10 h + 4 i) bytes per token and layer kept for the backward
 pass (~0.2 MB for Qwen2.5-7B's 28 layers each), or with gradient checkpointing each layer's input
 (2 h) plus one layer recomputed; the logits add 2 V bytes per token for the policy (and the reference).
+With LoRA the frozen base holds its weights only (fp32 under DDP, bf16 under DeepSpeed, sharded under
+ZeRO-3), the adapters the model states above, and the reference nothing of its own (adapters off).
 """
 
 from __future__ import annotations
@@ -95,6 +97,25 @@ def model_state_bytes(parameters: int, largest_layer: int, strategy: str, zero_s
             3: 4 * largest_layer + sharded}[zero_stage]
 
 
+def lora_parameters(shape: ModelShape, lora) -> int:
+    """The adapters' parameters: rank x (inputs + outputs) of each target projection of every layer
+    ("all-linear": all seven; names the shape does not know are not counted)."""
+    h, q, kv, i = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
+    sizes = {"q_proj": h + q, "k_proj": h + kv, "v_proj": h + kv, "o_proj": q + h, "gate_proj": h + i, "up_proj": h + i, "down_proj": i + h}
+    names = sizes if lora.target_modules == "all-linear" else [n for n in lora.target_modules if n in sizes]
+    return shape.layers * lora.rank * sum(sizes[n] for n in names)
+
+
+def frozen_base_bytes(shape: ModelShape, learner) -> int:
+    """LoRA's frozen base weights per GPU: fp32 under DDP (its weights are the master copy), bf16 under
+    DeepSpeed, sharded under ZeRO-3 (its largest layer gathered at a time); no gradient, no optimizer state."""
+    if learner.strategy == "ddp":
+        return 4 * shape.parameters
+    if learner.zero_stage == 3:
+        return 2 * shape.largest_layer + int(2 * shape.parameters / learner.num_workers)
+    return 2 * shape.parameters
+
+
 def reference_bytes(shape: ModelShape, learner) -> int:
     """The frozen bf16 reference per GPU: sharded under ZeRO-3 (its largest layer gathered at a time), else whole."""
     if learner.strategy == "deepspeed" and learner.zero_stage == 3:
@@ -112,8 +133,14 @@ def learner_memory(config: RunConfig, shape: ModelShape) -> dict[str, float]:
     reference = needs_reference_model(config.objective.name, config.fpa, precomputed=learner.reference == "precomputed")
     exact_fpa = config.fpa.enabled and config.fpa.mode == "exact"
     logits = 2 * shape.vocab * tokens * (2 if reference and (exact_fpa or objective.needs_kl_reference) else 1)
+    if learner.lora is None:
+        states = model_state_bytes(shape.parameters, shape.largest_layer, learner.strategy, learner.zero_stage, learner.num_workers)
+    else:  # the reference is the policy with its adapters off: no weights of its own
+        adapters = lora_parameters(shape, learner.lora)
+        states = frozen_base_bytes(shape, learner) + model_state_bytes(adapters, 0, learner.strategy, learner.zero_stage, learner.num_workers)
+        reference = False
     return {
-        "model states": model_state_bytes(shape.parameters, shape.largest_layer, learner.strategy, learner.zero_stage, learner.num_workers),
+        "model states": states,
         "reference": reference_bytes(shape, learner) if reference else 0,
         "activations, kept": shape.layers * layer * tokens,
         "activations, checkpointed": (shape.layers * 2 * shape.hidden + layer) * tokens,
@@ -134,8 +161,11 @@ def describe_plan(config: RunConfig, gpu_memory_gb: float) -> tuple[str, bool]:
     fits = learner.gpus_per_worker == 0 or total <= gpu_memory_gb * GIB
     strategy = f"DeepSpeed ZeRO-{learner.zero_stage}" if learner.strategy == "deepspeed" else "DDP"
     lines += ["", f"learner: {config.policy.name_or_path} ({shape.parameters / 1e9:.2f}B parameters), {strategy} on {learner.num_workers} "
-              f"worker(s), {memory['tokens']} tokens per forward pass, gradient checkpointing {'on' if learner.gradient_checkpointing else 'off'}",
-              "  per GPU, estimated:"]
+              f"worker(s), {memory['tokens']} tokens per forward pass, gradient checkpointing {'on' if learner.gradient_checkpointing else 'off'}"]
+    if learner.lora is not None:
+        lines.append(f"  LoRA rank {learner.lora.rank} on {learner.lora.target_modules}: {lora_parameters(shape, learner.lora) / 1e6:.1f}M trainable "
+                     "parameters; the reference is the base with the adapters off")
+    lines.append("  per GPU, estimated:")
     for part in ("model states", "reference", "activations, kept", "activations, checkpointed", "logits"):
         used = "" if not part.startswith("activations") else ("  <- this run" if part == kept else "")
         lines.append(f"    {part:<26} {memory[part] / GIB:8.1f} GiB{used}")

@@ -60,14 +60,26 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def load_policy(path: str | Path, learner: LearnerConfig, precision: Precision, device: torch.device):
-    """The policy to train, stored in the precision's parameter dtype. With gradient checkpointing each
-    decoder layer keeps only its input and recomputes the rest in the backward pass (non-reentrant, as
-    the anchors run it under DeepSpeed); transformers checkpoints only in train mode, which the policies
-    here (Qwen2, Llama: no dropout) compute exactly as in eval mode."""
+def load_policy(path: str | Path, learner: LearnerConfig, precision: Precision, device: torch.device, restore_dir: Path | None = None):
+    """The policy to train, stored in the precision's parameter dtype: `path`'s weights, or a checkpoint's
+    in `restore_dir`. With learner.lora, `path` is the base and the adapters are fresh or the checkpoint's.
+    With gradient checkpointing each decoder layer keeps only its input and recomputes the rest in the
+    backward pass (non-reentrant, as the anchors run it under DeepSpeed); transformers checkpoints only in
+    train mode, which the policies here (Qwen2, Llama: no dropout) compute exactly as in eval mode, as
+    they do with adapters (whose dropout acts in train mode)."""
     from transformers import AutoModelForCausalLM
 
-    policy = AutoModelForCausalLM.from_pretrained(path, dtype=precision.param_dtype).to(device)
+    if learner.lora is None:
+        return _checkpointed(AutoModelForCausalLM.from_pretrained(restore_dir or path, dtype=precision.param_dtype).to(device), learner)
+    from fpa_ray.learner.lora import ADAPTER_DIR, with_adapters
+
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=precision.param_dtype).to(device)
+    policy = with_adapters(base, learner.lora, restore_dir / ADAPTER_DIR if restore_dir is not None else None)
+    policy.train()
+    return _checkpointed(policy, learner)
+
+
+def _checkpointed(policy, learner: LearnerConfig):
     if learner.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         policy.train()
@@ -81,9 +93,9 @@ class DDPBackend:
         self.learner, self.device = learner, device
         self.precision = precision_for(learner, device)
         self.rank, self.world = _world()
-        # A DDP checkpoint holds the fp32 master weights themselves, so resuming loads them.
-        source = restore_dir if restore_dir is not None else policy_path
-        self.unwrapped = load_policy(source, learner, self.precision, device)
+        self.policy_path = policy_path
+        # A DDP checkpoint holds the fp32 master weights themselves (with LoRA, the adapters), so resuming loads them.
+        self.unwrapped = load_policy(policy_path, learner, self.precision, device, restore_dir)
         self.model = self.unwrapped
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -99,8 +111,8 @@ class DDPBackend:
             self.start_step = state["step"]
 
     def frozen_reference(self, path: str):
-        """The frozen reference, a whole copy in each worker."""
-        return load_reference(path, self.precision, self.device)
+        """The frozen reference, a whole copy in each worker (with LoRA and the starting policy as reference: the policy, adapters off)."""
+        return adapters_off(self, path) or load_reference(path, self.precision, self.device)
 
     def micro_batch(self, last: bool):
         """Forward and backward of one micro-batch: all-reduce only on the step's last one."""
@@ -123,12 +135,12 @@ class DDPBackend:
 
     def master_weights(self) -> dict[str, torch.Tensor]:
         """fp32 copies of the weights the optimizer updates (the same on every rank), on the model's device."""
-        return {name: p.detach().float().clone() for name, p in self.unwrapped.named_parameters()}
+        return {name: p.detach().float().clone() for name, p in self.unwrapped.named_parameters() if p.requires_grad}
 
     def received_gradient(self) -> dict[str, torch.Tensor]:
         """Entries whose gradient AdamW could act on (see `above_adam_eps`)."""
         return {name: above_adam_eps(self.optimizer.state[p]["exp_avg_sq"], self.learner, self.scheduler.last_epoch)
-                for name, p in self.unwrapped.named_parameters()}
+                for name, p in self.unwrapped.named_parameters() if p.requires_grad}
 
     def gathered(self, params=None):
         return contextlib.nullcontext()
@@ -152,7 +164,8 @@ class DeepSpeedBackend:
             # init (63 s on this 2-core machine, per extensions directory) that only inference tensor
             # parallelism calls (inference_all_reduce); ZeRO's collectives go through torch.distributed.
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        policy = load_policy(policy_path, learner, self.precision, device)
+        self.policy_path = policy_path
+        policy = load_policy(policy_path, learner, self.precision, device)  # a checkpoint's weights (adapters too) come from DeepSpeed's state
         optimizer, scheduler = build_optimizer(policy, learner, total_steps)
         # DeepSpeed steps the schedule at its accumulation boundaries, once per optimizer step.
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -181,7 +194,11 @@ class DeepSpeedBackend:
     def frozen_reference(self, path: str):
         """The frozen reference: under ZeRO-3 sharded across the workers as the policy is (OpenRLHF's way), each
         forward gathering its layers, so no worker holds a whole copy; under ZeRO-1/2 (which shard no weights)
-        a whole copy. Every worker then runs the same number of reference forwards, as it does the policy's."""
+        a whole copy. Every worker then runs the same number of reference forwards, as it does the policy's.
+        With LoRA and the starting policy as reference: the policy itself, adapters off."""
+        reference = adapters_off(self, path)
+        if reference is not None:
+            return reference
         if self.learner.zero_stage != 3:
             return load_reference(path, self.precision, self.device)
         import deepspeed
@@ -207,14 +224,14 @@ class DeepSpeedBackend:
         """The fp32 master weights the optimizer updates, gathered whole (every rank must call it)."""
         from deepspeed.utils import safe_get_full_fp32_param
 
-        return {name: safe_get_full_fp32_param(p).detach().float().clone() for name, p in self.unwrapped.named_parameters()}
+        return {name: safe_get_full_fp32_param(p).detach().float().clone() for name, p in self.unwrapped.named_parameters() if p.requires_grad}
 
     def received_gradient(self) -> dict[str, torch.Tensor]:
         """Entries whose gradient AdamW could act on (see `above_adam_eps`; every rank must call it)."""
         from deepspeed.utils import safe_get_full_optimizer_state
 
         return {name: above_adam_eps(safe_get_full_optimizer_state(p, "exp_avg_sq"), self.learner, self.scheduler.last_epoch)
-                for name, p in self.unwrapped.named_parameters()}
+                for name, p in self.unwrapped.named_parameters() if p.requires_grad}
 
     def gathered(self, params=None):
         """Full parameters (all of them, or `params`) for reading: ZeRO-3 gathers them on every rank."""
@@ -228,6 +245,16 @@ class DeepSpeedBackend:
         self.model.save_checkpoint(str(state_dir / "deepspeed"), tag="state")  # every rank writes its partition
         if self.rank == 0:
             torch.save(state, state_dir / "state.pt")
+
+
+def adapters_off(backend, path: str):
+    """The reference as the policy with its adapters disabled, when the run trains adapters and its
+    reference is the starting policy (the adapters' base); None otherwise."""
+    if backend.learner.lora is None or str(path) != str(backend.policy_path):
+        return None
+    from fpa_ray.learner.lora import AdaptersOff
+
+    return AdaptersOff(backend.unwrapped)
 
 
 def above_adam_eps(exp_avg_sq: torch.Tensor, learner: LearnerConfig, steps: int, eps: float = 1e-8) -> torch.Tensor:

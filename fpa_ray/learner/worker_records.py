@@ -49,10 +49,16 @@ def report(backend, metrics: dict, step: int, save: bool, setup) -> None:
 
 
 def save_hf(directory: Path, backend, tokenizer_path: str) -> None:
-    """Hugging Face model + tokenizer (loadable by vLLM and transformers); ZeRO-3 gathers on every rank."""
+    """Hugging Face model + tokenizer (loadable by vLLM and transformers); ZeRO-3 gathers on every rank.
+    With LoRA the model is the merged one, the adapter beside it (learner/lora.py)."""
     with backend.gathered():
         if backend.rank == 0:
-            backend.unwrapped.save_pretrained(directory)
+            if backend.learner.lora is None:
+                backend.unwrapped.save_pretrained(directory)
+            else:
+                from fpa_ray.learner.lora import save_merged
+
+                save_merged(backend.unwrapped, directory)
     if backend.rank == 0:
         from transformers import AutoTokenizer
 

@@ -29,6 +29,7 @@ class Case:
     learner: dict = field(default_factory=dict)  # LearnerConfig fields beyond the split
     steps: int = 1
     params: dict = field(default_factory=dict)
+    reference_is_policy: bool = False  # with LoRA: the policy with its adapters off
 
     @property
     def micro_batch_size(self) -> int:
@@ -94,7 +95,8 @@ def _worker(rank: int, world: int, port: int, model_dir: str, reference_dir: str
             rows = examples(kind)
             backend = build_backend(learner, model_dir, None, case.steps, device)
             needs_reference = needs_reference_model(case.objective, fpa, False)
-            reference = backend.frozen_reference(reference_dir) if needs_reference else None
+            reference = backend.frozen_reference(model_dir if case.reference_is_policy else reference_dir) if needs_reference else None
+            own_weights = reference is not None and hasattr(reference, "parameters")  # not the policy with its adapters off
             before = previous = backend.master_weights()
             moved = {name: torch.zeros_like(w, dtype=torch.bool) for name, w in before.items()}  # at some step
             metrics = []
@@ -111,8 +113,8 @@ def _worker(rank: int, world: int, port: int, model_dir: str, reference_dir: str
                 torch.save({"metrics": metrics, "update": update, "moved": moved, "received": received,
                             "checkpointing": backend.unwrapped.is_gradient_checkpointing and backend.unwrapped.training,
                             # the reference's elements this worker holds between forwards (ZeRO-3: its partition only)
-                            "reference_held": None if reference is None else sum(getattr(p, "ds_tensor", p.data).numel() for p in reference.parameters()),
-                            "reference_total": None if reference is None else sum(getattr(p, "ds_numel", p.numel()) for p in reference.parameters())},
+                            "reference_held": None if not own_weights else sum(getattr(p, "ds_tensor", p.data).numel() for p in reference.parameters()),
+                            "reference_total": None if not own_weights else sum(getattr(p, "ds_numel", p.numel()) for p in reference.parameters())},
                            Path(out) / f"{case.key}.pt")
     finally:
         dist.destroy_process_group()

@@ -128,7 +128,7 @@ def _kept(config: RunConfig) -> dict:
                     "accumulation": learner.accumulation_steps, "lr": learner.lr, "schedule": learner.lr_schedule, "warmup": learner.warmup_steps,
                     "epochs": learner.epochs, "checkpoint_every": learner.checkpoint_every, "grad_clip": learner.grad_clip,
                     "padding_free": learner.padding_free, "micro_batch_tokens": learner.micro_batch_tokens,
-                    "gradient_checkpointing": learner.gradient_checkpointing},
+                    "gradient_checkpointing": learner.gradient_checkpointing, "lora": learner.lora},
         "objective": config.objective.model_dump(), "fpa": config.fpa.model_dump(), "build": config.build.model_dump(),
         "sampler": config.sampler.model_dump(include={"engine", "n", "temperature", "top_p", "dtype", "logprobs_mode", "max_num_seqs"}),
         "verifier": config.verifier.model_dump(include={"grader", "cross_grader", "timeout_s", "memory_limit_mb", "max_failure_share"}),
@@ -213,7 +213,7 @@ def evaluated() -> set[str]:
 
 def test_every_recipe_in_configs_has_a_conformance_run():
     assert set(GPU_RECIPES) | set(TINY_RECIPES) == {path.stem for path in CONFIG_DIR.glob("*.yaml")}
-    assert len(GPU_RECIPES) == 13
+    assert len(GPU_RECIPES) == 14
 
 
 def test_qwen_and_llama_recipes_differ_only_in_what_the_cpu_replaces(recipe_runs):
@@ -228,10 +228,14 @@ GRPO_RECIPES = ["qwen25-math-7b-dapo", "qwen25-math-7b-grpo", "qwen25-math-7b-gr
 # Not run with its pools as shipped: 8 vLLM engines and 8 ZeRO-3 workers at once do not fit this machine's
 # memory; its shrunk run (2 of each, colocated) is the colocated layout's test, test_grpo_layouts.py.
 COLOCATED_RECIPE = "qwen25-math-7b-grpo-colocated"
+# Sized for one GPU (a sampler, then a learner worker, on it): its CPU run is the offline one with 2 workers.
+ONE_GPU_RECIPE = "qwen25-math-7b-rpo-lora"
 
 
 def test_the_recipes_share_two_pool_layouts_each_run_as_shipped():
-    layouts = {name: pool_layout(load_config(name)) for name in GPU_RECIPES if name != COLOCATED_RECIPE}
+    layouts = {name: pool_layout(load_config(name)) for name in GPU_RECIPES if name not in (COLOCATED_RECIPE, ONE_GPU_RECIPE)}
+    one_gpu = pool_layout(load_config(ONE_GPU_RECIPE))
+    assert one_gpu["sampler"]["num_actors"] == one_gpu["learner"]["num_workers"] == 1
     offline = [name for name in GPU_RECIPES if name not in GRPO_RECIPES]
     online = [name for name in GRPO_RECIPES if name != COLOCATED_RECIPE]
     assert all(layouts[name] == layouts[LAYOUT_RUNS[0]] for name in offline) and LAYOUT_RUNS[0] in offline
@@ -293,6 +297,10 @@ def test_offline_recipe_runs_one_round_with_its_own_settings(ray_cluster, recipe
     assert config.learner.padding_free  # as every offline recipe ships
     policy = json.loads((run / "round_1" / "train" / "policy" / "config.json").read_text())
     assert policy["dtype"] == "bfloat16"  # DeepSpeed's bf16 module (fp32 masters inside the optimizer)
+    adapter = run / "round_1" / "train" / "policy" / "adapter" / "adapter_config.json"
+    assert adapter.exists() == (config.learner.lora is not None)  # beside the merged weights the evaluation loads
+    if adapter.exists():
+        assert json.loads(adapter.read_text())["r"] == config.learner.lora.rank
     ledger = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
     train = next(e for e in ledger if e["stage"] == "train")
     assert train["cpus"] == config.learner.num_workers * config.learner.cpus_per_worker and train["completed"]

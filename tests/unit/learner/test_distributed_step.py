@@ -12,6 +12,8 @@
 3. Under ZeRO-3 the frozen reference is sharded across the workers as the policy is.
 4. bf16 keeps fp32 master weights: in 5 steps at lr 5e-7 every entry that received a gradient (RMS
    above AdamW's eps) moved. bf16 weights without a master copy moved 1.2% of them.
+5. LoRA: FPA-RPO with adapters, the reference the policy with them off, takes DDP's 1 x 1 step on 2
+   workers x 4 under DDP and ZeRO-2/3 (and ZeRO-3 with gradient checkpointing); only the adapters move.
 """
 
 import pytest
@@ -80,11 +82,38 @@ def _bf16_cases():
             for strategy, settings in STRATEGIES.items()]
 
 
+LORA = {"rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj", "down_proj"]}
+LORA_SPLITS = {"ddp-w1a1": ("ddp", 1, 1, False), "ddp-w2a4": ("ddp", 2, 4, False), "zero2-w2a4": ("zero2", 2, 4, False),
+               "zero3-w2a4": ("zero3", 2, 4, False), "zero3-w2a2-checkpointed": ("zero3", 2, 2, True)}
+
+
+def _lora_cases():
+    return [Case(f"lora-{key}", "rpo", True, world, accumulation,
+                 {**STRATEGIES[strategy], "lr": LR, "precision": "fp32", "lora": LORA, "gradient_checkpointing": checkpointed},
+                 reference_is_policy=True)
+            for key, (strategy, world, accumulation, checkpointed) in LORA_SPLITS.items()]
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     policy, reference = save_random_policy(root / "policy"), save_random_policy(root / "reference", sharpen=4.0)
-    return run_cases(_invariance_cases() + _packed_cases() + _checkpointed_cases() + _bf16_cases(), policy, reference, root / "results")
+    return run_cases(_invariance_cases() + _packed_cases() + _checkpointed_cases() + _bf16_cases() + _lora_cases(), policy, reference,
+                     root / "results")
+
+
+def test_a_lora_step_is_the_same_for_every_strategy_and_moves_only_the_adapters(results):
+    base = results["lora-ddp-w1a1"]
+    assert base["update"] and all("lora_" in name for name in base["update"])  # the optimizer holds the adapters alone
+    assert max(u.abs().max() for u in base["update"].values()) > LR / 2 and base["reference_held"] is None  # no reference weights
+    for key in LORA_SPLITS:
+        result = results[f"lora-{key}"]
+        assert result["metrics"][0]["loss"] == pytest.approx(base["metrics"][0]["loss"], rel=1e-6, abs=5e-9), key
+        assert result["metrics"][0]["grad_norm"] == pytest.approx(base["metrics"][0]["grad_norm"], rel=1e-5), key
+        assert result["update"].keys() == base["update"].keys(), key
+        diffs = torch.cat([(result["update"][n] - u).abs().flatten() for n, u in base["update"].items()])
+        assert diffs.max() <= LR / 4 and (diffs > 1e-7).float().mean() <= 1e-3, (key, diffs.max())
+    assert results["lora-zero3-w2a2-checkpointed"]["checkpointing"]
 
 
 @pytest.mark.parametrize("objective,fpa", FULL_MATRIX + EXTREMES, ids=lambda v: str(v))

@@ -1,11 +1,12 @@
-"""`plan`'s arithmetic: parameter counts from a config.json equal the model's, and model states per GPU
-equal DeepSpeed's own estimators (ZeRO-2 and ZeRO-3, no offload) on small Qwen2 and Llama models."""
+"""`plan`'s arithmetic: parameter counts from a config.json equal the model's (and LoRA's adapters equal
+PEFT's), and model states per GPU equal DeepSpeed's own estimators (ZeRO-2 and ZeRO-3, no offload) on
+small Qwen2 and Llama models."""
 
 import pytest
 import torch
 
-from fpa_ray.config import load_config
-from fpa_ray.memory_plan import ModelShape, describe_plan, learner_memory, model_state_bytes
+from fpa_ray.config import LoRAConfig, load_config
+from fpa_ray.memory_plan import ModelShape, describe_plan, learner_memory, lora_parameters, model_state_bytes
 
 
 def _models():
@@ -62,3 +63,28 @@ def test_a_colocated_engine_is_planned_beside_what_the_learner_keeps_between_ste
     assert fits and "beside the model states and reference: 46.4 GiB taking the weights, 58.0 GiB sampling, of 80 GiB" in text
     text, fits = describe_plan(load_config("qwen25-math-7b-grpo-colocated", ["sampler.gpu_memory_utilization=0.85"]), 80)
     assert not fits and "86.0 GiB sampling, of 80 GiB  WARNING: does not fit" in text  # 68 + 18 GiB of model states
+
+
+@pytest.mark.parametrize("model", _models(), ids=["qwen2-untied", "llama-tied"])
+@pytest.mark.parametrize("targets", ["all-linear", ["q_proj", "v_proj", "down_proj"]])
+def test_lora_parameters_are_the_adapters_peft_adds(model, targets):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoRAConfig(rank=4, target_modules=targets)
+    adapted = get_peft_model(model, LoraConfig(r=4, target_modules=targets, task_type="CAUSAL_LM"))
+    trainable = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+    assert lora_parameters(ModelShape.from_config(model.config.to_dict()), lora) == trainable > 0
+    adapted.unload()  # the shared fixture's model without its adapters again
+
+
+def test_the_lora_recipe_fits_one_80_gib_gpu_with_no_reference_model():
+    config = load_config("qwen25-math-7b-rpo-lora")
+    shape = ModelShape.from_config({"model_type": "qwen2", "vocab_size": 152064, "hidden_size": 3584, "num_hidden_layers": 28,
+                                    "num_attention_heads": 28, "num_key_value_heads": 4, "intermediate_size": 18944})
+    memory = learner_memory(config, shape)
+    adapters = lora_parameters(shape, config.learner.lora)
+    assert memory["reference"] == 0 and memory["model states"] == 2 * shape.parameters + (2 + 18) * adapters  # bf16 base; ZeRO-2 on 1 GPU
+    text, fits = describe_plan(config, 80)
+    assert fits and "DeepSpeed ZeRO-2 on 1 worker(s)" in text and f"{adapters / 1e6:.1f}M trainable parameters" in text
+    full = learner_memory(load_config("qwen25-math-7b-rpo-lora", ["learner.lora=null"]), shape)
+    assert full["model states"] > 4 * memory["model states"] and full["reference"] == 2 * shape.parameters
