@@ -127,3 +127,33 @@ def test_a_checkpoint_holds_the_merged_policy_and_the_adapter_to_resume_from(bas
 def test_grpo_with_lora_is_refused_until_its_weight_sync_sends_adapters():
     with pytest.raises(ValueError, match="learner.lora: GRPO's weight sync"):
         load_config("tiny-cpu-grpo", ["learner.lora={rank: 8}"])
+
+
+def test_a_run_resumed_from_a_lora_checkpoint_takes_the_uninterrupted_runs_steps(base_dir, tmp_path):
+    from types import SimpleNamespace
+
+    from fpa_ray.learner.data import MicroBatching, global_order
+    from fpa_ray.learner.optimizer_step import train_step
+    from fpa_ray.learner.worker_records import save_checkpoint
+
+    rows, fpa, objective = examples("paired"), FPAConfig(enabled=True, lam=2.0), get_objective("rpo")
+
+    def steps(backend, first, last):
+        reference = backend.frozen_reference(str(base_dir))
+        return [train_step(backend, objective, {"beta": 0.1, "alpha": 1.0}, reference, rows, global_order(len(rows), step, 8, 0), "paired", 0,
+                           fpa, MicroBatching(8), 512, False)["loss"] for step in range(first, last)]
+
+    torch.manual_seed(0)
+    clean = build_backend(_learner(), str(base_dir), None, 4, torch.device("cpu"))
+    clean_losses = steps(clean, 0, 4)
+    torch.manual_seed(0)
+    first = build_backend(_learner(), str(base_dir), None, 4, torch.device("cpu"))
+    losses = steps(first, 0, 2)
+    save_checkpoint(tmp_path, first, 2, SimpleNamespace(policy_path=str(base_dir), seed=0))
+    resumed = build_backend(_learner(), str(base_dir), tmp_path, 4, torch.device("cpu"))
+    assert resumed.start_step == 2
+    losses += steps(resumed, 2, 4)
+    assert losses == pytest.approx(clean_losses, rel=1e-6) and clean_losses[-1] < clean_losses[0]
+    trained = _adapters(clean.unwrapped)
+    for name, p in _adapters(resumed.unwrapped).items():
+        torch.testing.assert_close(p, trained[name], rtol=0, atol=1e-7, msg=name)
