@@ -88,7 +88,7 @@ def entanglement_metrics(backend, examples: list[Example], kind: Kind, pad_id: i
     batch_rows = sides[0] if kind == "paired" else sides[0] + sides[1]
     batch, _ = collate(batch_rows, kind, pad_id, backend.device)
     with torch.no_grad(), backend.precision.autocast(backend.device):
-        hidden = backend.unwrapped.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        hidden = backend.unwrapped.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
     labels, mask = shifted_targets(batch)
     split = len(sides[0])
     gradients = [head_gradient(hidden[part][mask[part]].float(), labels[part][mask[part]], weight, rows=len(side)).flatten()

@@ -77,7 +77,7 @@ def cpu_overrides(recipe: RunConfig, shipped_layout: bool = False) -> list[str]:
     learner = recipe.learner
     micro = learner.micro_batch_size
     grpo_layout = shipped_layout and recipe.objective.name == "grpo"
-    workers = LAYOUT_ACTORS if shipped_layout else WORKERS
+    workers = min(learner.num_workers, LAYOUT_ACTORS if shipped_layout else WORKERS)  # the one-GPU recipe keeps its one worker
     accumulation = GRPO_LAYOUT_ACCUMULATION if grpo_layout else learner.accumulation_steps
     if grpo_layout:
         pools = [f"sampler.num_actors={LAYOUT_ACTORS}", "sampler.cpus_per_actor=0.5", f"learner.num_workers={LAYOUT_ACTORS}",
@@ -90,7 +90,7 @@ def cpu_overrides(recipe: RunConfig, shipped_layout: bool = False) -> list[str]:
                  f"learner.num_workers={WORKERS}", "learner.cpus_per_worker=0.5", "learner.gpus_per_worker=0"]
     else:
         pools = ["sampler.num_actors=1", "sampler.cpus_per_actor=1", "sampler.gpus_per_actor=0",  # 4 logical CPUs, no GPU
-                 "verifier.num_actors=1", f"learner.num_workers={WORKERS}", "learner.cpus_per_worker=1", "learner.gpus_per_worker=0"]
+                 "verifier.num_actors=1", f"learner.num_workers={workers}", "learner.cpus_per_worker=1", "learner.gpus_per_worker=0"]
     overrides = [
         *TINY_POLICY,  # no hub weights here: the tiny Qwen2 warm-started on the synthetic task
         "data.train={name: synthetic, split: train, limit: 64}",  # no hub datasets; a few dozen prompts
@@ -113,7 +113,7 @@ def cpu_overrides(recipe: RunConfig, shipped_layout: bool = False) -> list[str]:
             overrides.append(f"data.train={{name: synthetic, split: train, limit: {prompts * grpo.max_sampling_batches}}}")
         if grpo.overlong_buffer is not None:  # the recipe's share of the response budget, at the tiny task's 48 tokens
             overrides.append(f"grpo.overlong_buffer={max(1, 48 * grpo.overlong_buffer // recipe.sampler.max_new_tokens)}")
-    elif shipped_layout:  # one optimizer step of the recipe's 64 pairs
+    elif shipped_layout or workers * micro * accumulation == learner.global_batch_size:  # one optimizer step of the recipe's 64 pairs
         overrides.append("learner.max_steps=1")
     else:
         overrides.append("learner.max_steps=4")  # a few optimizer steps: the round's data holds more
@@ -228,7 +228,8 @@ GRPO_RECIPES = ["qwen25-math-7b-dapo", "qwen25-math-7b-grpo", "qwen25-math-7b-gr
 # Not run with its pools as shipped: 8 vLLM engines and 8 ZeRO-3 workers at once do not fit this machine's
 # memory; its shrunk run (2 of each, colocated) is the colocated layout's test, test_grpo_layouts.py.
 COLOCATED_RECIPE = "qwen25-math-7b-grpo-colocated"
-# Sized for one GPU (a sampler, then a learner worker, on it): its CPU run is the offline one with 2 workers.
+# Sized for one GPU (a sampler, then a learner worker, on it): its CPU run keeps its one learner worker, and so
+# its global batch of 64 pairs (one optimizer step).
 ONE_GPU_RECIPE = "qwen25-math-7b-rpo-lora"
 
 
@@ -236,7 +237,7 @@ def test_the_recipes_share_two_pool_layouts_each_run_as_shipped():
     layouts = {name: pool_layout(load_config(name)) for name in GPU_RECIPES if name not in (COLOCATED_RECIPE, ONE_GPU_RECIPE)}
     one_gpu = pool_layout(load_config(ONE_GPU_RECIPE))
     assert one_gpu["sampler"]["num_actors"] == one_gpu["learner"]["num_workers"] == 1
-    offline = [name for name in GPU_RECIPES if name not in GRPO_RECIPES]
+    offline = [name for name in GPU_RECIPES if name not in GRPO_RECIPES and name != ONE_GPU_RECIPE]
     online = [name for name in GRPO_RECIPES if name != COLOCATED_RECIPE]
     assert all(layouts[name] == layouts[LAYOUT_RUNS[0]] for name in offline) and LAYOUT_RUNS[0] in offline
     assert all(layouts[name] == layouts[LAYOUT_RUNS[1]] for name in online) and LAYOUT_RUNS[1] in online
@@ -272,7 +273,8 @@ def test_the_offline_recipes_actors_hold_their_gpus_as_shipped_on_logical_gpus(r
 
 @pytest.mark.parametrize("recipe_name", [name for name in GPU_RECIPES if name not in GRPO_RECIPES])
 def test_offline_recipe_runs_one_round_with_its_own_settings(ray_cluster, recipe_runs, cache, evaluated, recipe_name):
-    layout = load_config(recipe_name).objective.name == load_config(LAYOUT_RUNS[0]).objective.name  # the layout run is this one's
+    # the layout run is this one's (not the one-GPU recipe's, whose pools are its own)
+    layout = load_config(recipe_name).objective.name == load_config(LAYOUT_RUNS[0]).objective.name and recipe_name != ONE_GPU_RECIPE
     config = cpu_config(recipe_name, recipe_runs, shipped_layout=layout)
     _seed_from_an_earlier_run(config)
     pipeline = OfflinePipeline(config, log=lambda line: None)
