@@ -101,11 +101,14 @@ def run_cell(cell: str, runs: Path, out: Path, resume: bool) -> dict:
             raise SystemExit(f"TRL's run failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
         summary = json.loads(done.stdout.strip().splitlines()[-1]) | {"wall_s": round(time.time() - started, 1)}
         summary_path.write_text(json.dumps(summary, indent=1))
-    evaluation = load_config(ours / "config.yaml", [f"name=trl-{cell}", f"output_dir={out}"])
     final = f"trl_step_{config.grpo.steps}"
-    run = RunDirectory.of(evaluation, log=log)
-    run.prepare()
-    [scored] = Evaluator(run).evaluate_many([(final, trl_dir / "run" / "model")])
+    manifest = trl_dir / f"eval_{final}" / "manifest.json"
+    if resume and manifest.exists() and "score" in json.loads(manifest.read_text()):  # scored earlier (by an older config schema too)
+        scored = json.loads(manifest.read_text())["score"]
+    else:
+        run = RunDirectory.of(load_config(ours / "config.yaml", [f"name=trl-{cell}", f"output_dir={out}"]), log=log)
+        run.prepare()
+        [scored] = Evaluator(run).evaluate_many([(final, trl_dir / "run" / "model")])
     points = json.loads((ours / "per_problem.json").read_text())["points"]
     rewards = [json.loads(line)["reward_mean"] for line in (trl_dir / "run" / "rewards.jsonl").read_text().splitlines()]
     ours_rewards = {}
