@@ -459,9 +459,6 @@ class RunConfig(StrictModel):
     def _grpo_batches_divide(self) -> RunConfig:
         if self.objective.name != "grpo":
             return self
-        if self.learner.lora is not None:
-            raise ValueError("learner.lora: GRPO's weight sync sends the policy's full weights by name and does not yet send adapters; "
-                             "LoRA runs with the offline objectives")
         if self.sampler.n < 2:
             raise ValueError(f"sampler.n: GRPO normalises rewards within a group of samples and needs at least 2, got {self.sampler.n}")
         if self.grpo.overlong_buffer is not None and self.grpo.overlong_buffer >= self.sampler.max_new_tokens:

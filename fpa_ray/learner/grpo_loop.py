@@ -33,7 +33,7 @@ from fpa_ray.learner.backends import build_backend, worker_device
 from fpa_ray.learner.data import Example, MicroBatching, collate, global_order
 from fpa_ray.learner.forward import TokenizedBatch, shifted_targets
 from fpa_ray.learner.optimizer_step import StepMetrics, plan_micro_batches
-from fpa_ray.learner.worker_records import SNAPSHOTS_DIR, MetricsWriter, report, restored_checkpoint, save_hf
+from fpa_ray.learner.worker_records import SNAPSHOTS_DIR, MetricsWriter, SentWeights, report, restored_checkpoint, save_hf
 from fpa_ray.objectives import ObjectiveOutput, TokenBatch, get_objective, token_logprobs
 from fpa_ray.tracking import TrackingRun
 from fpa_ray.weights.probe import probe_ids
@@ -188,7 +188,7 @@ def grpo_loop(config: dict) -> None:
         reference = backend.frozen_reference(setup.reference_path)
     output_dir = Path(setup.output_dir)
     writer = MetricsWriter(output_dir, backend.start_step, setup.tracking, "grpo/") if rank == 0 else None
-    sender = make_transport(grpo, controller, output_dir, setup.run, device, save=lambda directory: save_hf(directory, backend, setup.policy_path))
+    sender, sent = make_transport(grpo, controller, output_dir, setup.run, device), SentWeights(backend, setup.policy_path)
     if layout.colocated:  # each rank's engine starts in the rank's own bundle, on its device
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # the whole model loaded before ZeRO-3 partitioned it: vLLM starts only into free memory
@@ -199,7 +199,7 @@ def grpo_loop(config: dict) -> None:
 
     def send_weights(step: int) -> float | None:
         """The weights of update `step` to the samplers; the sync probe's gap (rank 0)."""
-        return sender.send(backend, step, _probe_logprobs(backend, tokenizer, device) if grpo.refresh_probe else None)
+        return sender.send(sent, step, _probe_logprobs(backend, tokenizer, device) if grpo.refresh_probe else None)
 
     gap = None  # of the last sync, logged with the next step
     # The samplers hold other weights than this group's after a restart: newer than its checkpoint, or an
@@ -258,6 +258,7 @@ def grpo_loop(config: dict) -> None:
                 step=optimizer_steps, rollout_step=step + 1, lr=lr, grad_norm=float(grad_norm), time=time.time(),
                 tokens_per_s=step_tokens / (now - mark), truncated=float(cut), staleness=float(staleness), **rollout["stats"],
                 **({"sync_probe_gap": gap} if gap is not None else {}),
+                **({"sync_bytes": float(sender.sent_bytes)} if sender.sent_bytes is not None else {}),  # of the last sync (rank 0)
             )
             mark = now
             if writer is not None:

@@ -7,7 +7,8 @@ one more forward pass, not a model. A checkpoint holds the adapter in PEFT's lay
 resume, and for `PeftModel.from_pretrained`) and, at its root, the merged weights that vLLM and
 transformers load like any policy's. The merged weights are computed as W + scale * B A beside the
 module, not by merging into it and back (PEFT's merge_adapter / unmerge_adapter), which would move
-the base weights by a rounding at every save.
+the base weights by a rounding at every save. In GRPO only the adapters travel to the samplers
+(`adapter_weights`), which merge them into the weights they started from (fpa_ray/weights/adapters.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from fpa_ray.config import LoRAConfig
+from fpa_ray.weights.adapters import LORA_A, LORA_B
 
 ADAPTER_DIR = "adapter"
 
@@ -63,3 +65,19 @@ def save_merged(model: torch.nn.Module, directory: Path) -> None:
     """The merged policy at `directory` (config and weights, as save_pretrained writes them) and the adapter in `adapter/`."""
     model.get_base_model().save_pretrained(directory, state_dict=merged_state_dict(model))
     model.save_pretrained(directory / ADAPTER_DIR)
+
+
+def adapter_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The adapters alone, as the samplers merge them: `<module>.lora_A` and `<module>.lora_B` of each
+    adapted linear layer, named by the layer's path in the base model (its checkpoint's names)."""
+    from peft.tuners.lora import LoraLayer
+
+    adapter, named = model.active_adapter, []
+    for name, module in model.get_base_model().named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        if adapter not in module.lora_A or getattr(module, "fan_in_fan_out", False):
+            raise ValueError(f"learner.lora.target_modules: {name} ({type(module.get_base_layer()).__name__}) is not a linear layer "
+                             "the samplers can merge an adapter into; target linear layers only")
+        named += [(f"{name}.{LORA_A}", module.lora_A[adapter].weight), (f"{name}.{LORA_B}", module.lora_B[adapter].weight)]
+    return named

@@ -65,6 +65,39 @@ def save_hf(directory: Path, backend, tokenizer_path: str) -> None:
         AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(directory)
 
 
+class SentWeights:
+    """What the samplers need of the learner's policy after an update, as the weight transports
+    (fpa_ray/weights/transports.py) send it: every weight by name, or with learner.lora the adapters
+    alone (lora.adapter_weights), which each engine merges into the weights it started from."""
+
+    def __init__(self, backend, tokenizer_path: str):
+        self.backend, self.tokenizer_path, self.rank = backend, tokenizer_path, backend.rank
+        self.lora = backend.learner.lora is not None
+
+    def gathered(self):
+        """ZeRO-3: the full tensors of what is sent (the adapters alone with LoRA), on every rank."""
+        return self.backend.gathered([p for p in self.backend.unwrapped.parameters() if p.requires_grad] if self.lora else None)
+
+    def named(self) -> list[tuple[str, torch.Tensor]]:
+        """The tensors to send, by name (inside `gathered`)."""
+        if not self.lora:
+            return list(self.backend.unwrapped.state_dict().items())
+        from fpa_ray.learner.lora import adapter_weights
+
+        return adapter_weights(self.backend.unwrapped)
+
+    def save(self, directory: Path) -> None:
+        """The disk transport's copy (every rank calls it): a Hugging Face model, or the adapters' tensors."""
+        if not self.lora:
+            save_hf(directory, self.backend, self.tokenizer_path)
+            return
+        from safetensors.torch import save_file
+
+        with self.gathered():
+            if self.rank == 0:
+                save_file({name: tensor.detach().contiguous().cpu() for name, tensor in self.named()}, directory / "adapters.safetensors")
+
+
 def save_checkpoint(directory: Path, backend, step: int, setup) -> None:
     """HF model + tokenizer at the root, training state (the backend's, schedule, step) below."""
     state_dir = directory / STATE_DIR

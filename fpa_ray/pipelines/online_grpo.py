@@ -39,6 +39,7 @@ from fpa_ray.grpo_layouts import grpo_layout
 from fpa_ray.pool_stages import prompts, starting_policy
 from fpa_ray.run_directory import RunDirectory
 from fpa_ray.run_files import write_json
+from fpa_ray.weights.adapters import AdapterMerge
 from fpa_ray.weights.group import TransferFailed
 from fpa_ray.weights.transports import TRANSPORTS
 
@@ -131,11 +132,13 @@ class RolloutController:
         from fpa_ray.sampler.rollout import start_colocated_engines, start_rollout_workers
 
         config = self.config
+        lora = config.learner.lora  # only the adapters arrive: each engine merges them into the start's weights
+        merge = None if lora is None else AdapterMerge(self.policy, lora.alpha / lora.rank)
         if not self.layout.colocated:
-            return start_rollout_workers(Path(self.policy), config.sampler, config.data.template, prefix)
+            return start_rollout_workers(Path(self.policy), config.sampler, config.data.template, prefix, merge)
         if self.placements is None:
             return []  # started in the learner workers' bundles once they are placed (colocate)
-        return start_colocated_engines(Path(self.policy), config.sampler, config.data.template, prefix, self.placements)
+        return start_colocated_engines(Path(self.policy), config.sampler, config.data.template, prefix, self.placements, merge)
 
     def colocate(self, placements: list) -> None:
         """Colocated layout: (re)start the engines, one in each learner worker's bundle, in rank order

@@ -84,12 +84,13 @@ def _join_weight_group(worker, address, first_rank: int, host: str) -> None:
     weight_group.join(address, first_rank + worker.rank, host)
 
 
-def _receive_weights(worker, name: str, expected: list) -> None:
-    """Runs in each vLLM worker: the broadcast tensors streamed into the layerwise reload."""
+def _receive_weights(worker, name: str, expected: list, merge) -> None:
+    """Runs in each vLLM worker: the broadcast tensors streamed into the layerwise reload (adapters: merged first)."""
     from fpa_ray.weights import group as weight_group
+    from fpa_ray.weights.adapters import merge_with
 
     device = next(worker.model_runner.get_model().parameters()).device
-    worker.reload_weights(weights_iterator=weight_group.receive(name, expected, device), is_checkpoint_format=True)
+    worker.reload_weights(weights_iterator=merge_with(merge, weight_group.receive(name, expected, device)), is_checkpoint_format=True)
 
 
 def check_checkpoint(path: Path) -> None:
@@ -113,7 +114,8 @@ class Engine(Protocol):
 
     def join_weight_group(self, address, first_rank: int, host: str) -> int: ...  # returns the ranks it took
 
-    def receive_weights(self, name: str, expected: list) -> None: ...
+    # The learner's broadcast; `merge` (fpa_ray.weights.adapters.AdapterMerge): adapters, merged into the start weights
+    def receive_weights(self, name: str, expected: list, merge=None) -> None: ...
 
     def continuation_logprobs(self, prompt_token_ids: list[int], continuation: list[int]) -> list[float]: ...
 
@@ -194,9 +196,9 @@ class VLLMEngine:
         self.llm.collective_rpc(_join_weight_group, args=(address, first_rank, host))
         return self.config.tensor_parallel_size
 
-    def receive_weights(self, name: str, expected: list) -> None:
+    def receive_weights(self, name: str, expected: list, merge=None) -> None:
         """The learner's broadcast, received by every worker of this engine into the same reload."""
-        self._reload(lambda: self.llm.collective_rpc(_receive_weights, args=(name, expected)))
+        self._reload(lambda: self.llm.collective_rpc(_receive_weights, args=(name, expected, merge)))
 
     def _reload(self, load) -> None:
         from fpa_ray.weights.group import TransferFailed
@@ -270,10 +272,11 @@ class HFEngine:
         weight_group.join(address, first_rank, host)
         return 1
 
-    def receive_weights(self, name: str, expected: list) -> None:
+    def receive_weights(self, name: str, expected: list, merge=None) -> None:
         from fpa_ray.weights import group as weight_group
+        from fpa_ray.weights.adapters import merge_with
 
-        self.update_weights(weight_group.receive(name, expected, self.model.device))
+        self.update_weights(merge_with(merge, weight_group.receive(name, expected, self.model.device)))
 
     def sleep(self) -> None:
         """The model to host memory while it sleeps on a GPU; on the CPU it stays where it is."""

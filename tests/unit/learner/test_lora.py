@@ -11,9 +11,9 @@ from transformers import AutoModelForCausalLM
 from fpa_ray.config import FPAConfig, LearnerConfig, LoRAConfig, load_config
 from fpa_ray.learner.backends import build_backend, load_policy
 from fpa_ray.learner.data import collate
-from fpa_ray.learner.lora import ADAPTER_DIR, AdaptersOff
+from fpa_ray.learner.lora import ADAPTER_DIR, AdaptersOff, adapter_weights, merged_state_dict, with_adapters
 from fpa_ray.learner.optimizer_step import objective_loss
-from fpa_ray.learner.worker_records import save_hf
+from fpa_ray.learner.worker_records import SentWeights, save_hf
 from fpa_ray.objectives import get_objective
 from tests.helpers.distributed_learner import examples, save_random_policy
 
@@ -124,9 +124,55 @@ def test_a_checkpoint_holds_the_merged_policy_and_the_adapter_to_resume_from(bas
         assert torch.equal(held[name], p), name
 
 
-def test_grpo_with_lora_is_refused_until_its_weight_sync_sends_adapters():
-    with pytest.raises(ValueError, match="learner.lora: GRPO's weight sync"):
-        load_config("tiny-cpu-grpo", ["learner.lora={rank: 8}"])
+class RecordingEngine:
+    """Stands in for a sampler engine (which needs a tokenizer this random policy lacks): keeps what it is given."""
+
+    def update_weights(self, weights) -> None:
+        self.weights = dict(weights)
+
+
+def test_grpo_sends_only_the_adapters_and_the_samplers_merge_them_into_what_a_checkpoint_holds(base_dir, tmp_path):
+    from fpa_ray.weights.adapters import AdapterMerge
+    from fpa_ray.weights.transports import Disk, nbytes
+
+    assert load_config("tiny-cpu-grpo", ["learner.lora={rank: 8}"]).learner.lora.rank == 8
+    backend = _backend(base_dir)
+    sent = SentWeights(backend, str(base_dir))
+    with sent.gathered():
+        named = sent.named()
+    layers = backend.unwrapped.config.num_hidden_layers
+    assert sorted(n for n, _ in named) == sorted(f"model.layers.{i}.{block}.{t}.lora_{ab}" for i in range(layers) for t in TARGETS
+                                                 for block in (["self_attn"] if t.endswith("_proj") and t[0] in "qkvo" else ["mlp"]) for ab in "AB")
+    full = nbytes(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).state_dict().values())
+    assert nbytes(t for _, t in named) == sum(p.numel() for p in _adapters(backend.unwrapped).values()) * 4 < full / 10
+
+    merge = AdapterMerge(str(base_dir), ALPHA / RANK)
+    merged, expected = dict(merge(named)), merged_state_dict(backend.unwrapped)  # expected: a checkpoint's merged weights
+    assert backend.unwrapped.config.tie_word_embeddings  # so the checkpoint, and the sync, hold no lm_head.weight
+    assert merged.keys() == expected.keys() - {"lm_head.weight"}  # the whole model: no layer of the engine is left half-loaded
+    for name, tensor in merged.items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=1e-6, msg=name)
+    adapted = {n.removesuffix(".lora_A") + ".weight" for n, _ in named if n.endswith("lora_A")}
+    base = dict(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).state_dict())
+    assert all(not torch.equal(merged[n], base[n]) for n in adapted) and all(torch.equal(merged[n], base[n]) for n in merged.keys() - adapted)
+
+    # The disk transport writes the adapters alone, and its receiving end merges them before loading.
+    (tmp_path / "sync").mkdir()
+    sent.save(tmp_path / "sync")
+    assert [p.name for p in (tmp_path / "sync").iterdir()] == ["adapters.safetensors"]
+    engine = RecordingEngine()
+    assert Disk.receive(engine, str(tmp_path / "sync"), None, 1e-3, merge) is None
+    assert engine.weights.keys() == merged.keys()
+    for name, tensor in merged.items():
+        torch.testing.assert_close(engine.weights[name], tensor, rtol=0, atol=0, msg=name)
+    with pytest.raises(ValueError, match=r"without their pair.*q_proj"):
+        list(merge(named[1:]))
+
+
+def test_an_adapter_the_samplers_cannot_merge_is_refused_naming_the_layer(base_dir):
+    policy = with_adapters(AutoModelForCausalLM.from_pretrained(base_dir), LoRAConfig(rank=RANK, target_modules=["embed_tokens", "q_proj"]))
+    with pytest.raises(ValueError, match=r"learner.lora.target_modules: model.embed_tokens \(Embedding\) is not a linear layer"):
+        adapter_weights(policy)
 
 
 def test_a_run_resumed_from_a_lora_checkpoint_takes_the_uninterrupted_runs_steps(base_dir, tmp_path):
