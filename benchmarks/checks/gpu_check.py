@@ -21,7 +21,11 @@ Train worker runs):
    ZeRO-3 module, the weight group over NCCL with blocking waits and abort, the HF engine on its GPU;
 6. the colocated GRPO layout's GPU-only parts: the HF engine's sleep (its model off the GPU and back),
    the same-device weight path (CUDA IPC handles into an engine in another process, probed), and,
-   where vllm is installed, vLLM's sleep level 1 and the wake order (weights, load, KV cache).
+   where vllm is installed, vLLM's sleep level 1 and the wake order (weights, load, KV cache);
+7. LoRA as the one-GPU recipe runs it (ZeRO-2 bf16, rank 64, alpha 32, every linear layer, the
+   reference the policy with its adapters off): FPA-RPO steps move every adapter entry that got a
+   gradient, and the adapters GRPO would send, merged on the GPU as an engine merges them, equal the
+   merged weights a checkpoint holds.
 It prints one line per check and a JSON summary (also written to --out), and exits non-zero on any
 failure. What it does not cover: Ray, vLLM, the verifier, several GPUs (those run on the CPU suite).
 """
@@ -42,7 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from fpa_ray.config import FPAConfig, LearnerConfig  # noqa: E402
+from fpa_ray.config import FPAConfig, LearnerConfig, LoRAConfig  # noqa: E402
 from fpa_ray.learner.backends import build_backend, load_reference, precision_for  # noqa: E402
 from fpa_ray.learner.data import Example, MicroBatching  # noqa: E402
 from fpa_ray.learner.offline_loop import example_kind, needs_reference_model
@@ -127,8 +131,10 @@ class Check:
         return result if result["ok"] else None
 
 
-def train(backend, reference, objective: str, fpa: FPAConfig, rows: list[Example], steps: int, batching: MicroBatching) -> dict:
-    """`steps` optimizer steps of train_step; figures: losses, gradient norms, seconds per step, movement."""
+def train(backend, reference, objective: str, fpa: FPAConfig, rows: list[Example], steps: int, batching: MicroBatching,
+          min_share: float = 0.9) -> dict:
+    """`steps` optimizer steps of train_step; figures: losses, gradient norms, seconds per step, movement
+    (at least `min_share` of the entries received a gradient, and every one that did moved)."""
     previous = backend.master_weights()
     moved = {name: torch.zeros_like(w, dtype=torch.bool) for name, w in previous.items()}  # at some step: a later one may move it back
     metrics, times = [], []
@@ -151,7 +157,7 @@ def train(backend, reference, objective: str, fpa: FPAConfig, rows: list[Example
         raise AssertionError(f"non-finite loss {losses}")
     if not all(m["grad_norm"] > 0 for m in metrics):
         raise AssertionError(f"zero gradient norm {[m['grad_norm'] for m in metrics]}")
-    if got < 0.9 * total or stuck:
+    if got < min_share * total or stuck:
         raise AssertionError(f"{stuck} of {got} entries with a gradient did not move ({got} of {total} received one)")
     return {"loss": losses[0], "grad_norm": metrics[0]["grad_norm"], "kl_reference": metrics[0].get("kl_reference"),
             "s_per_step": round(sum(times[1:]) / max(1, len(times) - 1), 4), "moved": f"{got - stuck}/{got}"}
@@ -304,6 +310,34 @@ def _vllm_sleep(directory: Path, device: torch.device) -> dict:
     return {"free_gib": {k: round(v / 2**30, 2) for k, v in free.items()}, "tokens": tokens}
 
 
+def _lora_step_and_merge(config: LearnerConfig, policy: str, rows: list[Example], steps: int, device: torch.device) -> dict:
+    from fpa_ray.learner.lora import merged_state_dict
+    from fpa_ray.learner.worker_records import SentWeights
+    from fpa_ray.weights.adapters import AdapterMerge
+
+    backend = build_backend(config, policy, None, steps, device)
+    try:
+        # PEFT starts B at zero, so A gets no gradient in the first step: over 2 steps fewer entries get one
+        figures = train(backend, backend.frozen_reference(policy), "rpo", FPAConfig(enabled=True, lam=1.0, mode="exact", chunk_size=16), rows,
+                        steps, MicroBatching.of(config), min_share=0.5)
+        sent = SentWeights(backend, policy)
+        with sent.gathered():
+            named = [(name, tensor.detach().clone()) for name, tensor in sent.named()]
+            expected = merged_state_dict(backend.unwrapped)
+        merged = dict(AdapterMerge(policy, config.lora.alpha / config.lora.rank)(named))
+        adapted = {name.removesuffix(".lora_A") + ".weight" for name, _ in named if name.endswith(".lora_A")}
+        worst = max(float((merged[k].float() - expected[k].float()).abs().max() / expected[k].float().abs().max()) for k in adapted)
+        if worst > 1e-2 or merged[next(iter(adapted))].device.type != device.type:  # one bf16 rounding apart at most
+            raise AssertionError(f"the GPU merge differs from the checkpoint's merged weights by {worst:.2e} (relative)")
+        sync_bytes = sum(t.numel() * t.element_size() for _, t in named)
+        full_bytes = sum(t.numel() * t.element_size() for t in expected.values())
+        return {**figures, "sync_mib": round(sync_bytes / 2**20, 2), "full_mib": round(full_bytes / 2**20, 2), "merge_rel_diff": worst}
+    finally:
+        if hasattr(backend.model, "destroy"):
+            backend.model.destroy()
+        _release(backend)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -402,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
         check.run("hf engine sleeps off its GPU and wakes", lambda: _hf_engine_sleep(Path(tmp), device))
         check.run("colocated weights over CUDA IPC into an engine in another process", lambda: _same_device_weights(Path(tmp), device))
         check.run("vllm sleep level 1, wake weights, load, wake kv cache", lambda: _vllm_sleep(Path(tmp), device))
+        lora = learner.model_copy(update={"strategy": "deepspeed", "zero_stage": 2, "lr": 5e-6,
+                                          "lora": LoRAConfig(rank=64, alpha=32.0, target_modules="all-linear")})
+        check.run("zero2-bf16 LoRA rank 64 rpo + FPA exact, reference = adapters off; its adapters merged on the device",
+                  lambda: _lora_step_and_merge(lora, policy, rows["paired"], args.steps, device))
     failed = [r["check"] for r in check.results if not r["ok"]]
     summary = {"environment": environment, "results": check.results, "fpa_over_plain": ratios, "padding_free_over_padded": packed_ratio, "failed": failed,
                "wall_s": round(time.perf_counter() - started, 1)}

@@ -19,7 +19,7 @@ def test_gpu_check_runs_every_case_and_reports_figures_on_cpu(tmp_path):
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     assert run.returncode == 0, [r for r in summary["results"] if not r["ok"]] or run.stderr[-3000:]
     checks = [r["check"] for r in summary["results"]]
-    assert len(checks) == 24 and summary["failed"] == []
+    assert len(checks) == 25 and summary["failed"] == []
     assert sum("zero3" in c for c in checks) == 3 and sum("kto" in c for c in checks) == 4 and sum("padding-free" in c for c in checks) == 2
     assert summary["padding_free_over_padded"] > 0
     by_name = {r["check"]: r for r in summary["results"]}
@@ -29,6 +29,8 @@ def test_gpu_check_runs_every_case_and_reports_figures_on_cpu(tmp_path):
     assert "skipped" in by_name["colocated weights over CUDA IPC into an engine in another process"]  # GPU-only
     assert "skipped" in by_name["vllm sleep level 1, wake weights, load, wake kv cache"]
     assert "gradient checkpointing: same loss, less memory" in by_name  # the loss part (memory is measured on GPUs only)
+    lora = next(r for r in summary["results"] if "LoRA" in r["check"])
+    assert lora["sync_mib"] < lora["full_mib"] and lora["merge_rel_diff"] <= 1e-2
     for result in (r for r in summary["results"] if "moved" in r):  # the training checks
         moved, received = map(int, result["moved"].split("/"))
         assert moved == received > 0 and result["grad_norm"] > 0 and result["s_per_step"] > 0
