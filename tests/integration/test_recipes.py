@@ -213,11 +213,11 @@ def evaluated() -> set[str]:
 
 def test_every_recipe_in_configs_has_a_conformance_run():
     assert set(GPU_RECIPES) | set(TINY_RECIPES) == {path.stem for path in CONFIG_DIR.glob("*.yaml")}
-    assert len(GPU_RECIPES) == 14
+    assert len(GPU_RECIPES) == 15
 
 
 def test_qwen_and_llama_recipes_differ_only_in_what_the_cpu_replaces(recipe_runs):
-    for objective in ("dpo", "rpo", "kto", "simper", "offline_rl"):
+    for objective in ("dpo", "rpo", "kto", "simper", "offline_rl", "rpo-lora"):
         qwen, llama = (cpu_config(f"{model}-{objective}", recipe_runs) for model in ("qwen25-math-7b", "llama32-3b-instruct"))
         assert qwen.name == llama.name  # so they share one run
         raw = [load_config(f"{model}-{objective}") for model in ("qwen25-math-7b", "llama32-3b-instruct")]
@@ -230,14 +230,15 @@ GRPO_RECIPES = ["qwen25-math-7b-dapo", "qwen25-math-7b-grpo", "qwen25-math-7b-gr
 COLOCATED_RECIPE = "qwen25-math-7b-grpo-colocated"
 # Sized for one GPU (a sampler, then a learner worker, on it): its CPU run keeps its one learner worker, and so
 # its global batch of 64 pairs (one optimizer step).
-ONE_GPU_RECIPE = "qwen25-math-7b-rpo-lora"
+ONE_GPU_RECIPES = ("qwen25-math-7b-rpo-lora", "llama32-3b-instruct-rpo-lora")
 
 
 def test_the_recipes_share_two_pool_layouts_each_run_as_shipped():
-    layouts = {name: pool_layout(load_config(name)) for name in GPU_RECIPES if name not in (COLOCATED_RECIPE, ONE_GPU_RECIPE)}
-    one_gpu = pool_layout(load_config(ONE_GPU_RECIPE))
-    assert one_gpu["sampler"]["num_actors"] == one_gpu["learner"]["num_workers"] == 1
-    offline = [name for name in GPU_RECIPES if name not in GRPO_RECIPES and name != ONE_GPU_RECIPE]
+    layouts = {name: pool_layout(load_config(name)) for name in GPU_RECIPES if name not in (COLOCATED_RECIPE, *ONE_GPU_RECIPES)}
+    for name in ONE_GPU_RECIPES:
+        one_gpu = pool_layout(load_config(name))
+        assert one_gpu["sampler"]["num_actors"] == one_gpu["learner"]["num_workers"] == 1, name
+    offline = [name for name in GPU_RECIPES if name not in GRPO_RECIPES and name not in ONE_GPU_RECIPES]
     online = [name for name in GRPO_RECIPES if name != COLOCATED_RECIPE]
     assert all(layouts[name] == layouts[LAYOUT_RUNS[0]] for name in offline) and LAYOUT_RUNS[0] in offline
     assert all(layouts[name] == layouts[LAYOUT_RUNS[1]] for name in online) and LAYOUT_RUNS[1] in online
@@ -274,7 +275,7 @@ def test_the_offline_recipes_actors_hold_their_gpus_as_shipped_on_logical_gpus(r
 @pytest.mark.parametrize("recipe_name", [name for name in GPU_RECIPES if name not in GRPO_RECIPES])
 def test_offline_recipe_runs_one_round_with_its_own_settings(ray_cluster, recipe_runs, cache, evaluated, recipe_name):
     # the layout run is this one's (not the one-GPU recipe's, whose pools are its own)
-    layout = load_config(recipe_name).objective.name == load_config(LAYOUT_RUNS[0]).objective.name and recipe_name != ONE_GPU_RECIPE
+    layout = load_config(recipe_name).objective.name == load_config(LAYOUT_RUNS[0]).objective.name and recipe_name not in ONE_GPU_RECIPES
     config = cpu_config(recipe_name, recipe_runs, shipped_layout=layout)
     _seed_from_an_earlier_run(config)
     pipeline = OfflinePipeline(config, log=lambda line: None)
