@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ class Case:
     steps: int = 1
     params: dict = field(default_factory=dict)
     reference_is_policy: bool = False  # with LoRA: the policy with its adapters off
+    resume_at: int | None = None  # checkpoint before this step, then go on from the checkpoint in a new backend
 
     @property
     def micro_batch_size(self) -> int:
@@ -82,7 +84,7 @@ def _worker(rank: int, world: int, port: int, model_dir: str, reference_dir: str
     from fpa_ray.learner.data import global_order
     from fpa_ray.learner.data import MicroBatching
     from fpa_ray.learner.optimizer_step import train_step
-    from fpa_ray.learner.worker_records import SentWeights
+    from fpa_ray.learner.worker_records import SentWeights, save_checkpoint
     from fpa_ray.objectives import get_objective
 
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -102,6 +104,16 @@ def _worker(rank: int, world: int, port: int, model_dir: str, reference_dir: str
             moved = {name: torch.zeros_like(w, dtype=torch.bool) for name, w in before.items()}  # at some step
             metrics = []
             for step in range(case.steps):
+                if step == case.resume_at:  # every rank writes its part, then a new backend restores from it
+                    checkpoint = Path(out) / f"{case.key}-checkpoint"
+                    save_checkpoint(checkpoint, backend, step, SimpleNamespace(policy_path=model_dir, seed=0))
+                    dist.barrier()
+                    if hasattr(backend.model, "destroy"):
+                        backend.model.destroy()
+                    backend = build_backend(learner, model_dir, checkpoint, case.steps, device)
+                    assert backend.start_step == step
+                    if needs_reference:
+                        reference = backend.frozen_reference(model_dir if case.reference_is_policy else reference_dir)
                 metrics.append(train_step(backend, get_objective(case.objective), case.params, reference, rows,
                                           global_order(len(rows), step, GLOBAL_BATCH, 0), kind, 0, fpa, MicroBatching.of(learner),
                                           learner.max_length, precomputed=False))

@@ -94,12 +94,19 @@ def _lora_cases():
             for key, (strategy, world, accumulation, checkpointed) in LORA_SPLITS.items()]
 
 
+def _lora_resume_cases():
+    """4 LoRA steps under ZeRO-2 and ZeRO-3 on 2 workers, uninterrupted and checkpointed after 2 then resumed."""
+    return [Case(f"lora-resume-{strategy}{'' if at is None else '-at2'}", "rpo", True, 2, 2,
+                 {**STRATEGIES[strategy], "lr": LR, "precision": "fp32", "lora": LORA}, steps=4, reference_is_policy=True, resume_at=at)
+            for strategy in ("zero2", "zero3") for at in (None, 2)]
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     policy, reference = save_random_policy(root / "policy"), save_random_policy(root / "reference", sharpen=4.0)
-    return run_cases(_invariance_cases() + _packed_cases() + _checkpointed_cases() + _bf16_cases() + _lora_cases(), policy, reference,
-                     root / "results")
+    return run_cases(_invariance_cases() + _packed_cases() + _checkpointed_cases() + _bf16_cases() + _lora_cases() + _lora_resume_cases(),
+                     policy, reference, root / "results")
 
 
 def test_a_lora_step_is_the_same_for_every_strategy_and_moves_only_the_adapters(results):
@@ -121,6 +128,18 @@ def test_a_lora_step_is_the_same_for_every_strategy_and_moves_only_the_adapters(
         assert sent.keys() == base["sent"].keys(), key
         for name, tensor in base["sent"].items():
             assert sent[name].shape == tensor.shape and (sent[name] - tensor).abs().max() <= LR / 4, (key, name)
+
+
+@pytest.mark.parametrize("strategy", ["zero2", "zero3"])
+def test_a_lora_run_resumed_under_deepspeed_takes_the_uninterrupted_runs_steps(results, strategy):
+    clean, resumed = results[f"lora-resume-{strategy}"], results[f"lora-resume-{strategy}-at2"]
+    losses = [m["loss"] for m in clean["metrics"]]
+    assert len(losses) == 4 and [m["loss"] for m in resumed["metrics"]] == pytest.approx(losses, rel=1e-6)
+    assert clean["update"].keys() == resumed["update"].keys() and all("lora_" in name for name in clean["update"])
+    for name, update in clean["update"].items():  # the adapters the resumed run ends with: its start's plus its update
+        torch.testing.assert_close(resumed["update"][name], update, rtol=0, atol=1e-7, msg=name)
+    for name, tensor in clean["sent"].items():
+        torch.testing.assert_close(resumed["sent"][name], tensor, rtol=0, atol=1e-7, msg=name)
 
 
 @pytest.mark.parametrize("objective,fpa", FULL_MATRIX + EXTREMES, ids=lambda v: str(v))
