@@ -70,13 +70,14 @@ def save_merged(model: torch.nn.Module, directory: Path) -> None:
 def adapter_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     """The adapters alone, as the samplers merge them: `<module>.lora_A` and `<module>.lora_B` of each
     adapted linear layer, named by the layer's path in the base model (its checkpoint's names)."""
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import Linear, LoraLayer
 
     adapter, named = model.active_adapter, []
     for name, module in model.get_base_model().named_modules():
         if not isinstance(module, LoraLayer):
             continue
-        if adapter not in module.lora_A or getattr(module, "fan_in_fan_out", False):
+        # PEFT's LoRA on a plain linear layer (not a convolution, an embedding or GPT-2's transposed Conv1D)
+        if not isinstance(module, Linear) or adapter not in module.lora_A or module.fan_in_fan_out:
             raise ValueError(f"learner.lora.target_modules: {name} ({type(module.get_base_layer()).__name__}) is not a linear layer "
                              "the samplers can merge an adapter into; target linear layers only")
         named += [(f"{name}.{LORA_A}", module.lora_A[adapter].weight), (f"{name}.{LORA_B}", module.lora_B[adapter].weight)]

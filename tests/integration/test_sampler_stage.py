@@ -142,7 +142,7 @@ def test_bad_checkpoints_and_prompts_give_clear_errors(ray_cluster, prompts, tin
         short.run(prompts[:1], tiny_policy, tmp_path / "out2")
 
 
-def test_new_weights_reach_the_live_vllm_engine_in_place(ray_cluster, tiny_policy, perturbed):
+def test_new_weights_reach_the_live_vllm_engine_in_place(ray_cluster, tiny_policy, perturbed, tmp_path):
     """Through every transport's engine end: from the object store, from a directory, over a collective
     group and from the same device (its CPU twin, the node's object store), into the same actor, process
     and LLM object: the probe follows the learner's weights each time and leaves the previous ones."""
@@ -180,6 +180,50 @@ def test_new_weights_reach_the_live_vllm_engine_in_place(ray_cluster, tiny_polic
     assert ray_cluster.get(worker.gap.remote(str(tiny_policy))) > 1e-2
     weight_group.leave(address.name)
     assert ray_cluster.get(worker.engine_identity.remote()) == identity  # no restart, no new LLM
+    ray_cluster.kill(worker)
+    _lora_adapters_reach_an_engine_that_merges_them_through_every_transport(ray_cluster, tiny_policy, tmp_path, start)
+
+
+def _lora_adapters_reach_an_engine_that_merges_them_through_every_transport(ray_cluster, tiny_policy, tmp_path, start):
+    """GRPO with LoRA: only the adapters arrive, and the engine merges them into the weights it started from.
+    Trained adapters and zero ones (B = 0: the start again) take turns, so each transport must take effect."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fpa_ray.config import LoRAConfig
+    from fpa_ray.learner.lora import adapter_weights, save_merged, with_adapters
+    from fpa_ray.sampler.rollout import start_rollout_workers
+    from fpa_ray.weights import group as weight_group
+    from fpa_ray.weights.adapters import AdapterMerge
+    from fpa_ray.weights.probe import learner_logprobs, probe_ids
+    from fpa_ray.weights.transports import share
+
+    adapted = with_adapters(AutoModelForCausalLM.from_pretrained(tiny_policy), LoRAConfig(rank=8, alpha=16, target_modules="all-linear"))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in adapted.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
+    save_merged(adapted, tmp_path / "merged")
+    expected = learner_logprobs(tmp_path / "merged", *probe_ids(AutoTokenizer.from_pretrained(tiny_policy)))
+    trained = [(name, tensor.detach().clone()) for name, tensor in adapter_weights(adapted)]
+    zero = [(name, tensor if name.endswith("lora_A") else torch.zeros_like(tensor)) for name, tensor in trained]
+    (tmp_path / "zero").mkdir()
+    save_file(dict(zero), tmp_path / "zero" / "adapters.safetensors")
+
+    [worker] = start_rollout_workers(tiny_policy, _config(num_actors=1, max_num_seqs=8), "tiny-chat", "in-place-lora",
+                                     AdapterMerge(str(tiny_policy), 16 / 8))
+    assert ray_cluster.get(worker.load.remote("object_store", [ray_cluster.put(dict(trained))], expected, 1e-3)) < 1e-3
+    assert ray_cluster.get(worker.load.remote("disk", str(tmp_path / "zero"), start, 1e-3)) < 1e-3
+    assert ray_cluster.get(worker.load.remote("same_device", share(trained), expected, 1e-3)) < 1e-3
+    address = weight_group.new_address("in-place-lora-weights", 2, "gloo")
+    joined = worker.join_weight_group.remote(address, 1)
+    weight_group.join(address, 0, address.host)
+    ray_cluster.get(joined)
+    received = worker.load.remote("collective", (address.name, weight_group.specs(zero)), start, 1e-3)
+    weight_group.send(address.name, [tensor for _, tensor in zero], torch.device("cpu"))
+    assert ray_cluster.get(received) < 1e-3
+    weight_group.leave(address.name)
     ray_cluster.kill(worker)
 
 

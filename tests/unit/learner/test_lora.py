@@ -125,10 +125,12 @@ def test_a_checkpoint_holds_the_merged_policy_and_the_adapter_to_resume_from(bas
 
 
 class RecordingEngine:
-    """Stands in for a sampler engine (which needs a tokenizer this random policy lacks): keeps what it is given."""
+    """Stands in for a sampler engine (which needs a tokenizer this random policy lacks): keeps what it loads."""
 
-    def update_weights(self, weights) -> None:
-        self.weights = dict(weights)
+    def update_weights(self, weights, merge=None) -> None:
+        from fpa_ray.weights.adapters import merge_with
+
+        self.weights = dict(merge_with(merge, weights))
 
 
 def test_grpo_sends_only_the_adapters_and_the_samplers_merge_them_into_what_a_checkpoint_holds(base_dir, tmp_path):
