@@ -32,6 +32,7 @@ class Case:
     params: dict = field(default_factory=dict)
     reference_is_policy: bool = False  # with LoRA: the policy with its adapters off
     resume_at: int | None = None  # checkpoint before this step, then go on from the checkpoint in a new backend
+    fpa_mode: str = "exact"
 
     @property
     def micro_batch_size(self) -> int:
@@ -93,7 +94,7 @@ def _worker(rank: int, world: int, port: int, model_dir: str, reference_dir: str
         for case in cases:
             torch.manual_seed(0)
             learner = LearnerConfig(num_workers=world, global_batch_size=GLOBAL_BATCH, micro_batch_size=case.micro_batch_size, **case.learner)
-            fpa = FPAConfig(enabled=case.fpa, lam=1.0, chunk_size=3)
+            fpa = FPAConfig(enabled=case.fpa, lam=1.0, chunk_size=3, mode=case.fpa_mode)
             kind = example_kind(case.objective)
             rows = examples(kind)
             backend = build_backend(learner, model_dir, None, case.steps, device)

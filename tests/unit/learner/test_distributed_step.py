@@ -13,7 +13,9 @@
 4. bf16 keeps fp32 master weights: in 5 steps at lr 5e-7 every entry that received a gradient (RMS
    above AdamW's eps) moved. bf16 weights without a master copy moved 1.2% of them.
 5. LoRA: FPA-RPO with adapters, the reference the policy with them off, takes DDP's 1 x 1 step on 2
-   workers x 4 under DDP and ZeRO-2/3 (and ZeRO-3 with gradient checkpointing); only the adapters move.
+   workers x 4 under DDP and ZeRO-1/2/3 (and ZeRO-3 with gradient checkpointing); every other objective,
+   with and without FPA (and FPA's sequence mode), takes it under ZeRO-3 on 2 x 2 padding-free rows;
+   only the adapters move; a run resumed from a checkpoint under ZeRO-2/3 takes the uninterrupted steps.
 """
 
 import pytest
@@ -83,7 +85,8 @@ def _bf16_cases():
 
 
 LORA = {"rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj", "down_proj"]}
-LORA_SPLITS = {"ddp-w1a1": ("ddp", 1, 1, False), "ddp-w2a4": ("ddp", 2, 4, False), "zero2-w2a4": ("zero2", 2, 4, False),
+LORA_SPLITS = {"ddp-w1a1": ("ddp", 1, 1, False), "ddp-w2a4": ("ddp", 2, 4, False), "zero1-w2a4": ("zero1", 2, 4, False),
+               "zero2-w2a4": ("zero2", 2, 4, False),
                "zero3-w2a4": ("zero3", 2, 4, False), "zero3-w2a2-checkpointed": ("zero3", 2, 2, True)}
 
 
@@ -92,6 +95,23 @@ def _lora_cases():
                  {**STRATEGIES[strategy], "lr": LR, "precision": "fp32", "lora": LORA, "gradient_checkpointing": checkpointed},
                  reference_is_policy=True)
             for key, (strategy, world, accumulation, checkpointed) in LORA_SPLITS.items()]
+
+
+# Every other objective with and without FPA (and FPA's sequence mode) under LoRA: DDP 1 x 1 against ZeRO-3
+# on 2 workers x 2 with padding-free rows, the reference the policy with its adapters off.
+LORA_OBJECTIVES = [("dpo", False, "exact"), ("dpo", True, "exact"), ("kto", False, "exact"), ("kto", True, "exact"),
+                   ("simper", True, "exact"), ("offline_rl", True, "exact"), ("rpo", False, "exact"), ("rpo", True, "sequence")]
+
+
+def _lora_objective_key(objective, fpa, mode, split):
+    return f"lora-{objective}{'-fpa-' + mode if fpa else ''}-{split}"
+
+
+def _lora_objective_cases():
+    splits = {"ddp-w1a1": ({"strategy": "ddp"}, 1, 1), "zero3-w2a2-packed": ({**STRATEGIES["zero3"], "padding_free": True}, 2, 2)}
+    return [Case(_lora_objective_key(objective, fpa, mode, split), objective, fpa, world, accumulation,
+                 {**settings, "lr": LR, "precision": "fp32", "lora": LORA}, reference_is_policy=True, fpa_mode=mode)
+            for objective, fpa, mode in LORA_OBJECTIVES for split, (settings, world, accumulation) in splits.items()]
 
 
 def _lora_resume_cases():
@@ -105,7 +125,8 @@ def _lora_resume_cases():
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     policy, reference = save_random_policy(root / "policy"), save_random_policy(root / "reference", sharpen=4.0)
-    return run_cases(_invariance_cases() + _packed_cases() + _checkpointed_cases() + _bf16_cases() + _lora_cases() + _lora_resume_cases(),
+    return run_cases(_invariance_cases() + _packed_cases() + _checkpointed_cases() + _bf16_cases() + _lora_cases() + _lora_objective_cases()
+                     + _lora_resume_cases(),
                      policy, reference, root / "results")
 
 
@@ -128,6 +149,17 @@ def test_a_lora_step_is_the_same_for_every_strategy_and_moves_only_the_adapters(
         assert sent.keys() == base["sent"].keys(), key
         for name, tensor in base["sent"].items():
             assert sent[name].shape == tensor.shape and (sent[name] - tensor).abs().max() <= LR / 4, (key, name)
+
+
+@pytest.mark.parametrize("objective,fpa,mode", LORA_OBJECTIVES, ids=lambda v: str(v))
+def test_every_objective_with_lora_takes_the_same_step_under_zero3_padding_free(results, objective, fpa, mode):
+    base, zero = (results[_lora_objective_key(objective, fpa, mode, split)] for split in ("ddp-w1a1", "zero3-w2a2-packed"))
+    assert base["update"] and all("lora_" in name for name in base["update"]) and base["reference_held"] is None
+    assert max(u.abs().max() for u in base["update"].values()) > LR / 2  # the adapters trained
+    assert zero["metrics"][0]["loss"] == pytest.approx(base["metrics"][0]["loss"], rel=1e-6, abs=5e-9)
+    assert zero["metrics"][0]["grad_norm"] == pytest.approx(base["metrics"][0]["grad_norm"], rel=1e-5)
+    diffs = torch.cat([(zero["update"][n] - u).abs().flatten() for n, u in base["update"].items()])
+    assert diffs.max() <= LR / 4 and (diffs > 1e-7).float().mean() <= 1e-3, diffs.max()
 
 
 @pytest.mark.parametrize("strategy", ["zero2", "zero3"])
