@@ -6,7 +6,7 @@ For the tiny default's policy shape and a Qwen2.5-1.5B-shaped model cut to 2 lay
 8960, the 151,936-token vocabulary), random weights, each cell in a fresh process:
 - learner: fpa_ray's DDP backend and train_step (fp32, FPA-RPO exact, lambda 1, the reference being
   the starting policy: a second model for full fine-tuning, the policy with its adapters off for LoRA)
-  on 8 pairs of 64 prompt + 192 response tokens in one micro-batch; one warm-up step, then `--steps`
+  on 4 pairs of 64 prompt + 192 response tokens in one micro-batch; one warm-up step, then `--steps`
   timed ones. Trained tokens/s (both rows of every pair, no padding), the process's peak resident
   memory above what it held before loading the model (ru_maxrss: coarse, the allocator keeps freed
   memory), trainable parameters and the optimizer's state.
@@ -39,7 +39,7 @@ MODELS = {
     "1.5B-shaped": {"vocab_size": 151936, "hidden_size": 1536, "num_layers": 2, "head_dim": 128, "num_kv_heads": 2,
                     "intermediate_size": 8960},
 }
-PAIRS, PROMPT, RESPONSE = 8, 64, 192
+PAIRS, PROMPT, RESPONSE = 4, 64, 192
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "lora_vs_full"
 
 
