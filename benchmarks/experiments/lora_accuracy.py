@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -41,15 +40,13 @@ def lora(args, lr: float) -> list[str]:
     return [f"learner.lora={{rank: {args.rank}, alpha: {2 * args.rank}, target_modules: all-linear}}", f"learner.lr={lr * args.lora_lr_factor:g}"]
 
 
-def grpo_run(name: str, overrides: list[str], common: list[str], args, data_dir: Path) -> Path:
+def grpo_run(name: str, overrides: list[str], common: list[str], args) -> Path:
     config = load_config("tiny-cpu-grpo", [*common, f"name={name}", *GRPO_TESTBED, f"grpo.steps={args.grpo_steps}",
                                            f"grpo.eval_every={args.grpo_steps}", *overrides])
     run_dir = args.out / config.name
     if fresh_or_resumed(run_dir, args.resume):
         log(f"== {config.name}: finished earlier, reused")
         return run_dir
-    if not (run_dir / "eval_0").exists():  # the start's evaluation: the seed's offline runs' own
-        shutil.copytree(data_dir / "eval_0", run_dir / "eval_0")
     started = time.time()
     OnlineGRPOPipeline(config, log=log).run()
     log(f"== {config.name}: {time.time() - started:.0f} s")
@@ -89,8 +86,8 @@ def main() -> int:
         runs = {
             "offline full": offline_run(f"s{seed}-offline-full", ["rounds=1"], common, args.out, data_dir, args.resume),
             "offline LoRA": offline_run(f"s{seed}-offline-lora", ["rounds=1", *lora(args, OFFLINE_LR)], common, args.out, data_dir, args.resume),
-            "GRPO full": grpo_run(f"s{seed}-grpo-full", [], common, args, data_dir),
-            "GRPO LoRA": grpo_run(f"s{seed}-grpo-lora", lora(args, GRPO_LR), common, args, data_dir),
+            "GRPO full": grpo_run(f"s{seed}-grpo-full", [], common, args),
+            "GRPO LoRA": grpo_run(f"s{seed}-grpo-lora", lora(args, GRPO_LR), common, args),
         }
         scores = {name: final(run_dir) for name, run_dir in runs.items()}
         start = scores["offline full"][0]
