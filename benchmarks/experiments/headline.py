@@ -161,12 +161,22 @@ def run_methods(seed: int, methods: list[str], args, cells: Cells, reported: boo
     return found
 
 
+def on(point: dict, split: str) -> dict:
+    """A curve point's figures on `split`: its own where the run was scored on that split alone (tuning: dev)."""
+    return point["benchmarks"][split] if "benchmarks" in point else point
+
+
+def scored(point: dict, split: str) -> dict[str, float]:
+    """A per_problem.json point's per-problem pass@1 on `split` (alone: the point's own)."""
+    return point["benchmarks"].get(split) or point["per_problem"]
+
+
 def dev(point: dict) -> float:
-    return point["benchmarks"]["dev"]["pass_at_1"]
+    return on(point, "dev")["pass_at_1"]
 
 
 def test(point: dict) -> float:
-    return point["benchmarks"]["test"]["pass_at_1"]
+    return on(point, "test")["pass_at_1"]
 
 
 def plateau_index(cell: dict) -> int:
@@ -177,11 +187,11 @@ def plateau_index(cell: dict) -> int:
 
 def problem_scores(cell: dict, split: str, problems: list[str]) -> np.ndarray:
     """Per-problem pass@1 of each evaluated policy (policies x problems, in `problems`' order)."""
-    return np.array([[point["benchmarks"][split][p] for p in problems] for point in cell["per_problem"]["points"]])
+    return np.array([[scored(point, split)[p] for p in problems] for point in cell["per_problem"]["points"]])
 
 
 def seed_curves(cells: dict[str, dict], split: str = "test") -> SeedCurves:
-    problems = sorted(cells[next(iter(cells))]["per_problem"]["points"][0]["benchmarks"][split])
+    problems = sorted(scored(cells[next(iter(cells))]["per_problem"]["points"][0], split))
     return SeedCurves(costs={m: np.array([p["node_hours"] for p in c["curve"]["points"]]) for m, c in cells.items()},
                       scores={m: problem_scores(c, split, problems) for m, c in cells.items()},
                       plateaus={m: plateau_index(c) for m, c in cells.items()})
@@ -201,7 +211,7 @@ def spacing(cell: dict) -> float:
 
 def versus(cell: dict, split: str, index: int) -> str:
     """Policy `index`'s paired per-problem difference from the start on `split`, and its standard error, in points."""
-    problems = sorted(cell["per_problem"]["points"][0]["benchmarks"][split])
+    problems = sorted(scored(cell["per_problem"]["points"][0], split))
     gain, se = plateau_gain(problem_scores(cell, split, problems), index)
     return f"{100 * gain:+.1f} ({100 * se:.1f})"
 
@@ -223,7 +233,7 @@ def tuning_rows(tries: dict[str, dict], overrides: dict[str, list[str]]) -> list
 
 def reported_row(method: str, seed: int, cell: dict) -> str:
     points, index = cell["curve"]["points"], plateau_index(cell)
-    problems = sorted(cell["per_problem"]["points"][0]["benchmarks"]["test"])
+    problems = sorted(scored(cell["per_problem"]["points"][0], "test"))
     gain, se = plateau_gain(problem_scores(cell, "test", problems), index)
     resolved = "yes" if gain > 0 and gain >= MIN_SE * se else "no"
     return (f"| {label(method)} | {seed} | {100 * test(points[0]):.1f} | {100 * test(points[index]):.1f} | {versus(cell, 'test', index)} | {resolved} "
@@ -245,7 +255,9 @@ def tuning(tuned: dict[str, dict], choice: dict[str, str], args) -> list[str]:
             header, "|---|---|---|---|---|---|---|---|",
             *tuning_rows({m: tuned[m] for m in OFFLINE_TRIES}, OFFLINE_TRIES), *tuning_rows({m: tuned[m] for m in GRPO_TRIES}, GRPO_TRIES),
             "", f"GRPO's overrides are relative to {' '.join(GRPO_BASE)} on configs/tiny-cpu-grpo.yaml; the offline ones to configs/tiny-cpu.yaml.",
-            f"Chosen: {label(choice['offline'])}, {label(choice['grpo'])}.", ""]
+            f"Chosen: {label(choice['offline'])}, {label(choice['grpo'])}.",
+            "Tuning runs' node-hours chose nothing (the plateau's dev pass@1 did) and some shared the machine with other work "
+            "while they ran; the reported seeds' runs are timed alone.", ""]
 
 
 def summary(tuned: dict[str, dict], choice: dict[str, str], reported: dict[int, dict[str, dict]], args, cells: Cells) -> str:
