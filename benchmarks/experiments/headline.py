@@ -49,17 +49,14 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from fpa_ray.cluster import init_ray
 from fpa_ray.compare import SeedCurves, cost_to_reach, plateau_gain, ratio_with_interval, seed_ratio
-from fpa_ray.config import load_config
-from fpa_ray.pipelines.online_grpo import OnlineGRPOPipeline
 from fpa_ray.run_files import provenance
-from seeded_runs import fresh_or_resumed, log, offline_run, plot_accuracy_curves, regenerate
+from seeded_runs import grpo_run, log, offline_run, plot_accuracy_curves, regenerate
 
 # The GRPO testbed (benchmarks/experiments/grpo_testbed.py, chosen there on dev): configs/tiny-cpu-grpo.yaml with
 # 128 fresh prompts x 8 samples per step at T=0.7, 2 updates of 512 per rollout, lr 5e-5, 40 steps.
@@ -123,20 +120,6 @@ class Cells:
         return cell
 
 
-def grpo_cell(name: str, overrides: list[str], common: list[str], args) -> Path:
-    """A GRPO run; it evaluates its start itself (the offline runs' start, the same seeded samples: its verifier
-    settings differ from the seed's shared offline data, whose evaluation records them among its inputs)."""
-    config = load_config("tiny-cpu-grpo", [*common, f"name={name}", *GRPO_BASE, f"grpo.eval_every={args.eval_every}", *overrides])
-    run_dir = args.out / config.name
-    if fresh_or_resumed(run_dir, args.resume):
-        log(f"== {config.name}: finished earlier, reused")
-        return run_dir
-    start = time.time()
-    OnlineGRPOPipeline(config, log=log).run()
-    log(f"== {config.name}: {time.time() - start:.0f} s")
-    return run_dir
-
-
 def offline_overrides(method: str, args) -> list[str]:
     tries = {**OFFLINE_TRIES, **{f"{name}-plain": [*o, *PLAIN] for name, o in OFFLINE_TRIES.items()}}
     snapshots = [f"learner.snapshot_every={args.snapshot_every}"] if args.snapshot_every else []
@@ -154,7 +137,9 @@ def run_methods(seed: int, methods: list[str], args, cells: Cells, reported: boo
         if found[method] is None:
             name = f"s{seed}-{method}"
             if method in GRPO_TRIES:
-                run_dir = grpo_cell(name, GRPO_TRIES[method], common, args)
+                # each GRPO run evaluates its start itself: its verifier settings differ from the seed's shared
+                # offline data, whose evaluation records them among its inputs (the same seeded samples, the same score)
+                run_dir = grpo_run(name, [*GRPO_BASE, f"grpo.eval_every={args.eval_every}", *GRPO_TRIES[method]], common, args.out, args.resume)
             else:
                 run_dir = offline_run(name, offline_overrides(method, args), common, args.out, data_dir, args.resume)
             found[method] = cells.put(name, run_dir)

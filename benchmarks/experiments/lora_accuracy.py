@@ -20,15 +20,12 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 from fpa_ray.cluster import init_ray
-from fpa_ray.config import load_config
 from fpa_ray.evaluation import paired_difference
-from fpa_ray.pipelines.online_grpo import OnlineGRPOPipeline
 from fpa_ray.run_files import provenance
-from seeded_runs import fresh_or_resumed, log, offline_run, regenerate
+from seeded_runs import grpo_run, offline_run, regenerate
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "lora_accuracy"
 GRPO_TESTBED = ["grpo.prompts_per_step=128", "learner.global_batch_size=512", "data.train.limit=20000", "sampler.temperature=0.7",
@@ -38,19 +35,6 @@ OFFLINE_LR, GRPO_LR = 1e-5, 5e-5  # configs/tiny-cpu.yaml's, the testbed's
 
 def lora(args, lr: float) -> list[str]:
     return [f"learner.lora={{rank: {args.rank}, alpha: {2 * args.rank}, target_modules: all-linear}}", f"learner.lr={lr * args.lora_lr_factor:g}"]
-
-
-def grpo_run(name: str, overrides: list[str], common: list[str], args) -> Path:
-    config = load_config("tiny-cpu-grpo", [*common, f"name={name}", *GRPO_TESTBED, f"grpo.steps={args.grpo_steps}",
-                                           f"grpo.eval_every={args.grpo_steps}", *overrides])
-    run_dir = args.out / config.name
-    if fresh_or_resumed(run_dir, args.resume):
-        log(f"== {config.name}: finished earlier, reused")
-        return run_dir
-    started = time.time()
-    OnlineGRPOPipeline(config, log=log).run()
-    log(f"== {config.name}: {time.time() - started:.0f} s")
-    return run_dir
 
 
 def final(run_dir: Path) -> tuple[dict, dict, float]:
@@ -83,11 +67,12 @@ def main() -> int:
         common = [f"seed={seed}", f"output_dir={args.out}", "evaluation.samples=4",
                   f"data.eval=[{{name: synthetic, split: test, limit: {args.test}, label: test}}]"]
         data_dir, _ = regenerate(seed, common)
+        grpo = [*GRPO_TESTBED, f"grpo.steps={args.grpo_steps}", f"grpo.eval_every={args.grpo_steps}"]
         runs = {
             "offline full": offline_run(f"s{seed}-offline-full", ["rounds=1"], common, args.out, data_dir, args.resume),
             "offline LoRA": offline_run(f"s{seed}-offline-lora", ["rounds=1", *lora(args, OFFLINE_LR)], common, args.out, data_dir, args.resume),
-            "GRPO full": grpo_run(f"s{seed}-grpo-full", [], common, args),
-            "GRPO LoRA": grpo_run(f"s{seed}-grpo-lora", lora(args, GRPO_LR), common, args),
+            "GRPO full": grpo_run(f"s{seed}-grpo-full", grpo, common, args.out, args.resume),
+            "GRPO LoRA": grpo_run(f"s{seed}-grpo-lora", [*grpo, *lora(args, GRPO_LR)], common, args.out, args.resume),
         }
         scores = {name: final(run_dir) for name, run_dir in runs.items()}
         start = scores["offline full"][0]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fpa_ray.config import load_config
 from fpa_ray.pipelines.offline import OfflinePipeline
+from fpa_ray.pipelines.online_grpo import OnlineGRPOPipeline
 
 SHARED = ("eval_0", "round_1/samples", "round_1/verified")  # what every offline run of a seed reuses
 SHARED_STAGES = {"generate", "verify", "eval_generate", "eval_verify"}
@@ -58,6 +59,20 @@ def offline_run(name: str, overrides: list[str], common: list[str], out: Path, s
         (run_dir / "ledger.jsonl").write_text("".join(line + "\n" for line in entries))
     start = time.time()
     OfflinePipeline(config, log=log).run()
+    log(f"== {config.name}: {time.time() - start:.0f} s")
+    return run_dir
+
+
+def grpo_run(name: str, overrides: list[str], common: list[str], out: Path, resume: bool = False) -> Path:
+    """GRPO run `name`: configs/tiny-cpu-grpo.yaml with `common`, then `overrides` (with `resume`, reused when
+    finished); it evaluates its own start. Returns its run dir."""
+    config = load_config("tiny-cpu-grpo", [*common, f"name={name}", *overrides])
+    run_dir = out / config.name
+    if fresh_or_resumed(run_dir, resume):
+        log(f"== {config.name}: finished earlier, reused")
+        return run_dir
+    start = time.time()
+    OnlineGRPOPipeline(config, log=log).run()
     log(f"== {config.name}: {time.time() - start:.0f} s")
     return run_dir
 
