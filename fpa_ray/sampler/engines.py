@@ -54,11 +54,9 @@ def sample_seed(seed: int, prompt_id: str, index: int) -> int:
 
 def checkpoint_weights(checkpoint: Path) -> list[tuple[str, torch.Tensor]]:
     """The named tensors of a checkpoint's safetensors files."""
-    from safetensors.torch import load_file
+    from fpa_ray.weights.adapters import read_tensors
 
-    weights = []
-    for file in sorted(checkpoint.glob("*.safetensors")):
-        weights.extend(load_file(file).items())
+    weights = read_tensors(checkpoint)
     if not weights:
         raise SamplerError(f"policy checkpoint {checkpoint} holds no *.safetensors weights to load in place")
     return weights
