@@ -4,6 +4,11 @@ Every stage writes `manifest.json` into its own directory, with the inputs it wa
 `complete: true` once it has finished. A rerun with the same name reads them back: a stage whose
 manifest is complete and whose inputs are this run's is skipped, one that was cut short runs
 again (generation keeps its finished shards), and one whose recorded inputs differ is refused.
+A directory made by an older fpa_ray resumes under a newer one that only added settings: a setting
+its config.yaml lacks reads as its default, and an input its manifests lack is not compared. In a
+training run the config check has already refused a config that sets such a setting away from its
+default; a directory of `evaluate --benchmarks` has no config of its own, so there an evaluation
+made before a setting existed is reused whatever that setting now says.
 Both pipelines keep their runs through one of these, and `evaluate --benchmarks` its evaluations.
 """
 
@@ -12,6 +17,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
 
 from fpa_ray.accounting import Ledger
 from fpa_ray.config import RunConfig
@@ -46,13 +54,23 @@ class RunDirectory:
         check_installed(self.config.tracking)
         self.path.mkdir(parents=True, exist_ok=True)
         saved = self.path / "config.yaml"
-        text = self.config.to_yaml()
-        if saved.exists() and saved.read_text() != text:
-            raise StageInputsChanged(f"{self.path} was made with another config (see {saved}); use another name= or remove the directory")
-        saved.write_text(text)
+        if saved.exists():
+            self._check_saved_config(saved)
+        saved.write_text(self.config.to_yaml())
         logs = link_logs(self.path)
         if logs is not None:
             self.log(f"[ray] the actors' and libraries' output: {logs}")
+
+    def _check_saved_config(self, saved: Path) -> None:
+        """Refuse a directory made with another config. The saved one is read back as a config, not compared
+        as text, so a setting added since it was written takes its default rather than failing the match."""
+        try:
+            previous = RunConfig.model_validate(yaml.safe_load(saved.read_text()))
+        except (ValidationError, yaml.YAMLError) as error:
+            raise StageInputsChanged(f"{saved} is not a config this fpa_ray reads ({error}); use another name= or remove the directory") from None
+        if previous.model_dump(mode="json") != self.config.model_dump(mode="json"):
+            changed = ", ".join(_differences(previous.model_dump(mode="json"), self.config.model_dump(mode="json")))
+            raise StageInputsChanged(f"{self.path} was made with another config ({changed}; see {saved}); use another name= or remove the directory")
 
     @property
     def tracking(self) -> TrackingRun:
@@ -74,11 +92,30 @@ class RunDirectory:
         manifest = json.loads(path.read_text())
         if not manifest.get("complete"):
             return None
-        if manifest.get("inputs") != json.loads(json.dumps(inputs, default=str)):
-            raise StageInputsChanged(f"{stage_dir} holds a finished stage made from other inputs; use a new run name")
+        current = json.loads(json.dumps(inputs, default=str))
+        if not _covers(current, manifest.get("inputs")):
+            changed = ", ".join(_differences(manifest.get("inputs"), current))
+            raise StageInputsChanged(f"{stage_dir} holds a finished stage made from other inputs ({changed}); use a new run name")
         self.log(f"[{self.name(stage_dir)}] done earlier: reusing it")
         return manifest
 
     def finish(self, stage_dir: Path, kind: str, inputs: dict, **record) -> None:
         """The stage's manifest, written whole once it has finished: `done` finds it on a rerun."""
         write_json(stage_dir / "manifest.json", {"kind": kind, "inputs": inputs, "complete": True, **record})
+
+
+def _covers(current, recorded) -> bool:
+    """Whether a stage's recorded inputs match this run's: every recorded value equal, keys the record lacks
+    (inputs or settings added by a later fpa_ray) left out of the comparison."""
+    if isinstance(current, dict) and isinstance(recorded, dict):
+        return all(key in current and _covers(current[key], value) for key, value in recorded.items())
+    if isinstance(current, list) and isinstance(recorded, list):
+        return len(current) == len(recorded) and all(map(_covers, current, recorded))
+    return current == recorded
+
+
+def _differences(recorded, current, prefix: str = "") -> list[str]:
+    """The dotted keys of `recorded` whose value `current` does not match."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        return [d for key, value in recorded.items() for d in _differences(value, current.get(key, "<absent>"), f"{prefix}{key}.")]
+    return [] if _covers(current, recorded) else [prefix.rstrip(".") or "inputs"]

@@ -14,6 +14,7 @@ import time
 import pandas as pd
 import psutil
 import pytest
+import yaml
 
 from fpa_ray.cluster import LOCAL_RAY_ENV
 from fpa_ray.config import load_config
@@ -194,8 +195,28 @@ def test_the_submitted_run_is_complete_consistent_and_reused(offline_job, ray_cl
     assert reused == {"eval_0", "round_1/samples", "round_1/verified", "round_1/dataset", "round_1/train", "eval_1_step_2", "eval_1"}
     assert not any(line.startswith("[train] ") and "steps" in line for line in logs)
 
+    # The directory as an fpa_ray from before verifier.max_failure_share existed would have left it: the
+    # setting absent from config.yaml and from every stage's recorded inputs. This one, at its default, resumes it.
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    del saved["verifier"]["max_failure_share"]
+    (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    older = 0
+    for path in run.rglob("manifest.json"):
+        manifest = json.loads(path.read_text())
+        verifier = (manifest.get("inputs") or {}).get("verifier")
+        if isinstance(verifier, dict) and verifier.pop("max_failure_share", None) is not None:
+            path.write_text(json.dumps(manifest))
+            older += 1
+    assert older >= 4  # round 1's verify stage and the three evaluations
+    stricter = load_config("tiny-cpu", [*_offline_overrides(run.parent), "verifier.max_failure_share=0.2"])
+    with pytest.raises(StageInputsChanged, match=r"another config \(verifier\.max_failure_share;"):  # the old run had its default
+        OfflinePipeline(stricter, log=logs.append).run()
+    logs.clear()
+    OfflinePipeline(config, log=logs.append).run()
+    assert {line.split("]")[0].strip("[") for line in logs if "done earlier: reusing it" in line} == reused
+
     changed = load_config("tiny-cpu", [*_offline_overrides(run.parent), "fpa.lam=1"])  # the default is 2
-    with pytest.raises(StageInputsChanged, match="was made with another config"):
+    with pytest.raises(StageInputsChanged, match=r"another config \(fpa\.lam;"):
         OfflinePipeline(changed, log=logs.append).run()
 
 
