@@ -1,6 +1,6 @@
 """The three GRPO layouts side by side on the tiny default, in one run: what each costs per step and where it idles.
 
-    python benchmarks/performance/grpo_layouts.py [--steps 12] [--out benchmarks/results/grpo_layouts]
+    python benchmarks/performance/grpo_layouts.py [--steps 12] [--out benchmarks/results/grpo_layouts] [--set KEY=VALUE ...]
 
 Cells, each a `tiny-cpu-grpo` run from the same warm start on one local Ray cluster, holding the
 same 4 logical CPUs: `split` (1 sampler + 1 verifier + 2 learner CPUs, as shipped), `split-async`
@@ -9,7 +9,8 @@ same 4 logical CPUs: `split` (1 sampler + 1 verifier + 2 learner CPUs, as shippe
 last weight sync: steps 2..N), resource-seconds per step (CPUs held x those seconds), each pool's
 busy share (online/busy.json), and pass@1 of the start and of the policy after N steps (the run's
 own evaluation: 500 test problems x 8 samples). Each cell's result is written when it finishes and
-reused on a rerun; the summary names the command, commit, date and machine.
+reused on a rerun; the summary names the command, commit, date and machine. `--set` applies the same
+overrides to every cell (e.g. the headline's GRPO testbed settings, to choose its layout at its scale).
 
 What the figures mean here: 4 logical CPUs on 2 physical cores, so work that overlaps in time
 (split-async's sampling during training, the three pools of split) competes for the same 2 cores;
@@ -64,10 +65,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/grpo_layouts"))
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every cell")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     init_ray()
-    common = [f"output_dir={args.out / 'runs'}", f"grpo.steps={args.steps}", f"grpo.eval_every={args.steps}"]
+    common = [f"output_dir={args.out / 'runs'}", *args.set, f"grpo.steps={args.steps}", f"grpo.eval_every={args.steps}"]
     results = {}
     for cell, overrides in CELLS.items():
         path = args.out / f"{cell}.json"
