@@ -201,6 +201,12 @@ def versus(cell: dict, split: str, index: int) -> str:
     return f"{100 * gain:+.1f} ({100 * se:.1f})"
 
 
+def paired(a: np.ndarray, b: np.ndarray) -> str:
+    """The mean per-problem difference a - b and its standard error, in points."""
+    diffs = a - b
+    return f"{100 * diffs.mean():+.1f} ({100 * diffs.std(ddof=1) / np.sqrt(len(diffs)):.1f})"
+
+
 def label(method: str) -> str:
     if method.endswith("-plain"):
         return f"offline {method.removesuffix('-plain').removeprefix('fpa-').upper()} without FPA"
@@ -255,19 +261,21 @@ def summary(tuned: dict[str, dict], choice: dict[str, str], reported: dict[int, 
              "|---|---|---|---|---|---|---|---|---|"]
     for method in (grpo, offline, plain):
         lines += [reported_row(method, seed, reported[seed][method]) for seed in args.seeds]
-    lines += ["", "| seed | target: the lower plateau (test) | GRPO: node-hours to it | offline FPA | ratio | without FPA | ratio | FPA - without FPA at their plateaus (SE) |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| seed | target: the lower plateau (test) | GRPO: node-hours to it | offline FPA | ratio | without FPA | ratio "
+              "| FPA - without FPA at their plateaus (SE) | after round 1: same pairs, same steps (SE) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     curves = {seed: seed_curves({"grpo": reported[seed][grpo], "offline": reported[seed][offline], "plain": reported[seed][plain]}) for seed in args.seeds}
     for seed, curve in curves.items():
         accuracy = {m: curve.scores[m].mean(axis=1) for m in curve.scores}
         target = min(accuracy[m][curve.plateaus[m]] for m in ("grpo", "offline"))
         reach = {m: cost_to_reach([{"pass_at_1": a, "node_hours": c} for a, c in zip(accuracy[m], curve.costs[m])], target) for m in curve.scores}
         ratio = {m: seed_ratio(curve, m, "grpo", min_se=MIN_SE) for m in ("offline", "plain")}
-        diffs = curve.scores["offline"][curve.plateaus["offline"]] - curve.scores["plain"][curve.plateaus["plain"]]
         hours = {m: "not reached" if reach[m] is None else f"{reach[m]:.4f}" for m in reach}
         shown = {m: "-" if ratio[m] is None else f"{ratio[m]:.2f}" for m in ratio}
+        # Round 1 trains both on the seed's one set of pairs for the same steps; later rounds' pairs come from each one's own policy.
         lines.append(f"| {seed} | {100 * target:.1f} | {hours['grpo']} | {hours['offline']} | {shown['offline']} | {hours['plain']} | {shown['plain']} "
-                     f"| {100 * diffs.mean():+.1f} ({100 * diffs.std(ddof=1) / np.sqrt(len(diffs)):.1f}) |")
+                     f"| {paired(curve.scores['offline'][curve.plateaus['offline']], curve.scores['plain'][curve.plateaus['plain']])} "
+                     f"| {paired(curve.scores['offline'][1], curve.scores['plain'][1])} |")
     lines.append("")
     for method, name in (("offline", label(offline)), ("plain", label(plain))):
         result = ratio_with_interval(list(curves.values()), method, "grpo")
@@ -277,10 +285,16 @@ def summary(tuned: dict[str, dict], choice: dict[str, str], reported: dict[int, 
         else:
             lines.append(f"- {name} / GRPO node-hours to the lower plateau: {result['ratio']:.2f}, 95% bootstrap interval "
                          f"[{result['low']:.2f}, {result['high']:.2f}] over seeds and test problems ({defined} of {len(args.seeds)} seeds have a ratio).")
+    for name, index in (("at their plateaus", None), ("after round 1", 1)):
+        per_seed = [100 * (c.scores["offline"][c.plateaus["offline"] if index is None else index]
+                           - c.scores["plain"][c.plateaus["plain"] if index is None else index]).mean() for c in curves.values()]
+        spread = f", SE over seeds {statistics.stdev(per_seed) / np.sqrt(len(per_seed)):.1f}" if len(per_seed) > 1 else ""
+        lines.append(f"- FPA - without FPA {name}, mean over the {len(per_seed)} seeds: {statistics.mean(per_seed):+.1f} points{spread}.")
     lines += ["", "pass@1 in %. plateau: the evaluated policy with the best dev pass@1 (the start's included); plateau - start: the paired "
               "per-problem difference and its standard error over problems. node-hours to a pass@1: linear between the last evaluation below it "
-              "and the first at or above it (fpa_ray.compare.cost_to_reach). FPA - without FPA: the paired per-problem difference of their "
-              "plateaus on test."]
+              "and the first at or above it (fpa_ray.compare.cost_to_reach). FPA - without FPA: the paired per-problem difference on test, "
+              "of their plateaus (each stops after a round that does not beat its best dev pass@1) and after round 1, where both have "
+              "trained on the same pairs for the same steps."]
     plot_accuracy_curves({label(m): {s: [{**p, "pass_at_1": test(p)} for p in reported[s][m]["curve"]["points"]] for s in args.seeds}
                           for m in (grpo, offline, plain)}, args.seeds, "pass@1 (%) on the test split",
                          f"tiny task, seeds {args.seeds}: one line per seed", args.results / "summary.png", key="node_hours")
