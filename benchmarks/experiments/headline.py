@@ -285,6 +285,10 @@ def summary(tuned: dict[str, dict], choice: dict[str, str], reported: dict[int, 
         else:
             lines.append(f"- {name} / GRPO node-hours to the lower plateau: {result['ratio']:.2f}, 95% bootstrap interval "
                          f"[{result['low']:.2f}, {result['high']:.2f}] over seeds and test problems ({defined} of {len(args.seeds)} seeds have a ratio).")
+    above = [100 * (c.scores["grpo"][c.plateaus["grpo"]] - c.scores["offline"][c.plateaus["offline"]]).mean() for c in curves.values()]
+    lines.append(f"- GRPO's plateau - offline FPA's plateau (test), mean over the {len(above)} seeds: {statistics.mean(above):+.1f} points"
+                 + (f", SE over seeds {statistics.stdev(above) / np.sqrt(len(above)):.1f}" if len(above) > 1 else "")
+                 + f" (per seed: {', '.join(f'{a:+.1f}' for a in above)}): the ratio compares the cost of the lower of the two.")
     for name, index in (("at their plateaus", None), ("after round 1", 1)):
         per_seed = [100 * (c.scores["offline"][c.plateaus["offline"] if index is None else index]
                            - c.scores["plain"][c.plateaus["plain"] if index is None else index]).mean() for c in curves.values()]
