@@ -201,6 +201,15 @@ def versus(cell: dict, split: str, index: int) -> str:
     return f"{100 * gain:+.1f} ({100 * se:.1f})"
 
 
+def to_target(curve: SeedCurves, method: str) -> tuple[float, dict[str, str], str]:
+    """The lower of `method`'s and GRPO's plateaus on test, each one's node-hours to it, and seed_ratio's ratio."""
+    accuracy = {m: curve.scores[m].mean(axis=1) for m in (method, "grpo")}
+    target = min(accuracy[m][curve.plateaus[m]] for m in accuracy)
+    reach = {m: cost_to_reach([{"pass_at_1": a, "node_hours": c} for a, c in zip(accuracy[m], curve.costs[m])], target) for m in accuracy}
+    ratio = seed_ratio(curve, method, "grpo", min_se=MIN_SE)
+    return target, {m: "not reached" if h is None else f"{h:.4f}" for m, h in reach.items()}, "-" if ratio is None else f"{ratio:.2f}"
+
+
 def paired(a: np.ndarray, b: np.ndarray) -> str:
     """The mean per-problem difference a - b and its standard error, in points."""
     diffs = a - b
@@ -261,19 +270,17 @@ def summary(tuned: dict[str, dict], choice: dict[str, str], reported: dict[int, 
              "|---|---|---|---|---|---|---|---|---|"]
     for method in (grpo, offline, plain):
         lines += [reported_row(method, seed, reported[seed][method]) for seed in args.seeds]
-    lines += ["", "| seed | target: the lower plateau (test) | GRPO: node-hours to it | offline FPA | ratio | without FPA | ratio "
-              "| FPA - without FPA at their plateaus (SE) | after round 1: same pairs, same steps (SE) |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| seed | target: the lower plateau (test) | GRPO: node-hours to it | offline FPA | ratio "
+              "| without FPA: its target, node-hours to it / GRPO's = ratio | FPA - without FPA at their plateaus (SE) "
+              "| after round 1: same pairs, same steps (SE) |",
+              "|---|---|---|---|---|---|---|---|"]
     curves = {seed: seed_curves({"grpo": reported[seed][grpo], "offline": reported[seed][offline], "plain": reported[seed][plain]}) for seed in args.seeds}
     for seed, curve in curves.items():
-        accuracy = {m: curve.scores[m].mean(axis=1) for m in curve.scores}
-        target = min(accuracy[m][curve.plateaus[m]] for m in ("grpo", "offline"))
-        reach = {m: cost_to_reach([{"pass_at_1": a, "node_hours": c} for a, c in zip(accuracy[m], curve.costs[m])], target) for m in curve.scores}
-        ratio = {m: seed_ratio(curve, m, "grpo", min_se=MIN_SE) for m in ("offline", "plain")}
-        hours = {m: "not reached" if reach[m] is None else f"{reach[m]:.4f}" for m in reach}
-        shown = {m: "-" if ratio[m] is None else f"{ratio[m]:.2f}" for m in ratio}
+        target, hours, ratio = to_target(curve, "offline")
+        plain_target, plain_hours, plain_ratio = to_target(curve, "plain")
         # Round 1 trains both on the seed's one set of pairs for the same steps; later rounds' pairs come from each one's own policy.
-        lines.append(f"| {seed} | {100 * target:.1f} | {hours['grpo']} | {hours['offline']} | {shown['offline']} | {hours['plain']} | {shown['plain']} "
+        lines.append(f"| {seed} | {100 * target:.1f} | {hours['grpo']} | {hours['offline']} | {ratio} "
+                     f"| {100 * plain_target:.1f}: {plain_hours['plain']} / {plain_hours['grpo']} = {plain_ratio} "
                      f"| {paired(curve.scores['offline'][curve.plateaus['offline']], curve.scores['plain'][curve.plateaus['plain']])} "
                      f"| {paired(curve.scores['offline'][1], curve.scores['plain'][1])} |")
     lines.append("")
