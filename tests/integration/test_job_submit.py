@@ -23,6 +23,7 @@ from fpa_ray.local_cluster import free_port, stop
 from fpa_ray.main import main
 from fpa_ray.metrics import SPECS
 from fpa_ray.pipelines.offline import OfflinePipeline
+from fpa_ray.pool_stages import manifest_digest
 from fpa_ray.run_directory import StageInputsChanged
 from tests.helpers import jobs
 from tests.helpers.small_run import GRPO_SMALL, SMALL
@@ -208,6 +209,11 @@ def test_the_submitted_run_is_complete_consistent_and_reused(offline_job, ray_cl
             path.write_text(json.dumps(manifest))
             older += 1
     assert older >= 4  # round 1's verify stage and the three evaluations
+    for stage, upstream in (("dataset", "verified"), ("train", "dataset")):  # the digests such a run chained from them
+        path = run / "round_1" / stage / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["inputs"][upstream] = manifest_digest(run / "round_1" / upstream)
+        path.write_text(json.dumps(manifest))
     stricter = load_config("tiny-cpu", [*_offline_overrides(run.parent), "verifier.max_failure_share=0.2"])
     with pytest.raises(StageInputsChanged, match=r"another config \(verifier\.max_failure_share;"):  # the old run had its default
         OfflinePipeline(stricter, log=logs.append).run()
