@@ -69,21 +69,28 @@ def plateau_gain(scores: np.ndarray, plateau: int) -> tuple[float, float]:
     return float(diffs.mean()), float(diffs.std(ddof=1) / np.sqrt(len(diffs)))
 
 
+def lower_plateau(seed: SeedCurves, methods: tuple[str, str], problems: np.ndarray | None = None) -> tuple[str, float, dict[str, float | None]]:
+    """Which of the two methods has the lower plateau on test, that plateau's pass@1 (the target), and each
+    method's cost to reach it (cost_to_reach, linear between evaluations); `problems`: indices to score on."""
+    scores = {m: seed.scores[m] if problems is None else seed.scores[m][:, problems] for m in methods}
+    accuracy = {m: scores[m].mean(axis=1) for m in methods}
+    lower = min(methods, key=lambda m: accuracy[m][seed.plateaus[m]])
+    target = float(accuracy[lower][seed.plateaus[lower]])
+    reach = {m: cost_to_reach([{"pass_at_1": a, COST_KEY: c} for a, c in zip(accuracy[m], seed.costs[m])], target) for m in methods}
+    return lower, target, reach
+
+
 def seed_ratio(seed: SeedCurves, numerator: str, denominator: str, problems: np.ndarray | None = None,
                min_se: float | None = 2.0) -> float | None:
-    """numerator's cost / denominator's cost to reach the lower of their two plateaus on test (each
-    cost_to_reach, linear between evaluations); `problems`: indices to score on (a bootstrap draw).
+    """numerator's cost / denominator's cost to reach the lower of their two plateaus on test (lower_plateau).
     None where there is nothing to compare: the lower plateau is less than `min_se` paired standard
     errors above the start (flat curves have no plateau to reach), or the denominator is there at no cost."""
-    scores = {m: seed.scores[m] if problems is None else seed.scores[m][:, problems] for m in (numerator, denominator)}
-    accuracy = {m: scores[m].mean(axis=1) for m in scores}
-    lower = min(scores, key=lambda m: accuracy[m][seed.plateaus[m]])
-    target = accuracy[lower][seed.plateaus[lower]]
+    lower, _, reach = lower_plateau(seed, (numerator, denominator), problems)
     if min_se is not None:
-        gain, se = plateau_gain(scores[lower], seed.plateaus[lower])
+        scores = seed.scores[lower] if problems is None else seed.scores[lower][:, problems]
+        gain, se = plateau_gain(scores, seed.plateaus[lower])
         if not gain >= min_se * se or gain <= 0:
             return None
-    reach = {m: cost_to_reach([{"pass_at_1": a, COST_KEY: c} for a, c in zip(accuracy[m], seed.costs[m])], target) for m in scores}
     if not reach[denominator]:
         return None
     return reach[numerator] / reach[denominator]

@@ -68,8 +68,9 @@ class RunDirectory:
             previous = RunConfig.model_validate(yaml.safe_load(saved.read_text()))
         except (ValidationError, yaml.YAMLError) as error:
             raise StageInputsChanged(f"{saved} is not a config this fpa_ray reads ({error}); use another name= or remove the directory") from None
-        if previous.model_dump(mode="json") != self.config.model_dump(mode="json"):
-            changed = ", ".join(_differences(previous.model_dump(mode="json"), self.config.model_dump(mode="json")))
+        before, now = previous.model_dump(mode="json"), self.config.model_dump(mode="json")
+        if before != now:
+            changed = ", ".join(_differences(before, now))
             raise StageInputsChanged(f"{self.path} was made with another config ({changed}; see {saved}); use another name= or remove the directory")
 
     @property

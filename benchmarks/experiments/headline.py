@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from fpa_ray.cluster import init_ray
-from fpa_ray.compare import SeedCurves, cost_to_reach, plateau_gain, ratio_with_interval, seed_ratio
+from fpa_ray.compare import SeedCurves, lower_plateau, plateau_gain, ratio_with_interval, seed_ratio
 from fpa_ray.run_files import provenance
 from seeded_runs import grpo_run, log, offline_run, plot_accuracy_curves, regenerate
 
@@ -203,16 +203,13 @@ def versus(cell: dict, split: str, index: int) -> str:
 
 def to_target(curve: SeedCurves, method: str) -> tuple[float, dict[str, str], str]:
     """The lower of `method`'s and GRPO's plateaus on test, each one's node-hours to it, and seed_ratio's ratio."""
-    accuracy = {m: curve.scores[m].mean(axis=1) for m in (method, "grpo")}
-    target = min(accuracy[m][curve.plateaus[m]] for m in accuracy)
-    reach = {m: cost_to_reach([{"pass_at_1": a, "node_hours": c} for a, c in zip(accuracy[m], curve.costs[m])], target) for m in accuracy}
+    _, target, reach = lower_plateau(curve, (method, "grpo"))
     ratio = seed_ratio(curve, method, "grpo", min_se=MIN_SE)
     return target, {m: "not reached" if h is None else f"{h:.4f}" for m, h in reach.items()}, "-" if ratio is None else f"{ratio:.2f}"
 
 
-def paired(a: np.ndarray, b: np.ndarray) -> str:
-    """The mean per-problem difference a - b and its standard error, in points."""
-    diffs = a - b
+def paired(diffs: np.ndarray) -> str:
+    """A per-problem difference's mean and standard error, in points."""
     return f"{100 * diffs.mean():+.1f} ({100 * diffs.std(ddof=1) / np.sqrt(len(diffs)):.1f})"
 
 
@@ -275,14 +272,18 @@ def summary(tuned: dict[str, dict], choice: dict[str, str], reported: dict[int, 
               "| after round 1: same pairs, same steps (SE) |",
               "|---|---|---|---|---|---|---|---|"]
     curves = {seed: seed_curves({"grpo": reported[seed][grpo], "offline": reported[seed][offline], "plain": reported[seed][plain]}) for seed in args.seeds}
+    shares: dict[str, list[float]] = {"at their plateaus": [], "after round 1": []}  # FPA - without FPA per seed, in points
     for seed, curve in curves.items():
         target, hours, ratio = to_target(curve, "offline")
         plain_target, plain_hours, plain_ratio = to_target(curve, "plain")
         # Round 1 trains both on the seed's one set of pairs for the same steps; later rounds' pairs come from each one's own policy.
+        diffs = {"at their plateaus": curve.scores["offline"][curve.plateaus["offline"]] - curve.scores["plain"][curve.plateaus["plain"]],
+                 "after round 1": curve.scores["offline"][1] - curve.scores["plain"][1]}
+        for name, diff in diffs.items():
+            shares[name].append(100 * diff.mean())
         lines.append(f"| {seed} | {100 * target:.1f} | {hours['grpo']} | {hours['offline']} | {ratio} "
                      f"| {100 * plain_target:.1f}: {plain_hours['plain']} / {plain_hours['grpo']} = {plain_ratio} "
-                     f"| {paired(curve.scores['offline'][curve.plateaus['offline']], curve.scores['plain'][curve.plateaus['plain']])} "
-                     f"| {paired(curve.scores['offline'][1], curve.scores['plain'][1])} |")
+                     f"| {paired(diffs['at their plateaus'])} | {paired(diffs['after round 1'])} |")
     lines.append("")
     for method, name in (("offline", label(offline)), ("plain", label(plain))):
         result = ratio_with_interval(list(curves.values()), method, "grpo")
@@ -296,9 +297,7 @@ def summary(tuned: dict[str, dict], choice: dict[str, str], reported: dict[int, 
     lines.append(f"- GRPO's plateau - offline FPA's plateau (test), mean over the {len(above)} seeds: {statistics.mean(above):+.1f} points"
                  + (f", SE over seeds {statistics.stdev(above) / np.sqrt(len(above)):.1f}" if len(above) > 1 else "")
                  + f" (per seed: {', '.join(f'{a:+.1f}' for a in above)}): the ratio compares the cost of the lower of the two.")
-    for name, index in (("at their plateaus", None), ("after round 1", 1)):
-        per_seed = [100 * (c.scores["offline"][c.plateaus["offline"] if index is None else index]
-                           - c.scores["plain"][c.plateaus["plain"] if index is None else index]).mean() for c in curves.values()]
+    for name, per_seed in shares.items():
         spread = f", SE over seeds {statistics.stdev(per_seed) / np.sqrt(len(per_seed)):.1f}" if len(per_seed) > 1 else ""
         lines.append(f"- FPA - without FPA {name}, mean over the {len(per_seed)} seeds: {statistics.mean(per_seed):+.1f} points{spread}.")
     lines += ["", "pass@1 in %. plateau: the evaluated policy with the best dev pass@1 (the start's included); plateau - start: the paired "
