@@ -37,6 +37,7 @@ from pathlib import Path
 from fpa_ray.cluster import init_ray
 from fpa_ray.config import load_config
 from fpa_ray.evaluation import total_gain_loss
+from fpa_ray.run_files import provenance
 from fpa_ray.warmstart import warm_start
 from seeded_runs import curve, log, offline_run, plot_accuracy_curves, regenerate
 
@@ -139,7 +140,12 @@ def run_figures(run_dir: Path) -> dict:
 
     ledger = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
     probed = [r for r in steps if "grad_cosine" in r]
+    # Every epoch of a round sees the same rows, so the first and the last epoch's means compare like with
+    # like, where the first and last tenth of the steps hold different rows.
+    epoch = len(steps) // (config.rounds * config.learner.epochs) if config.learner.epochs > 1 else 0
     return {
+        **{f"{key}_{where}": mean_of(key, rows) if epoch else float("nan") for key in ("logp_chosen", "logp_rejected")
+           for where, rows in (("epoch_first", steps[:epoch]), ("epoch_last", steps[-epoch:] if epoch else []))},
         **{f"{key}_{where}": rows[index][key] if rows and key in rows[index] else float("nan")
            for key in ("grad_cosine", "grad_cosine_all") for where, rows, index in (("probe_first", probed, 0), ("probe_last", probed, -1))},
         "start": points[0]["pass_at_1"], "final": points[-1]["pass_at_1"], "best": max(p["pass_at_1"] for p in points[1:]),
@@ -165,19 +171,23 @@ def spread(values: list[float], scale: float = 100, digits: int = 1) -> str:
 
 def table(group: str, figures: dict[str, dict[int, dict]], seeds: list[int]) -> str:
     probed = any(not math.isnan(by_seed[s]["grad_cosine_all_probe_first"]) for by_seed in figures.values() for s in seeds)
-    extra = " | cos(g_w, g_l), LM head, first -> last probe | cos(g_w, g_l), every parameter, first -> last probe" if probed else ""
+    epochs = any(not math.isnan(by_seed[s]["logp_chosen_epoch_first"]) for by_seed in figures.values() for s in seeds)
+    extra = (" | chosen log-prob, first -> last epoch | rejected log-prob, first -> last epoch" if epochs else "") + (
+        " | cos(g_w, g_l), LM head, first -> last probe | cos(g_w, g_l), every parameter, first -> last probe" if probed else "")
     lines = [f"# Ablation: {group}", "",
              "| cell | start | final pass@1 | final - start (points) | best trained | Total Gain / Loss | C_w first -> last "
              f"| C_l first -> last | chosen log-prob first -> last | rejected log-prob first -> last{extra} | training CPU-h | total CPU-h |",
-             "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if probed else "") + "---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if epochs else "") + ("---|---|" if probed else "") + "---|---|"]
     for name, by_seed in figures.items():
         rows = [by_seed[s] for s in seeds]
 
         def pair(key: str, digits: int = 3, rows: list[dict] = rows, first: str = "_first", last: str = "_last") -> str:
             return f"{spread([r[key + first] for r in rows], 1, digits)} -> {spread([r[key + last] for r in rows], 1, digits)}"
 
-        cosines = (f" | {pair('grad_cosine', 2, first='_probe_first', last='_probe_last')}"
-                   f" | {pair('grad_cosine_all', 2, first='_probe_first', last='_probe_last')}") if probed else ""
+        by_epoch = (f" | {pair('logp_chosen', 2, first='_epoch_first', last='_epoch_last')}"
+                    f" | {pair('logp_rejected', 2, first='_epoch_first', last='_epoch_last')}") if epochs else ""
+        cosines = by_epoch + ((f" | {pair('grad_cosine', 2, first='_probe_first', last='_probe_last')}"
+                               f" | {pair('grad_cosine_all', 2, first='_probe_first', last='_probe_last')}") if probed else "")
         lines.append(
             f"| {name} | {spread([r['start'] for r in rows])} | {spread([r['final'] for r in rows])} "
             f"| {spread([r['final'] - r['start'] for r in rows])} | {spread([r['best'] for r in rows])} "
@@ -187,12 +197,23 @@ def table(group: str, figures: dict[str, dict[int, dict]], seeds: list[int]) -> 
         )
     per_seed = ["", "Final pass@1 per seed (" + ", ".join(map(str, seeds)) + "):", ""]
     per_seed += [f"- {name}: " + ", ".join(f"{100 * by_seed[s]['final']:.1f}" for s in seeds) for name, by_seed in figures.items()]
+    twins = [(name, name[len("fpa-"):]) for name in figures if name.startswith("fpa-") and name[len("fpa-"):] in figures]
+    if twins:
+        per_seed += ["", "FPA minus the same objective without it, per seed (mean ± standard deviation over seeds):", ""]
+    for name, plain in twins:
+        delta = {key: [figures[name][s][key] - figures[plain][s][key] for s in seeds]
+                 for key in ("final", "logp_chosen_last", "logp_chosen_epoch_last", "grad_cosine_all_probe_last")}
+        per_seed.append(f"- {name} - {plain}: final pass@1 {spread(delta['final'])} points ("
+                        + ", ".join(f"{100 * d:+.1f}" for d in delta["final"]) + "); chosen log-prob, last tenth "
+                        f"{spread(delta['logp_chosen_last'], 1, 2)}, last epoch {spread(delta['logp_chosen_epoch_last'], 1, 2)}; "
+                        f"cos(g_w, g_l) over every parameter at the last probe {spread(delta['grad_cosine_all_probe_last'], 1, 2)}")
     lines += per_seed + [
         "", f"Seeds {seeds}; pass@1 in %, mean ± standard deviation over seeds. Evaluation: 300 dev-split problems x 8 samples at "
         "T=0.7, the same sampling seeds for every policy of a seed, so 'final - start' is a paired difference. Total Gain / Loss: "
         "problems crossing pass@1 >= 0.5 between the start and the final policy. C_w, C_l: the objective's gradient coefficients "
         "on the chosen / rejected log-prob (with FPA: evaluated at the approximated future policy), mean over the first and the "
-        "last tenth of the optimizer steps. Training CPU-h: resources x wall of data generation, verification, build and training "
+        "last tenth of the optimizer steps; 'first -> last epoch': the mean over the first and the last epoch's steps, which "
+        "see the same rows. Log-probs are summed over a response's tokens, the batch mean at the step's starting weights. Training CPU-h: resources x wall of data generation, verification, build and training "
         "(fpa_ray.accounting); total CPU-h adds the evaluations and warm-start bookkeeping the run charged.",
     ]
     return "\n".join(lines)
@@ -303,7 +324,9 @@ def main() -> int:
             epoch = steps_per_epoch(settings, data_dir, pairs, base.learner.global_batch_size)
             run_dir = offline_run(f"s{seed}-{name}", overrides(settings, epoch), common, out, data_dir, args.resume)
             figures[name][seed] = run_figures(run_dir)
-    text = table(args.group, figures, args.seeds)
+    now = provenance()
+    text = table(args.group, figures, args.seeds).replace(
+        "\n\n", f"\n\nWritten by `{now['command']}` at commit {now['commit']}, {now['date']}, on {now['machine']}.\n\n", 1)
     (results / f"{args.group}.md").write_text(text + "\n")
     written = plots(args.group, figures, args.seeds, results)
     print(text)
