@@ -140,9 +140,9 @@ def run_figures(run_dir: Path) -> dict:
 
     ledger = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
     probed = [r for r in steps if "grad_cosine" in r]
-    # Every epoch of a round sees the same rows, so the first and the last epoch's means compare like with
-    # like, where the first and last tenth of the steps hold different rows.
-    epoch = len(steps) // (config.rounds * config.learner.epochs) if config.learner.epochs > 1 else 0
+    # Every epoch of a one-round run sees the same rows, so its first and last epoch's means compare like with
+    # like, where the first and last tenth of the steps hold different rows (as do a later round's epochs).
+    epoch = len(steps) // config.learner.epochs if config.learner.epochs > 1 and config.rounds == 1 else 0
     return {
         **{f"{key}_{where}": mean_of(key, rows) if epoch else float("nan") for key in ("logp_chosen", "logp_rejected")
            for where, rows in (("epoch_first", steps[:epoch]), ("epoch_last", steps[-epoch:] if epoch else []))},
@@ -169,12 +169,12 @@ def spread(values: list[float], scale: float = 100, digits: int = 1) -> str:
     return f"{scale * statistics.mean(values):.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
 
 
-def table(group: str, figures: dict[str, dict[int, dict]], seeds: list[int]) -> str:
+def table(group: str, figures: dict[str, dict[int, dict]], seeds: list[int], written_by: str) -> str:
     probed = any(not math.isnan(by_seed[s]["grad_cosine_all_probe_first"]) for by_seed in figures.values() for s in seeds)
     epochs = any(not math.isnan(by_seed[s]["logp_chosen_epoch_first"]) for by_seed in figures.values() for s in seeds)
     extra = (" | chosen log-prob, first -> last epoch | rejected log-prob, first -> last epoch" if epochs else "") + (
         " | cos(g_w, g_l), LM head, first -> last probe | cos(g_w, g_l), every parameter, first -> last probe" if probed else "")
-    lines = [f"# Ablation: {group}", "",
+    lines = [f"# Ablation: {group}", "", written_by, "",
              "| cell | start | final pass@1 | final - start (points) | best trained | Total Gain / Loss | C_w first -> last "
              f"| C_l first -> last | chosen log-prob first -> last | rejected log-prob first -> last{extra} | training CPU-h | total CPU-h |",
              "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if epochs else "") + ("---|---|" if probed else "") + "---|---|"]
@@ -325,8 +325,7 @@ def main() -> int:
             run_dir = offline_run(f"s{seed}-{name}", overrides(settings, epoch), common, out, data_dir, args.resume)
             figures[name][seed] = run_figures(run_dir)
     now = provenance()
-    text = table(args.group, figures, args.seeds).replace(
-        "\n\n", f"\n\nWritten by `{now['command']}` at commit {now['commit']}, {now['date']}, on {now['machine']}.\n\n", 1)
+    text = table(args.group, figures, args.seeds, f"Written by `{now['command']}` at commit {now['commit']}, {now['date']}, on {now['machine']}.")
     (results / f"{args.group}.md").write_text(text + "\n")
     written = plots(args.group, figures, args.seeds, results)
     print(text)
